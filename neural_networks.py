@@ -1,0 +1,130 @@
+"""Models: SimpleNN (one network), BatchedSimpleNN (many SimpleNNs as one computation), ResNet18.
+
+Every model's forward returns `(logits, latent)`: the latent representation is what class-manifold
+radii are measured on. Single models give `[N, classes]` and `[N, features]`; the batched model
+gives the same with a leading run dimension, `[runs, N, classes]` and `[runs, N, features]`.
+"""
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SimpleNN(nn.Module):
+    """Fully connected tanh network: input -> `depth` hidden layers of `width` -> class logits.
+
+    `latent` is the 1-based index of the hidden layer whose tanh output is the latent
+    representation (1 = the first hidden layer).
+    """
+
+    def __init__(self, input_size: int = 784, width: int = 20, depth: int = 2,
+                 num_classes: int = 10, latent: int = 1) -> None:
+        super().__init__()
+        if not 1 <= latent <= depth:
+            raise ValueError(f"latent layer {latent} must be between 1 and depth={depth}")
+        sizes = [input_size] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.output = nn.Linear(width, num_classes)
+        self.latent = latent
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = x.flatten(1)
+        for index, layer in enumerate(self.hidden, start=1):
+            h = torch.tanh(layer(h))
+            if index == self.latent:
+                latent = h
+        return self.output(h), latent
+
+
+class BatchedSimpleNN(nn.Module):
+    """`runs` independent SimpleNNs with stacked parameters, trained as one computation.
+
+    Weights are stored as `[runs, out, in]` and biases as `[runs, out]` (nn.Linear's layout with a
+    run dimension). Activations are kept feature-major, `[runs, features, N]`: the input batch is
+    shared by all runs, so the first layer is a single `[runs*out, in] @ [in, N]` matmul and later
+    layers are batched matmuls, with no copies between them. The batch loss is the sum of the runs'
+    losses, so each run's parameters receive exactly the gradient they would receive alone.
+    """
+
+    def __init__(self, models: Sequence[SimpleNN]) -> None:
+        super().__init__()
+        self.latent = models[0].latent
+        per_model = [[*m.hidden, m.output] for m in models]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([layers[i].weight.detach() for layers in per_model]))
+            for i in range(len(per_model[0])))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([layers[i].bias.detach() for layers in per_model]))
+            for i in range(len(per_model[0])))
+
+    @classmethod
+    def initialise(cls, runs: int, **simple_nn_kwargs: int) -> "BatchedSimpleNN":
+        """Stack `runs` SimpleNNs made one after another with PyTorch's default initialisation."""
+        return cls([SimpleNN(**simple_nn_kwargs) for _ in range(runs)])
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: [N, ...] -> logits [runs, N, classes] and latent [runs, N, width] (transposed views)."""
+        runs, width, n_in = self.weights[0].shape
+        first = torch.addmm(self.biases[0].reshape(-1, 1), self.weights[0].reshape(-1, n_in), x.flatten(1).T)
+        h = torch.tanh_(first).view(runs, width, -1)
+        latent = h if self.latent == 1 else None
+        for index in range(1, len(self.weights) - 1):
+            h = torch.tanh_(torch.baddbmm(self.biases[index][:, :, None], self.weights[index], h))
+            if index + 1 == self.latent:
+                latent = h
+        logits = torch.baddbmm(self.biases[-1][:, :, None], self.weights[-1], h)
+        return logits.transpose(1, 2), latent.transpose(1, 2)
+
+    def unstack(self, run: int) -> SimpleNN:
+        """A standalone SimpleNN holding a copy of run `run`'s current parameters."""
+        width, input_size = self.weights[0].shape[1:]
+        model = SimpleNN(input_size, width, len(self.weights) - 1, self.weights[-1].shape[1], self.latent)
+        with torch.no_grad():
+            for layer, weight, bias in zip([*model.hidden, model.output], self.weights, self.biases):
+                layer.weight.copy_(weight[run])
+                layer.bias.copy_(bias[run])
+        return model.to(self.weights[0].device)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a residual connection."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for small images: 3x3 stride-1 stem and no max-pool, so 28x28 inputs keep their size.
+
+    The latent representation is the stem's output (after its batch norm and ReLU), flattened.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(64), nn.ReLU())
+        blocks, channels = [], 64
+        for width, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks += [BasicBlock(channels, width, stride), BasicBlock(width, width, 1)]
+            channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        stem = self.stem(x)
+        features = F.adaptive_avg_pool2d(self.blocks(stem), 1).flatten(1)
+        return self.fc(features), stem.flatten(1)

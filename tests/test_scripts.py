@@ -1,0 +1,103 @@
+"""Both Section 3 scripts end to end on a tiny subset, and their command-line errors."""
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, write_mnist_layout
+
+REPLICATE = REPO / "replicate_inversion_results_on_multiple_classes.py"
+PLOT = REPO / "plotting_mean_radii_over_epochs.py"
+
+
+def run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A working folder with tiny MNIST and FashionMNIST IDX files under ./data."""
+    folder = tmp_path_factory.mktemp("work")
+    write_mnist_layout(folder / "data", "MNIST", train=300, test=100)
+    write_mnist_layout(folder / "data", "FashionMNIST", train=300, test=100)
+    return folder
+
+
+@pytest.mark.parametrize("dataset", ["MNIST", "FashionMNIST"])
+def test_replicate_then_plot_end_to_end(workdir, dataset):
+    done = run(REPLICATE, "--dataset_name", dataset, "--subset_size", "200", "--number_of_runs", "3",
+               "--epochs", "40", "--seed", "5", "--device", "cpu", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    with open(workdir / "Results/Radii_over_epoch" / f"{dataset}_all_epoch_radii.pkl", "rb") as handle:
+        results = pickle.load(handle)
+    settings = results["settings"]
+    assert (settings["dataset_name"], settings["subset_size"], settings["number_of_runs"]) == (dataset, 200, 3)
+    assert (settings["epochs"], settings["seed"], settings["device"], settings["depth"], settings["width"]) == \
+        (40, 5, "cpu", 2, 20)
+    assert {"python", "torch", "torchvision", "numpy"} <= set(settings["versions"])
+    assert results["epochs"].tolist() == list(range(20, 41))
+    assert results["radii"].shape == (3, 21, 10) and np.isfinite(results["radii"]).all()
+    assert ((results["radii"] >= 0) & (results["radii"] <= 1 + 1e-6)).all()  # radii of unit vectors
+    assert results["losses"].shape == (3, 40) and (results["losses"][:, -1] < results["losses"][:, 0]).all()
+    assert results["inversion_epochs"].shape == (3, 10)
+    assert set(results["inversion_epochs"].flat) <= {-1, 25, 30, 35, 40}
+    assert len(results["class_names"]) == 10 and results["subset_indices"].shape == (200,)
+    for suffix in ("png", "pdf"):
+        assert (workdir / "Figures" / f"radii_on_{dataset}.{suffix}").stat().st_size > 1000
+    assert not list((workdir / "Results").rglob("*.tmp")) and not list((workdir / "Figures").rglob("*.tmp"))
+
+    plotted = run(PLOT, "--dataset_name", dataset, cwd=workdir)
+    assert plotted.returncode == 0, plotted.stderr
+    assert "mean inversion epoch" in plotted.stdout
+    for suffix in ("png", "pdf"):
+        assert (workdir / "Figures/Figure2" / f"mean_std_radii_on_{dataset}.{suffix}").stat().st_size > 1000
+
+
+def test_same_seed_same_results(workdir):
+    outputs = []
+    for _ in range(2):
+        done = run(REPLICATE, "--subset_size", "100", "--number_of_runs", "2", "--epochs", "25", "--device", "cpu",
+                   cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        with open(workdir / "Results/Radii_over_epoch/MNIST_all_epoch_radii.pkl", "rb") as handle:
+            outputs.append(pickle.load(handle))
+    assert np.array_equal(outputs[0]["radii"], outputs[1]["radii"])
+    assert np.array_equal(outputs[0]["losses"], outputs[1]["losses"])
+
+
+def test_plot_reads_an_overridden_results_path(workdir):
+    source = workdir / "Results/Radii_over_epoch/MNIST_all_epoch_radii.pkl"
+    if not source.exists():
+        assert run(REPLICATE, "--subset_size", "100", "--number_of_runs", "2", "--epochs", "25", cwd=workdir).returncode == 0
+    moved = workdir / "elsewhere.pkl"
+    moved.write_bytes(source.read_bytes())
+    done = run(PLOT, "--dataset_name", "Renamed", "--results_path", str(moved), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "Figures/Figure2/mean_std_radii_on_Renamed.png").exists()
+
+
+@pytest.mark.parametrize("script, args, message", [
+    (REPLICATE, ["--dataset_name", "NotADataset"], "error: unknown dataset 'NotADataset'"),
+    (REPLICATE, ["--subset_size", "100000"], "error: --subset_size must be between 1 and 400 for MNIST"),
+    (REPLICATE, ["--subset_size", "0"], "--subset_size: must be a positive integer, got 0"),
+    (REPLICATE, ["--epochs", "20"], "--radii_from must be between 0 and --epochs - 1 (19)"),
+    (REPLICATE, ["--subset_size", "100", "--latent", "3"], "error: --latent 3 is past the last hidden layer (--depth 2)"),
+    (PLOT, ["--dataset_name", "KMNIST"], "error: results file Results/Radii_over_epoch/KMNIST_all_epoch_radii.pkl not found"),
+])
+def test_bad_input_is_a_one_line_error(workdir, script, args, message):
+    done = run(script, *args, cwd=workdir)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", [REPLICATE, PLOT])
+def test_help_explains_every_flag(script):
+    done = run(script, "--help", cwd=REPO)
+    assert done.returncode == 0
+    flags = [word for word in done.stdout.split() if word.startswith("--")]
+    assert "--dataset_name" in flags
+    for action_line in done.stdout.split("\n  --")[1:]:
+        assert len(action_line.split(None, 1)) == 2, f"flag without help: --{action_line}"

@@ -45,7 +45,7 @@ def plot_mean_radii(results: dict, dataset_name: str) -> list[Path]:
                     markeredgecolor="black", markersize=6)
     ax.set_xlabel("epoch")
     ax.set_ylabel("class-manifold radius")
-    ax.set_title(f"{dataset_name}: mean +- std over {len(radii)} runs (dots: mean inversion epoch)")
+    ax.set_title(f"{dataset_name}: mean ± std over {len(radii)} runs (dots: mean inversion epoch)")
     ax.legend(fontsize=7, ncol=2, title="class")
     fig.tight_layout()
     return save_figure(fig, Path("Figures/Figure2") / f"mean_std_radii_on_{dataset_name}")

@@ -3,6 +3,7 @@ inversion points, and atomic result and figure files."""
 import argparse
 import ctypes
 import gzip
+import inspect
 import math
 import os
 import pickle
@@ -119,9 +120,14 @@ class Dataset:
 def dataset_class(name: str) -> type:
     """The torchvision dataset class called `name`, or a clear error."""
     cls = getattr(torchvision.datasets, name, None)
-    if not isinstance(cls, type) or not issubclass(cls, torchvision.datasets.VisionDataset) or name == "VisionDataset":
-        raise UserInputError(f"unknown dataset '{name}': give a torchvision dataset with train/test splits, "
-                             "such as MNIST, FashionMNIST or KMNIST")
+    if not isinstance(cls, type) or not issubclass(cls, torchvision.datasets.VisionDataset):
+        raise UserInputError(f"unknown dataset '{name}': give a torchvision dataset such as MNIST, FashionMNIST or KMNIST")
+    parameters = inspect.signature(cls).parameters
+    required = [p for p in parameters.values() if p.default is p.empty and p.name != "root"
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if "train" not in parameters or required:
+        raise UserInputError(f"dataset '{name}' is not supported: it needs a plain train/test split, "
+                             "as MNIST, FashionMNIST, KMNIST and CIFAR10 have")
     return cls
 
 
@@ -239,7 +245,8 @@ def class_radii(latent: Tensor, labels: Tensor, num_classes: int) -> Tensor:
         latent = latent[None]
     norms = latent.norm(dim=-1)                                               # [runs, N]
     inverse_norms = 1 / norms.clamp_min(1e-12)
-    one_hot = F.one_hot(labels, num_classes).to(latent.dtype)                 # [N, C]
+    one_hot = torch.zeros(len(labels), num_classes, dtype=latent.dtype, device=latent.device)
+    one_hot.scatter_(1, labels[:, None], 1.0)                                # [N, C], no device sync
     counts = one_hot.sum(0)                                                   # [C]
     weights = one_hot * inverse_norms[:, :, None]                             # [runs, N, C]
     centres = (latent.transpose(1, 2) @ weights) / counts                     # [runs, D, C]

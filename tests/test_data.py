@@ -50,9 +50,12 @@ def test_standardise_by_hand_per_channel():
     assert standardised[:, 1].abs().max().item() == 0
 
 
-def test_unknown_dataset_is_a_clear_error(tmp_path):
-    with pytest.raises(UserInputError, match="unknown dataset 'NotADataset'"):
-        load_dataset("NotADataset", tmp_path, 10, 0, CPU)
+@pytest.mark.parametrize("name, message", [
+    ("NotADataset", "unknown dataset 'NotADataset'"), ("VisionDataset", "'VisionDataset' is not supported"),
+    ("EMNIST", "'EMNIST' is not supported"), ("SVHN", "'SVHN' is not supported")])
+def test_unknown_or_unsupported_dataset_is_a_clear_error(tmp_path, name, message):
+    with pytest.raises(UserInputError, match=message):
+        load_dataset(name, tmp_path, 10, 0, CPU)
 
 
 def test_subset_larger_than_dataset_is_a_clear_error(mnist_root):

@@ -4,13 +4,12 @@ Reads the pickle written by replicate_inversion_results_on_multiple_classes.py a
 Figures/Figure2/mean_std_radii_on_<dataset>.png/.pdf, marking each class's mean inversion epoch.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import UserInputError, load_pickle, radii_results_path, save_figure
+from utils import load_pickle, mean_inversion_epochs, radii_results_path, run_script, save_figure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,13 +19,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results_path", type=Path, default=None,
                         help="results pickle to read (default Results/Radii_over_epoch/<dataset>_all_epoch_radii.pkl)")
     return parser.parse_args(argv)
-
-
-def mean_inversion_epochs(inversions: np.ndarray) -> np.ndarray:
-    """Per class, the mean inversion epoch over the runs where the class inverted (NaN if none did)."""
-    inverted = inversions >= 0
-    with np.errstate(invalid="ignore"):
-        return np.where(inverted, inversions, 0).sum(0) / inverted.sum(0)
 
 
 def plot_mean_radii(results: dict, dataset_name: str) -> list[Path]:
@@ -61,7 +53,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UserInputError as error:
-        sys.exit(f"error: {error}")
+    run_script(main, parse_args)

@@ -6,7 +6,6 @@ full-batch gradient descent; records the radius of every class manifold after ev
 Results/Radii_over_epoch/<dataset>_all_epoch_radii.pkl and draws Figures/radii_on_<dataset>.png/.pdf.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,8 @@ import torch
 
 from neural_networks import BatchedSimpleNN
 from utils import (UserInputError, add_common_arguments, class_grid, inversion_epochs, keep_freed_memory_in_heap,
-                   load_dataset, positive_int, radii_results_path, resolve_device, run_settings, save_figure,
-                   save_pickle, train_full_batch)
+                   load_dataset, mean_inversion_epochs, positive_int, radii_results_path, resolve_device,
+                   run_script, run_settings, save_figure, save_pickle, train_full_batch)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,15 +86,10 @@ def main(args: argparse.Namespace) -> None:
     figures = plot_radii(history.radii, history.radius_epochs, dataset.class_names, args.dataset_name)
 
     print(f"final training loss {history.losses[:, -1].mean():.4f} +- {history.losses[:, -1].std():.4f}")
-    for c, name in enumerate(dataset.class_names):
-        inverted = inversions[:, c][inversions[:, c] >= 0]
-        mean = f"mean epoch {inverted.mean():.1f}" if len(inverted) else "no inversion"
-        print(f"class {name}: inverted in {len(inverted)}/{args.number_of_runs} runs, {mean}")
+    for name, inverted, mean in zip(dataset.class_names, (inversions >= 0).sum(0), mean_inversion_epochs(inversions)):
+        print(f"class {name}: inverted in {inverted}/{args.number_of_runs} runs, mean inversion epoch {mean:.1f}")
     print(f"saved {radii_results_path(args.dataset_name)}, {figures[0]} and {figures[1]}")
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UserInputError as error:
-        sys.exit(f"error: {error}")
+    run_script(main, parse_args)

@@ -90,6 +90,14 @@ def keep_freed_memory_in_heap() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
+def run_script(main: Callable[[argparse.Namespace], None], parse_args: Callable[[], argparse.Namespace]) -> None:
+    """Run a script's main on its parsed flags; a UserInputError becomes one line on stderr and exit status 1."""
+    try:
+        main(parse_args())
+    except UserInputError as error:
+        sys.exit(f"error: {error}")
+
+
 def radii_results_path(dataset_name: str) -> Path:
     """Where replicate_inversion_results_on_multiple_classes.py saves a dataset's radius curves."""
     return Path("Results/Radii_over_epoch") / f"{dataset_name}_all_epoch_radii.pkl"
@@ -272,6 +280,13 @@ def inversion_epochs(radii: np.ndarray, radius_epochs: np.ndarray, start: int = 
     grew = at_checks[..., 1:, :] > at_checks[..., :-1, :]
     first = radius_epochs[checked[1:]][grew.argmax(axis=-2)]
     return np.where(grew.any(axis=-2), first, -1)
+
+
+def mean_inversion_epochs(inversions: np.ndarray) -> np.ndarray:
+    """Per class, the mean inversion epoch over the runs where the class inverted (NaN if none did)."""
+    inverted = inversions >= 0
+    with np.errstate(invalid="ignore"):
+        return np.where(inverted, inversions, 0).sum(0) / inverted.sum(0)
 
 
 # ----------------------------------------------------------------------------- training

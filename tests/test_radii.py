@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import class_radii, inversion_epochs
+from utils import class_radii, inversion_epochs, mean_inversion_epochs
 
 
 def test_radius_by_hand():
@@ -51,3 +51,9 @@ def test_inversion_over_runs_and_too_short_a_curve():
     runs = np.stack([np.linspace(1, 0, 11), np.r_[np.linspace(1, 0.5, 6), np.linspace(0.6, 1, 5)]])[:, :, None]
     assert inversion_epochs(runs, epochs).tolist() == [[-1], [30]]
     assert inversion_epochs(runs[:, :3], epochs[:3]).tolist() == [[-1], [-1]]
+
+
+def test_mean_inversion_epoch_leaves_out_runs_that_never_inverted():
+    inversions = np.array([[40, -1, -1], [60, 25, -1], [50, 35, -1]])
+    means = mean_inversion_epochs(inversions)
+    assert means[:2].tolist() == [50.0, 30.0] and np.isnan(means[2])

@@ -11,13 +11,15 @@ from utils import DataUnavailableError, UserInputError, load_dataset, standardis
 CPU = torch.device("cpu")
 
 
-def test_loader_reads_idx_files_in_torchvision_layout(mnist_root):
-    root, written = mnist_root
-    dataset = load_dataset("MNIST", root, subset_size=80, seed=0, device=CPU)
+@pytest.mark.parametrize("name, fourth_class", [("MNIST", "3 - three"), ("FashionMNIST", "Dress"), ("KMNIST", "tsu")])
+def test_loader_reads_idx_files_in_torchvision_layout(tmp_path, name, fourth_class):
+    root = tmp_path / "data"
+    written = write_mnist_layout(root, name)
+    dataset = load_dataset(name, root, subset_size=80, seed=0, device=CPU)
     assert dataset.data.shape == (80, 1, 28, 28) and dataset.data.dtype == torch.float32
     assert sorted(dataset.indices.tolist()) == list(range(80))  # train (60) and test (20) concatenated
     assert dataset.labels.tolist() == written["labels"][dataset.indices.numpy()].tolist()
-    assert dataset.num_classes == 10 and dataset.class_names[3] == "3 - three"
+    assert dataset.num_classes == 10 and dataset.class_names[3] == fourth_class
     # every sample is its raw image, scaled to [0, 1] and standardised with the subset's statistics
     raw = written["images"][dataset.indices.numpy()].astype(np.float64) / 255
     expected = (raw - raw.mean()) / np.sqrt(raw.var() + 1e-9)

@@ -13,8 +13,8 @@ import torch
 
 from neural_networks import BatchedSimpleNN
 from utils import (UserInputError, add_common_arguments, class_grid, inversion_epochs, keep_freed_memory_in_heap,
-                   load_dataset, mean_inversion_epochs, positive_int, radii_results_path, resolve_device,
-                   run_script, run_settings, save_figure, save_pickle, train_full_batch)
+                   load_dataset, mean_inversion_epochs, positive_float, positive_int, radii_results_path,
+                   resolve_device, run_script, run_settings, save_figure, save_pickle, train_full_batch)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="networks trained from different initialisations, all at once (default 100)")
     parser.add_argument("--epochs", type=positive_int, default=500,
                         help="full-batch epochs; each is one gradient step on the whole subset (default 500)")
-    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate (default 0.1)")
     parser.add_argument("--depth", type=positive_int, default=None,
                         help="hidden layers of SimpleNN (default 2; 8 for 3-channel images)")
     parser.add_argument("--width", type=positive_int, default=None,
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latent", type=positive_int, default=1,
                         help="hidden layer (1-based) whose tanh output is the latent representation (default 1)")
     parser.add_argument("--radii_from", type=int, default=20,
-                        help="radii are recorded after this epoch and every later one (default 20)")
+                        help="radii are recorded after this epoch and every later one; inversion checks start here (default 20)")
     parser.add_argument("--check_interval", type=positive_int, default=5,
                         help="epochs between the radius checks that look for the inversion point (default 5)")
     add_common_arguments(parser)

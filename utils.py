@@ -55,6 +55,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every training script shares: --seed, --device, --data_root."""
     parser.add_argument("--seed", type=int, default=0,

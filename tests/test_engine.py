@@ -52,7 +52,7 @@ def test_batched_training_equals_the_one_model_loop(depth, latent):
         torch.testing.assert_close(torch.from_numpy(history.losses[run]), losses, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(torch.from_numpy(history.radii[run]), radii, atol=1e-5, rtol=1e-4)
         trained = batched.unstack(run)
-        for ours, theirs in zip(trained.parameters(), reference.parameters()):
+        for ours, theirs in zip(trained.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     assert history.losses[:, -1].max() < history.losses[:, 0].min()  # it learnt something
 

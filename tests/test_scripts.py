@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import REPO, write_mnist_layout
@@ -84,6 +85,7 @@ def test_plot_reads_an_overridden_results_path(workdir):
     (REPLICATE, ["--dataset_name", "NotADataset"], "error: unknown dataset 'NotADataset'"),
     (REPLICATE, ["--subset_size", "100000"], "error: --subset_size must be between 1 and 400 for MNIST"),
     (REPLICATE, ["--subset_size", "0"], "--subset_size: must be a positive integer, got 0"),
+    (REPLICATE, ["--lr", "-0.1"], "--lr: must be a positive number, got -0.1"),
     (REPLICATE, ["--epochs", "20"], "--radii_from must be between 0 and --epochs - 1 (19)"),
     (REPLICATE, ["--subset_size", "100", "--latent", "3"], "error: --latent 3 is past the last hidden layer (--depth 2)"),
     (PLOT, ["--dataset_name", "KMNIST"], "error: results file Results/Radii_over_epoch/KMNIST_all_epoch_radii.pkl not found"),
@@ -92,6 +94,13 @@ def test_bad_input_is_a_one_line_error(workdir, script, args, message):
     done = run(script, *args, cwd=workdir)
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error(workdir):
+    done = run(REPLICATE, "--subset_size", "100", "--device", "cuda", cwd=workdir)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "error: --device cuda was asked for but no CUDA device is available; use --device cpu")
 
 
 @pytest.mark.parametrize("script", [REPLICATE, PLOT])

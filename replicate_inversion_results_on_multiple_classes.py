@@ -47,14 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plot_radii(radii: np.ndarray, epochs: np.ndarray, class_names: list[str], dataset_name: str) -> list[Path]:
     """One panel per class, one line per run."""
-    fig, axes = class_grid(len(class_names))
+    fig, axes = class_grid(len(class_names), xlabel="epoch", ylabel="radius")
     for c, ax in enumerate(axes):
         ax.plot(epochs, radii[:, :, c].T, linewidth=0.6, alpha=max(0.15, 1 / np.sqrt(len(radii))))
         ax.set_title(f"class {class_names[c]}", fontsize=9)
-    for ax in axes[-5:]:
-        ax.set_xlabel("epoch")
-    for ax in axes[::5]:
-        ax.set_ylabel("radius")
     fig.suptitle(f"Class-manifold radii on {dataset_name}, {len(radii)} runs")
     fig.tight_layout()
     return save_figure(fig, Path("Figures") / f"radii_on_{dataset_name}")

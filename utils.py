@@ -322,24 +322,22 @@ def train_full_batch(model: nn.Module, optimizer: torch.optim.Optimizer, data: T
     representation after the previous epoch, so only the last measurement needs a pass of its own.
     Nothing leaves the device until training ends.
     """
-    with torch.no_grad():
-        runs = model(data[:1])[0].shape[0]
     radius_epochs = np.arange(radii_from, epochs + 1) if radii_from is not None else np.arange(0)
-    losses = torch.empty(epochs, runs, device=data.device)
-    radii = torch.empty(len(radius_epochs), runs, num_classes, device=data.device)
+    losses, radii = [], []
     for epoch in tqdm(range(epochs), desc=description, disable=not progress, leave=False):
         logits, latent = model(data)
-        if len(radius_epochs) and epoch >= radius_epochs[0]:
-            radii[epoch - radius_epochs[0]] = class_radii(latent.detach(), labels, num_classes)
+        if len(radius_epochs) and epoch >= radii_from:
+            radii.append(class_radii(latent.detach(), labels, num_classes))
         loss = per_run_cross_entropy(logits, labels)
-        losses[epoch] = loss.detach()
+        losses.append(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
     if len(radius_epochs):
         with torch.no_grad():
-            radii[-1] = class_radii(model(data)[1], labels, num_classes)
-    return TrainingHistory(losses.T.cpu().numpy(), radii.transpose(0, 1).cpu().numpy(), radius_epochs)
+            radii.append(class_radii(model(data)[1], labels, num_classes))
+    stacked_radii = torch.stack(radii, 1).cpu().numpy() if radii else np.empty((len(losses[0]), 0, num_classes))
+    return TrainingHistory(torch.stack(losses, 1).cpu().numpy(), stacked_radii, radius_epochs)
 
 
 # ----------------------------------------------------------------------------- files
@@ -391,10 +389,15 @@ def save_figure(fig: plt.Figure, path_without_suffix: Path) -> list[Path]:
     return [png, pdf]
 
 
-def class_grid(num_classes: int, columns: int = 5) -> tuple[plt.Figure, np.ndarray]:
-    """A figure with one small panel per class (2x5 for ten classes); unused panels are hidden."""
+def class_grid(num_classes: int, xlabel: str, ylabel: str, columns: int = 5) -> tuple[plt.Figure, np.ndarray]:
+    """A figure with one small panel per class (2x5 for ten classes), axis labels on the outer panels."""
     rows = math.ceil(num_classes / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True, squeeze=False)
     for ax in axes.flat[num_classes:]:
         ax.set_visible(False)
-    return fig, axes.flat[:num_classes]
+    panels = axes.flat[:num_classes]
+    for ax in panels[-columns:]:  # the lowest visible panel of every column
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    return fig, panels

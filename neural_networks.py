@@ -63,6 +63,20 @@ class BatchedSimpleNN(nn.Module):
         """Stack `runs` SimpleNNs made one after another with PyTorch's default initialisation."""
         return cls([SimpleNN(**simple_nn_kwargs) for _ in range(runs)])
 
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int], **simple_nn_kwargs: int) -> "BatchedSimpleNN":
+        """Stack one SimpleNN per seed, each initialised as `torch.manual_seed(seed); SimpleNN(...)` would be.
+
+        A network's initialisation depends on its own seed only, not on which others share the batch;
+        the global random state is left as it was.
+        """
+        models = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                models.append(SimpleNN(**simple_nn_kwargs))
+        return cls(models)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: [N, ...] -> logits [runs, N, classes] and latent [runs, N, width] (transposed views)."""
         runs, width, n_in = self.weights[0].shape

@@ -1,5 +1,6 @@
-"""Shared mechanics: devices, data, the batched full-batch training engine, class-manifold radii,
-inversion points, and atomic result and figure files."""
+"""Shared mechanics: devices, data, the batched training engine, class-manifold radii, inversion points,
+the hard-sample identifiers (stragglers, confidence, energy), classification metrics, and atomic result
+and figure files."""
 import argparse
 import ctypes
 import gzip
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,21 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from neural_networks import BatchedSimpleNN, ResNet18
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 STD_EPS = 1e-9
+INVERSION_START, INVERSION_INTERVAL = 20, 5   # radius checks at epochs 20, 25, 30, ...
+MAX_INVERSION_ATTEMPTS = 5                    # initialisations tried before a straggler search gives up
+SIMPLE_NN_LR = 0.1                            # full-batch SGD
+RESNET_LR, RESNET_WEIGHT_DECAY, RESNET_BATCH_SIZE, RESNET_EVAL_CHUNK = 1e-3, 1e-2, 128, 500
+MAX_NETWORK_SAMPLES = 4_000_000               # SimpleNNs x samples trained at once (about 7 GiB on a CPU)
+STRATEGIES = ("stragglers", "confidence", "energy")
+METRICS = ("accuracy", "precision", "recall", "F1")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -55,6 +65,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def unit_interval(include_zero: bool, include_one: bool) -> Callable[[str], float]:
+    """argparse type: a ratio in (0, 1), [0, 1], [0, 1) or (0, 1], as asked."""
+    interval = f"{'[' if include_zero else '('}0, 1{']' if include_one else ')'}"
+
+    def ratio(text: str) -> float:
+        value = float(text)
+        if not ((0 <= value if include_zero else 0 < value) and (value <= 1 if include_one else value < 1)):
+            raise argparse.ArgumentTypeError(f"must be a ratio in {interval}, got {text}")
+        return value
+    return ratio
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     value = float(text)
@@ -65,7 +95,7 @@ def positive_float(text: str) -> float:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every training script shares: --seed, --device, --data_root."""
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed for the data shuffle and the initialisations; same seed and device, same results (default 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to train: auto picks cuda when available (default auto)")
@@ -109,6 +139,16 @@ def run_script(main: Callable[[argparse.Namespace], None], parse_args: Callable[
 def radii_results_path(dataset_name: str) -> Path:
     """Where replicate_inversion_results_on_multiple_classes.py saves a dataset's radius curves."""
     return Path("Results/Radii_over_epoch") / f"{dataset_name}_all_epoch_radii.pkl"
+
+
+def f1_results_path(dataset_name: str, strategy: str, reduce_hard: bool, subset_size: int, kind: str) -> Path:
+    """Where verifying_importance_of_stragglers.py saves its `metrics` or hard-sample `indices`."""
+    return Path("Results/F1_results") / f"{dataset_name}_{strategy}_{reduce_hard}_{subset_size}_{kind}.pkl"
+
+
+def derived_seed(*keys: int) -> int:
+    """A seed fixed by `keys` (e.g. the run's seed, a stage, an index), independent of any other keys' seed."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 def run_settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -307,37 +347,374 @@ class TrainingHistory:
     radius_epochs: np.ndarray  # epochs after which the radii were measured
 
 
-def per_run_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of each run: logits [runs, N, C], labels [N] -> [runs]."""
-    return F.cross_entropy(logits.transpose(1, 2), labels.expand(logits.shape[0], -1), reduction="none").mean(1)
+def per_run_cross_entropy(logits: Tensor, labels: Tensor, sample_weights: Tensor | None = None) -> Tensor:
+    """Cross-entropy of each run: logits [runs, N, C], labels [N] -> [runs].
+
+    The mean over all samples, or with `sample_weights` [runs, N] the weighted sum (rows of a training
+    mask divided by its size give each run the mean over its own training samples).
+    """
+    losses = F.cross_entropy(logits.transpose(1, 2), labels.expand(logits.shape[0], -1), reduction="none")
+    return losses.mean(1) if sample_weights is None else (losses * sample_weights).sum(1)
+
+
+class StragglerTracker:
+    """Finds every class's inversion point during training, and what the network misclassifies right then.
+
+    At each check (epochs start, start + interval, ...) `update` gets the class radii and predictions of
+    the networks as they are after that many epochs. The first check at which class c's radius is larger
+    than at the previous check is c's inversion point; the class-c samples misclassified at that moment
+    are c's stragglers. That is exactly what a copy of the network taken at that moment would say, so
+    the tracker keeps the verdicts instead of the copies. `hard("last")` reproduces the original code,
+    which kept a reference to the live network: every class is judged by the network at the run's last
+    inversion.
+    """
+
+    def __init__(self, runs: int, labels: Tensor, num_classes: int,
+                 start: int = INVERSION_START, interval: int = INVERSION_INTERVAL) -> None:
+        self.labels, self.start, self.interval = labels, start, interval
+        self.previous = torch.full((runs, num_classes), torch.nan, device=labels.device)  # NaN never compares larger
+        self.inverted_at = torch.full((runs, num_classes), -1, dtype=torch.int64, device=labels.device)
+        self.wrong_at_own_inversion = torch.zeros(runs, len(labels), dtype=torch.bool, device=labels.device)
+        self.wrong_at_last_inversion = torch.zeros_like(self.wrong_at_own_inversion)
+
+    def is_check(self, epoch: int) -> bool:
+        return epoch >= self.start and (epoch - self.start) % self.interval == 0
+
+    def update(self, epoch: int, radii: Tensor, predictions: Tensor, runs: slice = slice(None)) -> None:
+        """radii [runs, C] and predictions [runs, N] of the networks after `epoch` epochs; no device sync."""
+        newly = (radii > self.previous[runs]) & (self.inverted_at[runs] < 0)
+        wrong = predictions != self.labels
+        self.inverted_at[runs] = torch.where(newly, epoch, self.inverted_at[runs])
+        self.wrong_at_own_inversion[runs] = torch.where(newly[:, self.labels], wrong, self.wrong_at_own_inversion[runs])
+        self.wrong_at_last_inversion[runs] = torch.where(newly.any(1, keepdim=True), wrong,
+                                                         self.wrong_at_last_inversion[runs])
+        self.previous[runs] = radii
+
+    def all_inverted(self, runs: slice = slice(None)) -> bool:
+        return bool((self.inverted_at[runs] >= 0).all())
+
+    def hard(self, snapshot: str = "copy") -> Tensor:
+        """[runs, N] stragglers: by each class's own snapshot ('copy') or the run's last one ('last')."""
+        return self.wrong_at_own_inversion if snapshot == "copy" else self.wrong_at_last_inversion
 
 
 def train_full_batch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor, labels: Tensor,
                      epochs: int, num_classes: int, radii_from: int | None = None,
+                     sample_weights: Tensor | None = None, tracker: StragglerTracker | None = None,
                      progress: bool = True, description: str = "training") -> TrainingHistory:
     """Full-batch training of a batched model (`model(x) -> (logits [runs,N,C], latent [runs,N,D])`).
 
-    Each epoch is one optimizer step on the whole data. With `radii_from`, the class radii are
-    measured after epochs radii_from, ..., epochs: the latent of each epoch's forward pass is the
-    representation after the previous epoch, so only the last measurement needs a pass of its own.
-    Nothing leaves the device until training ends.
+    Each epoch is one optimizer step on the whole data (weighted per run by `sample_weights`). With
+    `radii_from`, the class radii are measured after epochs radii_from, ..., epochs: the latent of each
+    epoch's forward pass is the representation after the previous epoch, so only the last measurement
+    needs a pass of its own. A `tracker` sees the radii and predictions at its checks, and training stops
+    once every class of every run has inverted. Nothing leaves the device until training ends, except
+    the tracker's one flag per check.
     """
-    radius_epochs = np.arange(radii_from, epochs + 1) if radii_from is not None else np.arange(0)
     losses, radii = [], []
-    for epoch in tqdm(range(epochs), desc=description, disable=not progress, leave=False):
-        logits, latent = model(data)
-        if len(radius_epochs) and epoch >= radii_from:
-            radii.append(class_radii(latent.detach(), labels, num_classes))
-        loss = per_run_cross_entropy(logits, labels)
+    for epoch in tqdm(range(epochs + 1), desc=description, disable=not progress, leave=False):
+        record = radii_from is not None and epoch >= radii_from
+        check = tracker is not None and tracker.is_check(epoch)
+        if epoch == epochs and not (record or check):
+            break
+        with torch.set_grad_enabled(epoch < epochs):
+            logits, latent = model(data)
+        if record or check:
+            radii_now = class_radii(latent.detach(), labels, num_classes)
+            if record:
+                radii.append(radii_now)
+            if check:
+                tracker.update(epoch, radii_now, logits.detach().argmax(-1))
+                if tracker.all_inverted():
+                    break
+        if epoch == epochs:
+            break
+        loss = per_run_cross_entropy(logits, labels, sample_weights)
         losses.append(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
-    if len(radius_epochs):
+    runs = logits.shape[0]
+    stacked_radii = torch.stack(radii, 1).cpu().numpy() if radii else np.empty((runs, 0, num_classes))
+    radius_epochs = np.arange(radii_from, radii_from + len(radii)) if radii_from is not None else np.arange(0)
+    stacked_losses = torch.stack(losses, 1).cpu().numpy() if losses else np.empty((runs, 0))
+    return TrainingHistory(stacked_losses, stacked_radii, radius_epochs)
+
+
+def simple_nn_size(channels: int) -> tuple[int, int]:
+    """SimpleNN's (depth, width): 2 x 20 for greyscale images, 8 x 30 for 3-channel ones."""
+    return (8, 30) if channels == 3 else (2, 20)
+
+
+def resnet_outputs(model: ResNet18, data: Tensor, labels: Tensor | None = None,
+                   num_classes: int = 0) -> tuple[Tensor, Tensor | None]:
+    """A ResNet's logits [N, C] in eval mode, chunk by chunk, and with `labels` its class radii [C].
+
+    The stem's latent map is too large to hold for all samples, so the radii come from per-class sums
+    of the unit vectors, in float64: for unit vectors, mean |u - mean u|^2 = 1 - |mean u|^2.
+    """
+    model.eval()
+    logits, sums = [], None
+    with torch.no_grad():
+        for rows in torch.arange(len(data), device=data.device).split(RESNET_EVAL_CHUNK):
+            chunk_logits, latent = model(data[rows])
+            logits.append(chunk_logits)
+            if labels is not None:
+                sums = sums if sums is not None else torch.zeros(num_classes, latent.shape[1], dtype=torch.float64,
+                                                                  device=data.device)
+                sums.index_add_(0, labels[rows], F.normalize(latent, dim=1).double())
+    model.train()
+    if labels is None:
+        return torch.cat(logits), None
+    means = sums / torch.bincount(labels, minlength=num_classes)[:, None]
+    return torch.cat(logits), (1 - means.square().sum(1)).clamp_min(0).sqrt().float()
+
+
+def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
+                  train_masks: Tensor | None = None, tracker: StragglerTracker | None = None,
+                  progress: bool = True, description: str = "ResNets") -> nn.ModuleList:
+    """One ResNet18 per seed, trained one after another with Adam on shuffled minibatches of its training samples.
+
+    A ResNet cannot take the whole subset as one batch, so it is not batched over networks; `tracker`
+    checks happen between epochs, on all samples, in eval mode.
+    """
+    models = nn.ModuleList()
+    for run, seed in enumerate(tqdm(seeds, desc=description, disable=not progress, leave=False)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ResNet18(data.shape[1], num_classes).to(data.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=RESNET_LR, weight_decay=RESNET_WEIGHT_DECAY)
+        rows = torch.arange(len(data)) if train_masks is None else train_masks[run].cpu().nonzero().flatten()
+        shuffle = torch.Generator().manual_seed(seed)
+        for epoch in range(epochs + 1):
+            if tracker is not None and tracker.is_check(epoch):
+                logits, radii = resnet_outputs(model, data, labels, num_classes)
+                tracker.update(epoch, radii[None], logits.argmax(-1)[None], slice(run, run + 1))
+                if tracker.all_inverted(slice(run, run + 1)):
+                    break
+            if epoch == epochs:
+                break
+            for batch in rows[torch.randperm(len(rows), generator=shuffle)].split(RESNET_BATCH_SIZE):
+                batch = batch.to(data.device)
+                loss = F.cross_entropy(model(data[batch])[0], labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        models.append(model)
+    return models
+
+
+def train_networks(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
+                   epochs: int, train_masks: Tensor | None = None, tracker: StragglerTracker | None = None,
+                   progress: bool = True, description: str = "training") -> nn.Module:
+    """Train one network per seed on its training mask (all samples if None): 'SimpleNN' or 'ResNet'.
+
+    SimpleNNs are trained all at once, full batch, SGD lr 0.1; ResNets one by one, Adam lr 1e-3, wd 1e-2.
+    """
+    if network == "ResNet":
+        return train_resnets(seeds, data, labels, num_classes, epochs, train_masks, tracker, progress, description)
+    depth, width = simple_nn_size(data.shape[1])
+    model = BatchedSimpleNN.from_seeds(seeds, input_size=data[0].numel(), width=width, depth=depth,
+                                       num_classes=num_classes).to(data.device)
+    weights = None if train_masks is None else train_masks / train_masks.sum(1, keepdim=True).clamp_min(1)
+    train_full_batch(model, torch.optim.SGD(model.parameters(), lr=SIMPLE_NN_LR), data, labels, epochs,
+                     num_classes, sample_weights=weights, tracker=tracker, progress=progress, description=description)
+    return model
+
+
+def network_logits(model: nn.Module, data: Tensor) -> Tensor:
+    """Logits [networks, N, classes] of what train_networks returned."""
+    if isinstance(model, BatchedSimpleNN):
         with torch.no_grad():
-            radii.append(class_radii(model(data)[1], labels, num_classes))
-    stacked_radii = torch.stack(radii, 1).cpu().numpy() if radii else np.empty((len(losses[0]), 0, num_classes))
-    return TrainingHistory(torch.stack(losses, 1).cpu().numpy(), stacked_radii, radius_epochs)
+            return model(data)[0]
+    return torch.stack([resnet_outputs(resnet, data)[0] for resnet in model])
+
+
+# ----------------------------------------------------------------------------- hard samples
+
+class IdentificationError(UserInputError):
+    """A straggler search found no inversion point for some class."""
+
+
+def identify_stragglers(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
+                        epochs: int, snapshot: str = "copy", progress: bool = True) -> tuple[Tensor, np.ndarray]:
+    """Stragglers found by one network per seed, all trained at once: hard [networks, N] bool and the
+    inversion epochs [networks, C].
+
+    A network in which some class does not invert within `epochs` is replaced by a fresh initialisation,
+    up to MAX_INVERSION_ATTEMPTS times; then an IdentificationError says which classes never inverted.
+    """
+    sizes = torch.bincount(labels, minlength=num_classes).cpu()
+    if (sizes == 0).any():
+        empty = ", ".join(str(c) for c in (sizes == 0).nonzero().flatten().tolist())
+        raise IdentificationError(f"class(es) {empty} have no samples in the subset; every class needs an inversion point")
+    hard = torch.zeros(len(seeds), len(labels), dtype=torch.bool, device=labels.device)
+    inverted_at = np.full((len(seeds), num_classes), -1)
+    pending = list(range(len(seeds)))
+    for attempt in range(MAX_INVERSION_ATTEMPTS):
+        tracker = StragglerTracker(len(pending), labels, num_classes)
+        train_networks(network, [derived_seed(seeds[i], 0, attempt) for i in pending], data, labels, num_classes,
+                       epochs, tracker=tracker, progress=progress,
+                       description=f"stragglers: {len(pending)} network(s), attempt {attempt + 1}")
+        epochs_found = tracker.inverted_at.cpu().numpy()
+        done = (epochs_found >= 0).all(1)
+        for j in np.flatnonzero(done):
+            hard[pending[j]] = tracker.hard(snapshot)[j]
+            inverted_at[pending[j]] = epochs_found[j]
+        pending = [i for i, finished in zip(pending, done) if not finished]
+        if not pending:
+            return hard, inverted_at
+    never = ", ".join(str(c) for c in np.flatnonzero((epochs_found < 0).any(0)))
+    raise IdentificationError(f"class(es) {never} reached no inversion point within {epochs} epochs in "
+                              f"{MAX_INVERSION_ATTEMPTS} initialisations; give more --epochs")
+
+
+def hardness_scores(logits: Tensor, strategy: str) -> Tensor:
+    """[..., N] scores, higher = harder: minus the largest logit ('confidence') or the energy
+    -T logsumexp(logits / T) with T = 1 ('energy')."""
+    if strategy == "confidence":
+        return -logits.amax(-1)
+    return -torch.logsumexp(logits, -1)
+
+
+def select_hardest(scores: Tensor, labels: Tensor, counts: Tensor, level: str) -> Tensor:
+    """Mark the hardest samples of every run: [runs, N] scores (higher = harder), counts [runs, C].
+
+    level 'class': the counts[r, c] highest-scoring samples of class c; level 'dataset': the
+    counts[r].sum() highest-scoring samples of the whole dataset. Ties go to the lower index.
+    """
+    runs, n = scores.shape
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    if level == "dataset":
+        rank_sorted = torch.arange(n, device=scores.device).expand(runs, -1)
+        hard_sorted = rank_sorted < counts.sum(1, keepdim=True)
+    else:
+        sorted_labels = labels[order]
+        rank_sorted = F.one_hot(sorted_labels, counts.shape[1]).cumsum(1).gather(2, sorted_labels[..., None])[..., 0] - 1
+        hard_sorted = rank_sorted < counts.gather(1, sorted_labels)
+    return torch.zeros_like(hard_sorted).scatter_(1, order, hard_sorted)
+
+
+def class_counts(masks: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """How many samples of each class every row of `masks` [runs, N] marks: [runs, C] int64."""
+    one_hot = torch.zeros(len(labels), num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
+    return (masks.float() @ one_hot).round().long()
+
+
+def identify_hard_samples(strategy: str, network: str, seeds: Sequence[int], data: Tensor, labels: Tensor,
+                          num_classes: int, epochs: int, level: str = "dataset", extra_per_class: int = 0,
+                          snapshot: str = "copy", progress: bool = True) -> Tensor:
+    """Hard samples [networks, N] bool found by `strategy`, one identification per seed, all at once.
+
+    'stragglers' as identify_stragglers. 'confidence' and 'energy' first find the stragglers to learn how
+    many hard samples to look for (per class, plus `extra_per_class`), then train fresh networks for the
+    full `epochs` and take that many highest-scoring samples per class or, at `level` 'dataset', their
+    total over the whole dataset.
+    """
+    stragglers, _ = identify_stragglers(network, seeds, data, labels, num_classes, epochs, snapshot, progress)
+    if strategy == "stragglers":
+        return stragglers
+    sizes = torch.bincount(labels, minlength=num_classes)
+    counts = torch.minimum(class_counts(stragglers, labels, num_classes) + extra_per_class, sizes)
+    model = train_networks(network, [derived_seed(seed, 1) for seed in seeds], data, labels, num_classes, epochs,
+                           progress=progress, description=f"{strategy}: {len(seeds)} network(s)")
+    return select_hardest(hardness_scores(network_logits(model, data), strategy), labels, counts, level)
+
+
+def rounded_count(ratio: float, n: int) -> int:
+    """ratio * n rounded to the nearest integer (halves up)."""
+    return int(math.floor(ratio * n + 0.5))
+
+
+def flip_labels(labels: Tensor, ratio: float, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Give round(ratio * N) random samples a different label, uniform over the other classes.
+
+    Returns the new labels and the positions of the flipped samples (both on labels' device).
+    """
+    chosen = torch.randperm(len(labels), generator=generator)[:rounded_count(ratio, len(labels))]
+    offsets = torch.randint(1, num_classes, (len(chosen),), generator=generator)
+    noisy = labels.cpu().clone()
+    noisy[chosen] = (noisy[chosen] + offsets) % num_classes
+    return noisy.to(labels.device), chosen.to(labels.device)
+
+
+def split_train_test(hard: Tensor, train_ratio: float, generator: torch.Generator) -> Tensor:
+    """Training mask [N]: round(train_ratio * n) random hard samples and as many of the easy ones; the rest is test."""
+    hard = hard.cpu()
+    train = torch.zeros_like(hard)
+    for group in (hard, ~hard):
+        members = group.nonzero().flatten()
+        train[members[torch.randperm(len(members), generator=generator)[:rounded_count(train_ratio, len(members))]]] = True
+    return train
+
+
+def reduction_masks(train: Tensor, hard: Tensor, remaining_ratios: Sequence[float], reduce_hard: bool,
+                    generator: torch.Generator) -> Tensor:
+    """One training mask per remaining ratio [len(ratios), N]: every training sample of the kept kind, and
+    round(ratio * n) of the n training samples of the reduced kind (easy ones, or hard with `reduce_hard`).
+    The kept ones are the first of one random order, so smaller sets are inside larger ones."""
+    train, hard = train.cpu(), hard.cpu()
+    reduced = train & (hard if reduce_hard else ~hard)
+    members = reduced.nonzero().flatten()
+    members = members[torch.randperm(len(members), generator=generator)]
+    masks = (train & ~reduced).repeat(len(remaining_ratios), 1)
+    for row, ratio in enumerate(remaining_ratios):
+        masks[row, members[:rounded_count(ratio, len(members))]] = True
+    return masks
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def classification_metrics(predictions: Tensor, labels: Tensor, masks: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Accuracy and macro precision, recall and F1 of every run at once, as torchmetrics defines them.
+
+    predictions [runs, N], labels [N], masks [runs, N] or [N] (which samples count). Accuracy is the
+    share of correct predictions (torchmetrics' average='micro'); the macro scores average the per-class
+    scores over the classes that occur among the labels or predictions, a 0/0 score counting as 0.
+    A run with no samples gets NaN. Returns name -> [runs].
+    """
+    runs = predictions.shape[0]
+    masks = masks.expand(runs, -1).float()
+    cell = (torch.arange(runs, device=labels.device)[:, None] * num_classes + labels) * num_classes + predictions
+    confusion = torch.bincount(cell.flatten(), masks.flatten(), minlength=runs * num_classes ** 2)
+    confusion = confusion.view(runs, num_classes, num_classes)       # [run, true, predicted]
+    tp = confusion.diagonal(dim1=1, dim2=2)
+    predicted, actual = confusion.sum(1), confusion.sum(2)           # tp + fp, tp + fn
+    present = (predicted + actual) > 0
+
+    def macro(numerator: Tensor, denominator: Tensor) -> Tensor:
+        score = torch.where(denominator > 0, numerator / denominator.clamp_min(1), 0.0)
+        return (score * present).sum(1) / present.sum(1)
+
+    return {"accuracy": tp.sum(1) / masks.sum(1), "precision": macro(tp, predicted),
+            "recall": macro(tp, actual), "F1": macro(2 * tp, predicted + actual)}
+
+
+def train_and_evaluate(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
+                       epochs: int, train_masks: Tensor, test_sets: dict[str, Tensor],
+                       progress: bool = True) -> dict[str, dict[str, list[float]]]:
+    """Train one network per seed on its row of `train_masks` [networks, N] and score it on each test set.
+
+    Networks see only the samples in some training mask; SimpleNNs are trained as many at once as
+    MAX_NETWORK_SAMPLES allows. Returns test set -> metric -> one value per network.
+    """
+    train_masks = train_masks.to(labels.device)
+    rows = train_masks.any(0).nonzero().flatten()
+    test_rows = torch.stack(list(test_sets.values())).any(0).to(labels.device).nonzero().flatten()
+    per_batch = len(seeds) if network == "ResNet" else max(1, MAX_NETWORK_SAMPLES // max(1, len(rows)))
+    results: dict[str, dict[str, list[float]]] = {name: {metric: [] for metric in METRICS} for name in test_sets}
+    for start in range(0, len(seeds), per_batch):
+        batch = slice(start, start + per_batch)
+        model = train_networks(network, seeds[batch], data[rows], labels[rows], num_classes, epochs,
+                               train_masks[batch][:, rows], progress=progress,
+                               description=f"evaluation: {len(seeds[batch])} network(s)")
+        predictions = network_logits(model, data[test_rows]).argmax(-1)
+        for name, test in test_sets.items():
+            scores = classification_metrics(predictions, labels[test_rows], test.to(labels.device)[test_rows],
+                                            num_classes)
+            for metric in METRICS:
+                results[name][metric] += scores[metric].tolist()
+    return results
 
 
 # ----------------------------------------------------------------------------- files

@@ -146,15 +146,22 @@ def f1_results_path(dataset_name: str, strategy: str, reduce_hard: bool, subset_
     return Path("Results/F1_results") / f"{dataset_name}_{strategy}_{reduce_hard}_{subset_size}_{kind}.pkl"
 
 
+def class_counts_path(dataset_name: str, strategy: str, subset_size: int) -> Path:
+    """Where hard_sample_distribution_over_classes.py saves the per-class hard-sample counts."""
+    return Path("Results/Hard_sample_distribution") / f"{dataset_name}_{strategy}_{subset_size}_class_counts.pkl"
+
+
 def derived_seed(*keys: int) -> int:
     """A seed fixed by `keys` (e.g. the run's seed, a stage, an index), independent of any other keys' seed."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
-def run_settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """The settings that produced a result: every flag, the device, the command and the versions."""
+def run_settings(args: argparse.Namespace, device: torch.device | None = None) -> dict[str, Any]:
+    """The settings that produced a result: every flag, the device (if any), the command and the versions."""
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    settings.update(device=str(device), command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    if device is not None:
+        settings["device"] = str(device)
+    settings.update(command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                     versions={"python": platform.python_version(), "torch": torch.__version__,
                               "torchvision": torchvision.__version__, "numpy": np.__version__})
     return settings
@@ -665,6 +672,17 @@ def reduction_masks(train: Tensor, hard: Tensor, remaining_ratios: Sequence[floa
 
 # ----------------------------------------------------------------------------- metrics
 
+def confusion_matrices(predictions: Tensor, labels: Tensor, masks: Tensor, num_classes: int) -> Tensor:
+    """Confusion matrix of every run, [runs, true class, predicted class], counting the samples in `masks`.
+
+    predictions [runs, N], labels [N], masks [runs, N] or [N]; one bincount for all runs.
+    """
+    runs = predictions.shape[0]
+    cell = (torch.arange(runs, device=labels.device)[:, None] * num_classes + labels) * num_classes + predictions
+    weights = masks.expand(runs, -1).float().flatten()
+    return torch.bincount(cell.flatten(), weights, minlength=runs * num_classes ** 2).view(runs, num_classes, num_classes)
+
+
 def classification_metrics(predictions: Tensor, labels: Tensor, masks: Tensor, num_classes: int) -> dict[str, Tensor]:
     """Accuracy and macro precision, recall and F1 of every run at once, as torchmetrics defines them.
 
@@ -673,11 +691,7 @@ def classification_metrics(predictions: Tensor, labels: Tensor, masks: Tensor, n
     scores over the classes that occur among the labels or predictions, a 0/0 score counting as 0.
     A run with no samples gets NaN. Returns name -> [runs].
     """
-    runs = predictions.shape[0]
-    masks = masks.expand(runs, -1).float()
-    cell = (torch.arange(runs, device=labels.device)[:, None] * num_classes + labels) * num_classes + predictions
-    confusion = torch.bincount(cell.flatten(), masks.flatten(), minlength=runs * num_classes ** 2)
-    confusion = confusion.view(runs, num_classes, num_classes)       # [run, true, predicted]
+    confusion = confusion_matrices(predictions, labels, masks, num_classes)
     tp = confusion.diagonal(dim1=1, dim2=2)
     predicted, actual = confusion.sum(1), confusion.sum(2)           # tp + fp, tp + fn
     present = (predicted + actual) > 0
@@ -686,34 +700,43 @@ def classification_metrics(predictions: Tensor, labels: Tensor, masks: Tensor, n
         score = torch.where(denominator > 0, numerator / denominator.clamp_min(1), 0.0)
         return (score * present).sum(1) / present.sum(1)
 
-    return {"accuracy": tp.sum(1) / masks.sum(1), "precision": macro(tp, predicted),
+    return {"accuracy": tp.sum(1) / confusion.sum((1, 2)), "precision": macro(tp, predicted),
             "recall": macro(tp, actual), "F1": macro(2 * tp, predicted + actual)}
+
+
+def train_and_predict(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
+                      epochs: int, train_masks: Tensor, predict_rows: Tensor, progress: bool = True) -> Tensor:
+    """Train one network per seed on its row of `train_masks` [networks, N]; predicted classes of the
+    samples at `predict_rows`, [networks, len(predict_rows)].
+
+    Networks see only the samples in some training mask; SimpleNNs are trained as many at once as
+    MAX_NETWORK_SAMPLES allows.
+    """
+    train_masks = train_masks.to(labels.device)
+    rows = train_masks.any(0).nonzero().flatten()
+    per_batch = len(seeds) if network == "ResNet" else max(1, MAX_NETWORK_SAMPLES // max(1, len(rows)))
+    predictions = []
+    for start in range(0, len(seeds), per_batch):
+        batch = slice(start, start + per_batch)
+        model = train_networks(network, seeds[batch], data[rows], labels[rows], num_classes, epochs,
+                               train_masks[batch][:, rows], progress=progress,
+                               description=f"training {len(seeds[batch])} network(s)")
+        predictions.append(network_logits(model, data[predict_rows]).argmax(-1))
+    return torch.cat(predictions)
 
 
 def train_and_evaluate(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
                        epochs: int, train_masks: Tensor, test_sets: dict[str, Tensor],
                        progress: bool = True) -> dict[str, dict[str, list[float]]]:
-    """Train one network per seed on its row of `train_masks` [networks, N] and score it on each test set.
-
-    Networks see only the samples in some training mask; SimpleNNs are trained as many at once as
-    MAX_NETWORK_SAMPLES allows. Returns test set -> metric -> one value per network.
-    """
-    train_masks = train_masks.to(labels.device)
-    rows = train_masks.any(0).nonzero().flatten()
+    """Train one network per seed on its row of `train_masks` [networks, N] and score it on each test set
+    (name -> [N] bool mask). Returns test set -> metric -> one value per network."""
     test_rows = torch.stack(list(test_sets.values())).any(0).to(labels.device).nonzero().flatten()
-    per_batch = len(seeds) if network == "ResNet" else max(1, MAX_NETWORK_SAMPLES // max(1, len(rows)))
-    results: dict[str, dict[str, list[float]]] = {name: {metric: [] for metric in METRICS} for name in test_sets}
-    for start in range(0, len(seeds), per_batch):
-        batch = slice(start, start + per_batch)
-        model = train_networks(network, seeds[batch], data[rows], labels[rows], num_classes, epochs,
-                               train_masks[batch][:, rows], progress=progress,
-                               description=f"evaluation: {len(seeds[batch])} network(s)")
-        predictions = network_logits(model, data[test_rows]).argmax(-1)
-        for name, test in test_sets.items():
-            scores = classification_metrics(predictions, labels[test_rows], test.to(labels.device)[test_rows],
-                                            num_classes)
-            for metric in METRICS:
-                results[name][metric] += scores[metric].tolist()
+    predictions = train_and_predict(network, seeds, data, labels, num_classes, epochs, train_masks, test_rows,
+                                    progress)
+    results = {}
+    for name, test in test_sets.items():
+        scores = classification_metrics(predictions, labels[test_rows], test.to(labels.device)[test_rows], num_classes)
+        results[name] = {metric: scores[metric].tolist() for metric in METRICS}
     return results
 
 

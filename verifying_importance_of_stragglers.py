@@ -135,7 +135,8 @@ def main(args: argparse.Namespace) -> None:
     indices_path = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "indices")
     save_pickle({"settings": settings, "metrics": metrics}, metrics_path)
     save_pickle({"settings": settings, "class_names": dataset.class_names, "subset_indices": dataset.indices.numpy(),
-                 "flipped_indices": dataset.indices[flipped.cpu()].numpy(), "identifications": identifications},
+                 "subset_labels": labels.cpu().numpy(), "flipped_indices": dataset.indices[flipped.cpu()].numpy(),
+                 "identifications": identifications},
                 indices_path)
     figures = plot_accuracies(metrics, args)
 

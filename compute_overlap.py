@@ -1,0 +1,80 @@
+"""How much do the strategies agree? Overlap between the hard samples that each pair of strategies found.
+
+Reads the hard-sample indices that verifying_importance_of_stragglers.py saved for every strategy. The
+k-th identification of one strategy is paired with the k-th of another (same seed, train ratio and run,
+the same --reduce_hard setting; runs whose other settings differ are not paired). For every ordered pair (A, B) it prints the mean and std over these
+pairs of the share of A's hard samples that B also marked hard, and saves the table to
+Results/F1_results/<dataset>_<subset_size>_overlap.pkl.
+"""
+import argparse
+import sys
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+
+from utils import (STRATEGIES, UserInputError, f1_results_path, load_pickle, positive_int, run_script, run_settings,
+                   save_pickle)
+
+PAIRING_SETTINGS = ("seed", "runs", "train_ratios", "noise_ratio", "epochs", "evaluation_network", "snapshot")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
+    parser.add_argument("--subset_size", type=positive_int, default=20000,
+                        help="--subset_size of the runs to read; names the results files (default 20000)")
+    return parser.parse_args(argv)
+
+
+def hard_sets(args: argparse.Namespace, strategy: str, reduce_hard: bool) -> tuple[dict, list[np.ndarray]] | None:
+    """The settings and the hard-sample indices of every identification in one results file (None if missing)."""
+    path = f1_results_path(args.dataset_name, strategy, reduce_hard, args.subset_size, "indices")
+    if not path.is_file():
+        print(f"missing {path}: make it with python verifying_importance_of_stragglers.py --dataset_name "
+              f"{args.dataset_name} --strategy {strategy} --subset_size {args.subset_size}"
+              + (" --reduce_hard" if reduce_hard else ""), file=sys.stderr)
+        return None
+    results = load_pickle(path, "verifying_importance_of_stragglers.py")
+    return results["settings"], [np.concatenate(found["hard_indices"]) for found in results["identifications"]]
+
+
+def comparable(first: dict, second: dict) -> bool:
+    """Whether two runs' identifications can be paired: same data, seeds, plan and networks."""
+    return all(first.get(key) == second.get(key) for key in PAIRING_SETTINGS)
+
+
+def overlap_share(first: np.ndarray, second: np.ndarray) -> float:
+    """Share of `first`'s samples that are also in `second` (NaN if `first` is empty)."""
+    return len(np.intersect1d(first, second)) / len(first) if len(first) else float("nan")
+
+
+def main(args: argparse.Namespace) -> None:
+    shares: dict[tuple[str, str], list[float]] = {pair: [] for pair in permutations(STRATEGIES, 2)}
+    for reduce_hard in (False, True):
+        found = {strategy: hard_sets(args, strategy, reduce_hard) for strategy in STRATEGIES}
+        for first, second in shares:
+            if found[first] is None or found[second] is None:
+                continue
+            (first_settings, first_sets), (second_settings, second_sets) = found[first], found[second]
+            if not comparable(first_settings, second_settings):
+                print(f"left out {first} vs {second} (reduce_hard {reduce_hard}): their runs differ in "
+                      f"{', '.join(k for k in PAIRING_SETTINGS if first_settings.get(k) != second_settings.get(k))}",
+                      file=sys.stderr)
+                continue
+            shares[(first, second)] += [overlap_share(a, b) for a, b in zip(first_sets, second_sets)]
+    shares = {pair: values for pair, values in shares.items() if values}
+    if not shares:
+        raise UserInputError(f"need the hard-sample indices of at least two strategies for {args.dataset_name} "
+                             f"with --subset_size {args.subset_size} (and the same --reduce_hard); see the missing files above")
+    table = {pair: (float(np.nanmean(values)), float(np.nanstd(values)), len(values)) for pair, values in shares.items()}
+    path = Path("Results/F1_results") / f"{args.dataset_name}_{args.subset_size}_overlap.pkl"
+    save_pickle({"settings": run_settings(args), "shares": shares, "table": table}, path)
+    print("share of A's hard samples that B also marks hard (mean +- std over paired identifications):")
+    for (first, second), (mean, std, pairs) in table.items():
+        print(f"  A = {first:<10} B = {second:<10} {100 * mean:5.1f}% +- {100 * std:4.1f}%  ({pairs} pairs)")
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

@@ -1,0 +1,73 @@
+"""Figure 8 (left): how the hard samples of one strategy are spread over the classes.
+
+Reads the hard-sample indices that verifying_importance_of_stragglers.py saved for --strategy (the runs
+that reduce easy samples and those that reduce hard ones, whichever exist), counts the hard samples of
+every class in every identification, prints their mean and std per class, draws them as a bar chart to
+Figures/Figure8/hard_sample_distribution_<dataset>_<strategy>.png/.pdf and saves the counts to
+Results/Hard_sample_distribution/<dataset>_<strategy>_<subset_size>_class_counts.pkl.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from utils import (STRATEGIES, UserInputError, class_counts_path, f1_results_path, load_pickle, positive_int,
+                   run_script, run_settings, save_figure, save_pickle)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="stragglers",
+                        help="strategy whose hard samples to count (default stragglers)")
+    parser.add_argument("--subset_size", type=positive_int, default=20000,
+                        help="--subset_size of the runs to read; names the results files (default 20000)")
+    return parser.parse_args(argv)
+
+
+def hard_counts_per_identification(args: argparse.Namespace) -> tuple[np.ndarray, list[str], list[Path]]:
+    """[identifications, classes] hard-sample counts from every indices file of the strategy that exists."""
+    counts, class_names, read = [], [], []
+    for reduce_hard in (False, True):
+        path = f1_results_path(args.dataset_name, args.strategy, reduce_hard, args.subset_size, "indices")
+        if not path.is_file():
+            print(f"note: {path} not found, left out", file=sys.stderr)
+            continue
+        results = load_pickle(path, "verifying_importance_of_stragglers.py")
+        class_names = results["class_names"]
+        counts += [[len(indices) for indices in found["hard_indices"]] for found in results["identifications"]]
+        read.append(path)
+    if not read:
+        raise UserInputError(f"no hard-sample indices for {args.dataset_name}, {args.strategy}, subset "
+                             f"{args.subset_size}: neither {f1_results_path(args.dataset_name, args.strategy, False, args.subset_size, 'indices')}"
+                             f" nor its --reduce_hard twin exists; run verifying_importance_of_stragglers.py "
+                             f"--dataset_name {args.dataset_name} --strategy {args.strategy} --subset_size {args.subset_size}")
+    return np.array(counts), class_names, read
+
+
+def main(args: argparse.Namespace) -> None:
+    counts, class_names, read = hard_counts_per_identification(args)
+    mean, std = counts.mean(0), counts.std(0)
+    save_pickle({"settings": run_settings(args), "read": [str(path) for path in read], "class_names": class_names,
+                 "counts": counts, "mean": mean, "std": std},
+                class_counts_path(args.dataset_name, args.strategy, args.subset_size))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(class_names)), mean, yerr=std, capsize=4, color="tab:red", alpha=0.8)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("hard samples")
+    ax.set_title(f"{args.dataset_name}, {args.strategy}: hard samples per class, mean ± std over "
+                 f"{len(counts)} identifications")
+    fig.tight_layout()
+    figures = save_figure(fig, Path("Figures/Figure8") / f"hard_sample_distribution_{args.dataset_name}_{args.strategy}")
+
+    print(f"hard samples per class over {len(counts)} identifications ({', '.join(map(str, read))}):")
+    for name, m, s in zip(class_names, mean, std):
+        print(f"  {name}: {m:.1f} +- {s:.1f}")
+    print(f"saved {class_counts_path(args.dataset_name, args.strategy, args.subset_size)}, {figures[0]} and {figures[1]}")
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

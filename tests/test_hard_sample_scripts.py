@@ -1,0 +1,194 @@
+"""The Sections 4-5 scripts end to end on a tiny synthetic MNIST, and their command-line errors."""
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, synthetic_blobs, write_mnist_layout
+
+VERIFY = REPO / "verifying_importance_of_stragglers.py"
+PLOT = REPO / "plotting_results.py"
+DISTRIBUTION = REPO / "hard_sample_distribution_over_classes.py"
+CLASS_LEVEL = REPO / "class_level_accuracies.py"
+OVERLAP = REPO / "compute_overlap.py"
+SUBSET, RUNS, NOISE = 400, 2, 0.1
+COMMON = ["--subset_size", str(SUBSET), "--runs", str(RUNS), "--train_ratios", "0.9", "0.5",
+          "--remaining_train_ratios", "0.0", "0.5", "1.0", "--epochs", "100", "--noise_ratio", str(NOISE),
+          "--seed", "3", "--device", "cpu"]
+
+
+def run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def load(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A working folder with a tiny MNIST whose classes invert within 100 epochs, and four benchmark runs:
+    stragglers and confidence (class level) reducing easy samples, stragglers and energy reducing hard ones."""
+    folder = tmp_path_factory.mktemp("work")
+    write_mnist_layout(folder / "data", "MNIST", train=300, test=100, make=synthetic_blobs)
+    for extra in (["--strategy", "stragglers"], ["--strategy", "confidence", "--level", "class"],
+                  ["--strategy", "stragglers", "--reduce_hard"], ["--strategy", "energy", "--reduce_hard"]):
+        done = run(VERIFY, *COMMON, *extra, cwd=folder)
+        assert done.returncode == 0, done.stderr
+    return folder
+
+
+def results(workdir: Path, strategy: str, reduce_hard: bool, kind: str) -> dict:
+    return load(workdir / "Results/F1_results" / f"MNIST_{strategy}_{reduce_hard}_{SUBSET}_{kind}.pkl")
+
+
+def per_class_counts(indices: dict) -> np.ndarray:
+    return np.array([[len(hard) for hard in found["hard_indices"]] for found in indices["identifications"]])
+
+
+def test_benchmark_writes_metrics_indices_and_figure(workdir):
+    metrics = results(workdir, "stragglers", False, "metrics")
+    assert metrics["settings"]["strategy"] == "stragglers" and metrics["settings"]["noise_ratio"] == NOISE
+    assert set(metrics["metrics"]) == {0.9, 0.5}
+    for by_set in metrics["metrics"].values():
+        assert set(by_set) == {"full", "hard", "easy"}
+        for by_remaining in by_set.values():
+            assert set(by_remaining) == {0.0, 0.5, 1.0}
+            for by_metric in by_remaining.values():
+                assert set(by_metric) == {"accuracy", "precision", "recall", "F1"}
+                for values in by_metric.values():
+                    assert len(values) == RUNS * RUNS and all(0 <= v <= 1 for v in values)
+    full = metrics["metrics"][0.9]["full"]
+    assert np.mean(full[1.0]["accuracy"]) > np.mean(full[0.0]["accuracy"])  # easy samples help
+
+    indices = results(workdir, "stragglers", False, "indices")
+    assert len(indices["identifications"]) == 2 * RUNS
+    subset, labels = indices["subset_indices"], indices["subset_labels"]
+    label_of = dict(zip(subset.tolist(), labels.tolist()))
+    flipped = indices["flipped_indices"]
+    assert len(flipped) == round(NOISE * SUBSET) and set(flipped) <= set(subset.tolist())
+    for found in indices["identifications"]:
+        assert len(found["hard_indices"]) == 10
+        for c, hard in enumerate(found["hard_indices"]):
+            assert all(label_of[i] == c for i in hard.tolist())
+        share = np.isin(flipped, np.concatenate(found["hard_indices"])).mean()
+        assert found["caught_flipped_share"] == pytest.approx(share)
+        # train ratio split of hard and easy samples, then 0 / half / all of the training easy samples
+        hard_total = sum(len(h) for h in found["hard_indices"])
+        hard_train = int(np.floor(found["train_ratio"] * hard_total + 0.5))
+        easy_train = int(np.floor(found["train_ratio"] * (SUBSET - hard_total) + 0.5))
+        assert found["training_samples"] == [hard_train + int(np.floor(r * easy_train + 0.5)) for r in (0.0, 0.5, 1.0)]
+    assert Image.open(workdir / "Figures/straggler_ratio_vs_generalisation" /
+                      f"MNIST_stragglers_False_{SUBSET}_accuracy.png").size[0] > 800
+    assert not list((workdir / "Results").rglob("*.tmp")) and not list((workdir / "Figures").rglob("*.tmp"))
+
+
+def test_identifications_are_shared_across_strategies_and_reduce_settings(workdir):
+    stragglers = per_class_counts(results(workdir, "stragglers", False, "indices"))
+    assert (per_class_counts(results(workdir, "stragglers", True, "indices")) == stragglers).all()
+    extra = round(NOISE * SUBSET / 10)
+    sizes = np.bincount(results(workdir, "stragglers", False, "indices")["subset_labels"], minlength=10)
+    confidence = per_class_counts(results(workdir, "confidence", False, "indices"))
+    assert (confidence == np.minimum(stragglers + extra, sizes)).all()      # --level class
+    energy = per_class_counts(results(workdir, "energy", True, "indices"))
+    assert (energy.sum(1) == np.minimum(stragglers + extra, sizes).sum(1)).all()  # --level dataset: the total
+
+
+def test_figure7_distribution_overlap_and_class_level_scripts(workdir):
+    plotted = run(PLOT, "--subset_size", str(SUBSET), cwd=workdir)
+    assert plotted.returncode == 0, plotted.stderr
+    assert f"MNIST_energy_False_{SUBSET}_metrics.pkl" in plotted.stderr  # says which file it did not find
+    for name in ("a_easy_accuracy", "b_easy_recall", "c_easy_precision", "d_easy_F1",
+                 "e_hard_accuracy", "f_hard_recall", "g_hard_precision", "h_hard_F1"):
+        assert Image.open(workdir / "Figures/Figure7" / f"{name}.png").size[0] > 500
+        assert (workdir / "Figures/Figure7" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+
+    distribution = run(DISTRIBUTION, "--strategy", "stragglers", "--subset_size", str(SUBSET), cwd=workdir)
+    assert distribution.returncode == 0, distribution.stderr
+    counts = load(workdir / "Results/Hard_sample_distribution" / f"MNIST_stragglers_{SUBSET}_class_counts.pkl")
+    expected = np.concatenate([per_class_counts(results(workdir, "stragglers", reduce, "indices")) for reduce in (False, True)])
+    assert (counts["counts"] == expected).all()
+    np.testing.assert_allclose(counts["mean"], expected.mean(0))
+    np.testing.assert_allclose(counts["std"], expected.std(0))
+    assert f"{expected.mean(0)[3]:.1f} +- {expected.std(0)[3]:.1f}" in distribution.stdout
+    assert (workdir / "Figures/Figure8/hard_sample_distribution_MNIST_stragglers.png").is_file()
+
+    overlap = run(OVERLAP, "--subset_size", str(SUBSET), cwd=workdir)
+    assert overlap.returncode == 0, overlap.stderr
+    table = load(workdir / "Results/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
+    assert set(table) == {("stragglers", "confidence"), ("confidence", "stragglers"),
+                          ("stragglers", "energy"), ("energy", "stragglers")}
+    first = [np.concatenate(f["hard_indices"]) for f in results(workdir, "stragglers", False, "indices")["identifications"]]
+    second = [np.concatenate(f["hard_indices"]) for f in results(workdir, "confidence", False, "indices")["identifications"]]
+    shares = [np.isin(a, b).mean() for a, b in zip(first, second)]
+    assert table[("stragglers", "confidence")][:2] == pytest.approx((np.mean(shares), np.std(shares)))
+
+    class_level = run(CLASS_LEVEL, "--subset_size", str(SUBSET), "--runs", "3", "--epochs", "60", "--device", "cpu",
+                      "--hard_counts", f"Results/Hard_sample_distribution/MNIST_stragglers_{SUBSET}_class_counts.pkl",
+                      cwd=workdir)
+    assert class_level.returncode == 0, class_level.stderr
+    saved = load(workdir / "Results/Class_level_accuracies" / f"MNIST_{SUBSET}.pkl")
+    assert saved["per_class_accuracy"].shape == (3, 10)
+    error = 1 - saved["per_class_accuracy"].mean(0)
+    assert saved["pearson"] == pytest.approx(np.corrcoef(counts["mean"], error)[0, 1])
+    assert "Pearson correlation" in class_level.stdout
+    assert (workdir / "Figures/Figure8" / f"class_level_error_MNIST_{SUBSET}.png").is_file()
+
+
+def test_class_level_accuracies_overfit_without_hard_counts(tmp_path):
+    write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=10, make=synthetic_blobs)
+    done = run(CLASS_LEVEL, "--subset_size", "70", "--runs", "2", "--epochs", "30", "--overfit", "--device", "cpu",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "no hard-sample counts" in done.stdout and "training samples (70 samples)" in done.stdout
+    assert load(tmp_path / "Results/Class_level_accuracies/MNIST_70_overfit.pkl")["pearson"] is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train_ratios", "1.0"], "must be a ratio in (0, 1), got 1.0"),
+    (["--train_ratios", "0"], "must be a ratio in (0, 1), got 0"),
+    (["--remaining_train_ratios", "1.5"], "must be a ratio in [0, 1], got 1.5"),
+    (["--noise_ratio", "1"], "must be a ratio in [0, 1), got 1"),
+    (["--noise_ratio", "nan"], "must be a ratio in [0, 1), got nan"),
+    (["--strategy", "loss"], "invalid choice: 'loss'"),
+    (["--level", "pixel"], "invalid choice: 'pixel'"),
+    (["--evaluation_network", "VGG"], "invalid choice: 'VGG'"),
+    (["--remaining_train_ratios", "0.5", "0.5"], "lists a ratio twice"),
+    (["--epochs", "20"], "--epochs must be over 20"),
+    (["--seed", "-1"], "must be a non-negative integer"),
+])
+def test_benchmark_flags_are_validated(tmp_path, args, message):
+    done = run(VERIFY, *args, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path):
+    write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=10)
+    done = run(VERIFY, "--dataset_name", "CIFAR11", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().startswith("error: unknown dataset 'CIFAR11'")
+    done = run(VERIFY, "--subset_size", "70", "--epochs", "21", "--runs", "1", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 1 and "reached no inversion point within 21 epochs in 5 initialisations" in done.stderr
+    for script in (PLOT, DISTRIBUTION):
+        done = run(script, cwd=tmp_path)
+        assert done.returncode == 1 and "Results/F1_results/MNIST_" in done.stderr and "20000" in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error:")
+    done = run(OVERLAP, cwd=tmp_path)
+    assert done.returncode == 1 and "MNIST_stragglers_False_20000_indices.pkl" in done.stderr
+    assert not (tmp_path / "Results").exists() or not list((tmp_path / "Results").rglob("*.pkl"))
+
+
+@pytest.mark.parametrize("script", [VERIFY, PLOT, DISTRIBUTION, CLASS_LEVEL, OVERLAP])
+def test_help_explains_every_flag(script, tmp_path):
+    done = run(script, "--help", cwd=tmp_path)
+    assert done.returncode == 0 and "--dataset_name" in done.stdout
+    entries = re.split(r"\n  (?=-)", done.stdout.split("options:")[1])[1:]
+    assert len(entries) >= 3
+    for entry in entries:
+        words = [w for w in entry.split() if not (w.startswith(("-", "{", "[")) or w.rstrip(",]").isupper())]
+        assert len(words) >= 3, entry  # the flag comes with an explanation

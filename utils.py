@@ -141,9 +141,12 @@ def radii_results_path(dataset_name: str) -> Path:
     return Path("Results/Radii_over_epoch") / f"{dataset_name}_all_epoch_radii.pkl"
 
 
-def f1_results_path(dataset_name: str, strategy: str, reduce_hard: bool, subset_size: int, kind: str) -> Path:
-    """Where verifying_importance_of_stragglers.py saves its `metrics` or hard-sample `indices`."""
-    return Path("Results/F1_results") / f"{dataset_name}_{strategy}_{reduce_hard}_{subset_size}_{kind}.pkl"
+def f1_results_path(dataset_name: str, strategy: str, reduce_hard: bool, subset_size: int, kind: str,
+                    snapshot: str = "copy") -> Path:
+    """Where verifying_importance_of_stragglers.py saves its `metrics` or hard-sample `indices`; runs with the
+    original code's snapshot bug (--snapshot last) get a suffix so that they never replace the correct ones."""
+    suffix = "" if snapshot == "copy" else f"_snapshot_{snapshot}"
+    return Path("Results/F1_results") / f"{dataset_name}_{strategy}_{reduce_hard}_{subset_size}_{kind}{suffix}.pkl"
 
 
 def class_counts_path(dataset_name: str, strategy: str, subset_size: int) -> Path:
@@ -552,9 +555,10 @@ def identify_stragglers(network: str, seeds: Sequence[int], data: Tensor, labels
     up to MAX_INVERSION_ATTEMPTS times; then an IdentificationError says which classes never inverted.
     """
     sizes = torch.bincount(labels, minlength=num_classes).cpu()
-    if (sizes == 0).any():
-        empty = ", ".join(str(c) for c in (sizes == 0).nonzero().flatten().tolist())
-        raise IdentificationError(f"class(es) {empty} have no samples in the subset; every class needs an inversion point")
+    if (sizes < 2).any():  # the radius of a single sample is always 0: it can never grow
+        tiny = ", ".join(str(c) for c in (sizes < 2).nonzero().flatten().tolist())
+        raise IdentificationError(f"class(es) {tiny} have fewer than 2 samples in the subset, so no inversion point; "
+                                  "give a larger --subset_size")
     hard = torch.zeros(len(seeds), len(labels), dtype=torch.bool, device=labels.device)
     inverted_at = np.full((len(seeds), num_classes), -1)
     pending = list(range(len(seeds)))

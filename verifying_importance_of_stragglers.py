@@ -6,7 +6,8 @@ ratio keep that share of the training easy samples (of the hard ones with --redu
 `--runs` evaluation networks on what is left; score each on the full, hard and easy test sets
 (accuracy, macro precision, recall and F1). All evaluation networks of one identification are
 trained at once. Saves Results/F1_results/<dataset>_<strategy>_<reduce_hard>_<subset_size>_metrics.pkl
-and ..._indices.pkl, and draws accuracy against remaining ratio to Figures/straggler_ratio_vs_generalisation/.
+and ..._indices.pkl (with a _snapshot_last suffix under --snapshot last), and draws accuracy against
+remaining ratio to Figures/straggler_ratio_vs_generalisation/.
 """
 import argparse
 from itertools import product
@@ -88,7 +89,8 @@ def plot_accuracies(metrics: dict, args: argparse.Namespace) -> list[Path]:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{args.dataset_name}, {args.strategy}, {args.runs} x {args.runs} networks per point")
     fig.tight_layout()
-    name = f"{args.dataset_name}_{args.strategy}_{args.reduce_hard}_{args.subset_size}_accuracy"
+    name = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "accuracy",
+                           args.snapshot).stem
     return save_figure(fig, Path("Figures/straggler_ratio_vs_generalisation") / name)
 
 
@@ -131,8 +133,10 @@ def main(args: argparse.Namespace) -> None:
             "training_samples": masks.sum(1).tolist(), "caught_flipped_share": caught[i]})
 
     settings = run_settings(args, device)
-    metrics_path = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "metrics")
-    indices_path = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "indices")
+    metrics_path = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "metrics",
+                                  args.snapshot)
+    indices_path = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "indices",
+                                  args.snapshot)
     save_pickle({"settings": settings, "metrics": metrics}, metrics_path)
     save_pickle({"settings": settings, "class_names": dataset.class_names, "subset_indices": dataset.indices.numpy(),
                  "subset_labels": labels.cpu().numpy(), "flipped_indices": dataset.indices[flipped.cpu()].numpy(),

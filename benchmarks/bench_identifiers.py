@@ -1,0 +1,75 @@
+"""Speed of the Sections 4-5 engine on MNIST-sized inputs (20,000 x 784 by default).
+
+Prints the wall time of one hard-sample identification per strategy (SimpleNN, full batch; the straggler
+search stops once every class has inverted, confidence and energy then train a fresh network for all
+epochs), and of training N evaluation networks at once, each on its own random 90% training mask with
+the test-set metrics at the end (N = 1, 45 and 675 by default: one network, one identification's
+networks and the paper's whole command). Uses real MNIST when it is under --data_root (random data
+cannot show an inversion point), and reports peak memory (process RSS on the CPU, allocated on CUDA).
+
+    python benchmarks/bench_identifiers.py [--networks 1 45 675] [--epochs 500] [--subset_size 20000] [--device auto]
+"""
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils import (STRATEGIES, add_common_arguments, derived_seed, identify_hard_samples,  # noqa: E402
+                   keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device, train_and_evaluate)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def timed(device: torch.device, work) -> float:
+    """Seconds `work()` takes, the device's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--networks", type=positive_int, nargs="+", default=[1, 45, 675],
+                        help="numbers of evaluation networks trained at once, in increasing order (default 1 45 675)")
+    parser.add_argument("--epochs", type=positive_int, default=500, help="epochs of every network (default 500)")
+    parser.add_argument("--subset_size", type=positive_int, default=20000, help="MNIST samples (default 20000)")
+    parser.add_argument("--dataset_name", default="MNIST", help="dataset to identify on (default MNIST)")
+    add_common_arguments(parser)
+    args = parser.parse_args()
+
+    keep_freed_memory_in_heap()
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
+    data, labels, classes = dataset.data, dataset.labels, dataset.num_classes
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; {args.dataset_name} {args.subset_size} x 784, {args.epochs} epochs")
+
+    print(f"{'identification':<16} {'s':>7} {'peak GiB':>9}")
+    for strategy in STRATEGIES:
+        seconds = timed(device, lambda: identify_hard_samples(strategy, "SimpleNN", [derived_seed(args.seed, 0)], data,
+                                                              labels, classes, args.epochs, progress=False))
+        print(f"{strategy:<16} {seconds:>7.1f} {peak_memory_gib(device):>9.2f}", flush=True)
+
+    masks = torch.rand(max(args.networks), len(labels), generator=torch.Generator().manual_seed(args.seed)) < 0.9
+    test = torch.rand(len(labels), generator=torch.Generator().manual_seed(args.seed + 1)) < 0.1
+    print(f"{'networks':>8} {'total s':>9} {'s per network':>14} {'peak GiB':>9}")
+    for count in sorted(args.networks):
+        seconds = timed(device, lambda: train_and_evaluate("SimpleNN", list(range(count)), data, labels, classes,
+                                                           args.epochs, masks[:count], {"test": test}, progress=False))
+        print(f"{count:>8} {seconds:>9.1f} {seconds / count:>14.2f} {peak_memory_gib(device):>9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

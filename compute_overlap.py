@@ -13,27 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, f1_results_path, load_pickle, positive_int, run_script, run_settings,
-                   save_pickle)
+from utils import (STRATEGIES, UserInputError, add_results_arguments, existing_f1_results, load_pickle, run_script,
+                   run_settings, save_pickle)
 
 PAIRING_SETTINGS = ("seed", "runs", "train_ratios", "noise_ratio", "epochs", "evaluation_network", "snapshot")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=20000,
-                        help="--subset_size of the runs to read; names the results files (default 20000)")
+    add_results_arguments(parser)
     return parser.parse_args(argv)
 
 
 def hard_sets(args: argparse.Namespace, strategy: str, reduce_hard: bool) -> tuple[dict, list[np.ndarray]] | None:
     """The settings and the hard-sample indices of every identification in one results file (None if missing)."""
-    path = f1_results_path(args.dataset_name, strategy, reduce_hard, args.subset_size, "indices")
-    if not path.is_file():
-        print(f"missing {path}: make it with python verifying_importance_of_stragglers.py --dataset_name "
-              f"{args.dataset_name} --strategy {strategy} --subset_size {args.subset_size}"
-              + (" --reduce_hard" if reduce_hard else ""), file=sys.stderr)
+    path = existing_f1_results(args.dataset_name, strategy, reduce_hard, args.subset_size, "indices")
+    if path is None:
         return None
     results = load_pickle(path, "verifying_importance_of_stragglers.py")
     return results["settings"], [np.concatenate(found["hard_indices"]) for found in results["identifications"]]

@@ -7,23 +7,20 @@ Figures/Figure8/hard_sample_distribution_<dataset>_<strategy>.png/.pdf and saves
 Results/Hard_sample_distribution/<dataset>_<strategy>_<subset_size>_class_counts.pkl.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, class_counts_path, f1_results_path, load_pickle, positive_int,
-                   run_script, run_settings, save_figure, save_pickle)
+from utils import (STRATEGIES, UserInputError, add_results_arguments, class_counts_path, existing_f1_results,
+                   load_pickle, run_script, run_settings, save_figure, save_pickle)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
+    add_results_arguments(parser)
     parser.add_argument("--strategy", choices=STRATEGIES, default="stragglers",
                         help="strategy whose hard samples to count (default stragglers)")
-    parser.add_argument("--subset_size", type=positive_int, default=20000,
-                        help="--subset_size of the runs to read; names the results files (default 20000)")
     return parser.parse_args(argv)
 
 
@@ -31,19 +28,16 @@ def hard_counts_per_identification(args: argparse.Namespace) -> tuple[np.ndarray
     """[identifications, classes] hard-sample counts from every indices file of the strategy that exists."""
     counts, class_names, read = [], [], []
     for reduce_hard in (False, True):
-        path = f1_results_path(args.dataset_name, args.strategy, reduce_hard, args.subset_size, "indices")
-        if not path.is_file():
-            print(f"note: {path} not found, left out", file=sys.stderr)
+        path = existing_f1_results(args.dataset_name, args.strategy, reduce_hard, args.subset_size, "indices")
+        if path is None:
             continue
         results = load_pickle(path, "verifying_importance_of_stragglers.py")
         class_names = results["class_names"]
         counts += [[len(indices) for indices in found["hard_indices"]] for found in results["identifications"]]
         read.append(path)
     if not read:
-        raise UserInputError(f"no hard-sample indices for {args.dataset_name}, {args.strategy}, subset "
-                             f"{args.subset_size}: neither {f1_results_path(args.dataset_name, args.strategy, False, args.subset_size, 'indices')}"
-                             f" nor its --reduce_hard twin exists; run verifying_importance_of_stragglers.py "
-                             f"--dataset_name {args.dataset_name} --strategy {args.strategy} --subset_size {args.subset_size}")
+        raise UserInputError(f"no hard-sample indices for {args.dataset_name}, {args.strategy}, --subset_size "
+                             f"{args.subset_size}: neither file above exists")
     return np.array(counts), class_names, read
 
 

@@ -7,13 +7,13 @@ panel per train ratio: Figures/Figure7/a_easy_accuracy ... d_easy_F1 from the ru
 samples, e_hard_accuracy ... h_hard_F1 from the runs that reduce hard ones (--reduce_hard).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import STRATEGIES, UserInputError, f1_results_path, load_pickle, positive_int, run_script, save_figure
+from utils import (STRATEGIES, UserInputError, add_results_arguments, existing_f1_results, load_pickle, run_script,
+                   save_figure)
 
 PANELS = {False: [("a", "accuracy"), ("b", "recall"), ("c", "precision"), ("d", "F1")],
           True: [("e", "accuracy"), ("f", "recall"), ("g", "precision"), ("h", "F1")]}
@@ -22,9 +22,7 @@ COLOURS = dict(zip(STRATEGIES, ["tab:red", "tab:blue", "tab:green"]))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to plot (default MNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=20000,
-                        help="--subset_size of the runs to plot; names the results files (default 20000)")
+    add_results_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -32,13 +30,9 @@ def load_metrics(args: argparse.Namespace, reduce_hard: bool) -> dict[str, dict]
     """strategy -> metrics for the strategies whose pickle exists; names each missing file on stderr."""
     found = {}
     for strategy in STRATEGIES:
-        path = f1_results_path(args.dataset_name, strategy, reduce_hard, args.subset_size, "metrics")
-        if path.is_file():
+        path = existing_f1_results(args.dataset_name, strategy, reduce_hard, args.subset_size, "metrics")
+        if path is not None:
             found[strategy] = load_pickle(path, "verifying_importance_of_stragglers.py")["metrics"]
-        else:
-            print(f"missing {path}: make it with python verifying_importance_of_stragglers.py --dataset_name "
-                  f"{args.dataset_name} --strategy {strategy} --subset_size {args.subset_size}"
-                  + (" --reduce_hard" if reduce_hard else ""), file=sys.stderr)
     return found
 
 

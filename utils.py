@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import platform
+import resource
 import subprocess
 import sys
 import tarfile
@@ -152,6 +153,31 @@ def f1_results_path(dataset_name: str, strategy: str, reduce_hard: bool, subset_
 def class_counts_path(dataset_name: str, strategy: str, subset_size: int) -> Path:
     """Where hard_sample_distribution_over_classes.py saves the per-class hard-sample counts."""
     return Path("Results/Hard_sample_distribution") / f"{dataset_name}_{strategy}_{subset_size}_class_counts.pkl"
+
+
+def add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset_name and --subset_size of the verifying_importance_of_stragglers.py runs a script reads."""
+    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
+    parser.add_argument("--subset_size", type=positive_int, default=20000,
+                        help="--subset_size of the runs to read; names the results files (default 20000)")
+
+
+def existing_f1_results(dataset_name: str, strategy: str, reduce_hard: bool, subset_size: int, kind: str) -> Path | None:
+    """The path of a verifying_importance_of_stragglers.py result if it exists; else None, and a note on
+    stderr naming the file and the command that makes it."""
+    path = f1_results_path(dataset_name, strategy, reduce_hard, subset_size, kind)
+    if path.is_file():
+        return path
+    print(f"missing {path}: make it with python verifying_importance_of_stragglers.py --dataset_name {dataset_name} "
+          f"--strategy {strategy} --subset_size {subset_size}" + (" --reduce_hard" if reduce_hard else ""), file=sys.stderr)
+    return None
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far: allocated device memory on CUDA, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def derived_seed(*keys: int) -> int:

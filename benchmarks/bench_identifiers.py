@@ -10,7 +10,6 @@ cannot show an inversion point), and reports peak memory (process RSS on the CPU
     python benchmarks/bench_identifiers.py [--networks 1 45 675] [--epochs 500] [--subset_size 20000] [--device auto]
 """
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -19,13 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils import (STRATEGIES, add_common_arguments, derived_seed, identify_hard_samples,  # noqa: E402
-                   keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device, train_and_evaluate)
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+                   keep_freed_memory_in_heap, load_dataset, peak_memory_gib, positive_int, resolve_device,
+                   train_and_evaluate)
 
 
 def timed(device: torch.device, work) -> float:

@@ -7,7 +7,6 @@ peak memory (process RSS on the CPU, allocated device memory on CUDA) for each.
     python benchmarks/bench_inversion.py [--runs 1 10 100] [--epochs 500] [--samples 20000] [--device auto]
 """
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -16,13 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from neural_networks import BatchedSimpleNN  # noqa: E402
-from utils import keep_freed_memory_in_heap, positive_int, resolve_device, train_full_batch  # noqa: E402
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+from utils import (keep_freed_memory_in_heap, peak_memory_gib, positive_int, resolve_device,  # noqa: E402
+                   train_full_batch)
 
 
 def time_training(runs: int, epochs: int, data: torch.Tensor, labels: torch.Tensor) -> float:

@@ -14,7 +14,8 @@ import torch
 from neural_networks import BatchedSimpleNN
 from utils import (UserInputError, add_common_arguments, class_grid, inversion_epochs, keep_freed_memory_in_heap,
                    load_dataset, mean_inversion_epochs, positive_float, positive_int, radii_results_path,
-                   resolve_device, run_script, run_settings, save_figure, save_pickle, train_full_batch)
+                   resolve_device, run_script, run_settings, save_figure, save_pickle, simple_nn_size,
+                   train_full_batch)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,9 +61,8 @@ def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
-    channels = dataset.data.shape[1]
-    args.depth = args.depth or (8 if channels == 3 else 2)
-    args.width = args.width or (30 if channels == 3 else 20)
+    default_depth, default_width = simple_nn_size(channels=dataset.data.shape[1])
+    args.depth, args.width = args.depth or default_depth, args.width or default_width
     if args.latent > args.depth:
         raise UserInputError(f"--latent {args.latent} is past the last hidden layer (--depth {args.depth})")
 

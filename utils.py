@@ -447,7 +447,9 @@ def train_full_batch(model: nn.Module, optimizer: torch.optim.Optimizer, data: T
     once every class of every run has inverted. Nothing leaves the device until training ends, except
     the tracker's one flag per check.
     """
-    losses, radii = [], []
+    radius_count = epochs - radii_from + 1 if radii_from is not None else 0
+    losses = radii = None  # filled in place: no allocation outlives its epoch, so the heap does not fragment
+    trained = measured = 0
     for epoch in tqdm(range(epochs + 1), desc=description, disable=not progress, leave=False):
         record = radii_from is not None and epoch >= radii_from
         check = tracker is not None and tracker.is_check(epoch)
@@ -455,10 +457,14 @@ def train_full_batch(model: nn.Module, optimizer: torch.optim.Optimizer, data: T
             break
         with torch.set_grad_enabled(epoch < epochs):
             logits, latent = model(data)
+        if losses is None:
+            losses = torch.zeros(logits.shape[0], epochs, device=data.device)
+            radii = torch.zeros(logits.shape[0], radius_count, num_classes, device=data.device)
         if record or check:
             radii_now = class_radii(latent.detach(), labels, num_classes)
             if record:
-                radii.append(radii_now)
+                radii[:, measured] = radii_now
+                measured += 1
             if check:
                 tracker.update(epoch, radii_now, logits.detach().argmax(-1))
                 if tracker.all_inverted():
@@ -466,15 +472,13 @@ def train_full_batch(model: nn.Module, optimizer: torch.optim.Optimizer, data: T
         if epoch == epochs:
             break
         loss = per_run_cross_entropy(logits, labels, sample_weights)
-        losses.append(loss.detach())
+        losses[:, epoch] = loss.detach()
+        trained += 1
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
-    runs = logits.shape[0]
-    stacked_radii = torch.stack(radii, 1).cpu().numpy() if radii else np.empty((runs, 0, num_classes))
-    radius_epochs = np.arange(radii_from, radii_from + len(radii)) if radii_from is not None else np.arange(0)
-    stacked_losses = torch.stack(losses, 1).cpu().numpy() if losses else np.empty((runs, 0))
-    return TrainingHistory(stacked_losses, stacked_radii, radius_epochs)
+    radius_epochs = np.arange(radii_from, radii_from + measured) if radii_from is not None else np.arange(0)
+    return TrainingHistory(losses[:, :trained].cpu().numpy(), radii[:, :measured].cpu().numpy(), radius_epochs)
 
 
 def simple_nn_size(channels: int) -> tuple[int, int]:

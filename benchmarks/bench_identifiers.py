@@ -7,7 +7,7 @@ the test-set metrics at the end (N = 1, 45 and 675 by default: one network, one 
 networks and the paper's whole command). Uses real MNIST when it is under --data_root (random data
 cannot show an inversion point), and reports peak memory (process RSS on the CPU, allocated on CUDA).
 
-    python benchmarks/bench_identifiers.py [--networks 1 45 675] [--epochs 500] [--subset_size 20000] [--device auto]
+    python benchmarks/bench_identifiers.py [--networks 1 45 675] [--epochs 500] [--strategies ...] [--device auto]
 """
 import argparse
 import sys
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--networks", type=positive_int, nargs="+", default=[1, 45, 675],
                         help="numbers of evaluation networks trained at once, in increasing order (default 1 45 675)")
     parser.add_argument("--epochs", type=positive_int, default=500, help="epochs of every network (default 500)")
+    parser.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES),
+                        help="identifications to time; none to time only the evaluation networks (default all three)")
     parser.add_argument("--subset_size", type=positive_int, default=20000, help="MNIST samples (default 20000)")
     parser.add_argument("--dataset_name", default="MNIST", help="dataset to identify on (default MNIST)")
     add_common_arguments(parser)
@@ -51,7 +53,7 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; {args.dataset_name} {args.subset_size} x 784, {args.epochs} epochs")
 
     print(f"{'identification':<16} {'s':>7} {'peak GiB':>9}")
-    for strategy in STRATEGIES:
+    for strategy in args.strategies:
         seconds = timed(device, lambda: identify_hard_samples(strategy, "SimpleNN", [derived_seed(args.seed, 0)], data,
                                                               labels, classes, args.epochs, progress=False))
         print(f"{strategy:<16} {seconds:>7.1f} {peak_memory_gib(device):>9.2f}", flush=True)

@@ -12,6 +12,7 @@ cannot show an inversion point), and reports peak memory (process RSS on the CPU
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from utils import (STRATEGIES, add_common_arguments, derived_seed, identify_hard
                    train_and_evaluate)
 
 
-def timed(device: torch.device, work) -> float:
+def timed(device: torch.device, work: Callable[[], object]) -> float:
     """Seconds `work()` takes, the device's queue drained before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize()

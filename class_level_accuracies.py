@@ -14,17 +14,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from utils import (UserInputError, add_common_arguments, class_counts_path, confusion_matrices, derived_seed,
+from utils import (UserInputError, add_common_arguments, add_dataset_arguments, class_counts_path, confusion_matrices, derived_seed,
                    keep_freed_memory_in_heap, load_dataset, load_pickle, positive_int, resolve_device, rounded_count,
                    run_script, run_settings, save_figure, save_pickle, train_and_predict)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST",
-                        help="torchvision dataset: MNIST, FashionMNIST, KMNIST, ... (default MNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=70000,
-                        help="samples kept from train+test after the seeded shuffle; 70000 = all of MNIST (default 70000)")
+    add_dataset_arguments(parser, subset_size=70000)
     parser.add_argument("--overfit", action="store_true",
                         help="train on the whole subset and test on it, instead of holding out 1/7 for testing")
     parser.add_argument("--runs", type=positive_int, default=100, help="networks trained at once (default 100)")

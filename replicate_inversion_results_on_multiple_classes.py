@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from neural_networks import BatchedSimpleNN
-from utils import (UserInputError, add_common_arguments, class_grid, inversion_epochs, keep_freed_memory_in_heap,
+from utils import (UserInputError, add_common_arguments, add_dataset_arguments, class_grid, inversion_epochs, keep_freed_memory_in_heap,
                    load_dataset, mean_inversion_epochs, positive_float, positive_int, radii_results_path,
                    resolve_device, run_script, run_settings, save_figure, save_pickle, simple_nn_size,
                    train_full_batch)
@@ -20,10 +20,7 @@ from utils import (UserInputError, add_common_arguments, class_grid, inversion_e
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST",
-                        help="torchvision dataset: MNIST, FashionMNIST, KMNIST, ... (default MNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=20000,
-                        help="samples kept from train+test after the seeded shuffle; 70000 = all of MNIST (default 20000)")
+    add_dataset_arguments(parser)
     parser.add_argument("--number_of_runs", type=positive_int, default=100,
                         help="networks trained from different initialisations, all at once (default 100)")
     parser.add_argument("--epochs", type=positive_int, default=500,

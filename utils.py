@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,15 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, subset_size: int = 20000) -> None:
+    """--dataset_name and --subset_size of a script that trains on a dataset."""
+    parser.add_argument("--dataset_name", default="MNIST",
+                        help="torchvision dataset: MNIST, FashionMNIST, KMNIST, ... (default MNIST)")
+    parser.add_argument("--subset_size", type=positive_int, default=subset_size,
+                        help=f"samples kept from train+test after the seeded shuffle; 70000 = all of MNIST "
+                             f"(default {subset_size})")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +188,17 @@ def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def seconds_on_device(device: torch.device, work: Callable[[], object]) -> float:
+    """Wall-clock seconds `work()` takes, with the device's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def derived_seed(*keys: int) -> int:
@@ -326,6 +347,11 @@ def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: tor
 
 # ----------------------------------------------------------------------------- radii and inversion points
 
+def one_hot_float(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[N, num_classes] one-hot rows of `labels` as floats, for segment sums by matmul (no device sync)."""
+    return torch.zeros(len(labels), num_classes, dtype=dtype, device=labels.device).scatter_(1, labels[:, None], 1.0)
+
+
 def class_radii(latent: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """Radius of every class manifold, for every run at once.
 
@@ -341,8 +367,7 @@ def class_radii(latent: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     features = latent.transpose(1, 2)                                         # [runs, D, N]
     inverse_norms = features.square().sum(1).clamp_min(1e-24).rsqrt()        # faster than .norm() here
     units = features * inverse_norms[:, None, :]
-    one_hot = torch.zeros(len(labels), num_classes, dtype=latent.dtype, device=latent.device)
-    one_hot.scatter_(1, labels[:, None], 1.0)                                # [N, C], no device sync
+    one_hot = one_hot_float(labels, num_classes, latent.dtype)               # [N, C]
     counts = one_hot.sum(0)                                                   # [C]
     centres = (units @ one_hot) / counts.clamp_min(1)                         # [runs, D, C]
     spread = (units - centres @ one_hot.T).square().sum(1)                    # [runs, N]
@@ -496,13 +521,13 @@ def resnet_outputs(model: ResNet18, data: Tensor, labels: Tensor | None = None,
     model.eval()
     logits, sums = [], None
     with torch.no_grad():
-        for rows in torch.arange(len(data), device=data.device).split(RESNET_EVAL_CHUNK):
-            chunk_logits, latent = model(data[rows])
+        for start in range(0, len(data), RESNET_EVAL_CHUNK):
+            chunk_logits, latent = model(data[start:start + RESNET_EVAL_CHUNK])
             logits.append(chunk_logits)
             if labels is not None:
                 sums = sums if sums is not None else torch.zeros(num_classes, latent.shape[1], dtype=torch.float64,
                                                                   device=data.device)
-                sums.index_add_(0, labels[rows], F.normalize(latent, dim=1).double())
+                sums.index_add_(0, labels[start:start + RESNET_EVAL_CHUNK], F.normalize(latent, dim=1).double())
     model.train()
     if labels is None:
         return torch.cat(logits), None
@@ -534,8 +559,7 @@ def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classe
                     break
             if epoch == epochs:
                 break
-            for batch in rows[torch.randperm(len(rows), generator=shuffle)].split(RESNET_BATCH_SIZE):
-                batch = batch.to(data.device)
+            for batch in rows[torch.randperm(len(rows), generator=shuffle)].to(data.device).split(RESNET_BATCH_SIZE):
                 loss = F.cross_entropy(model(data[batch])[0], labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -638,8 +662,7 @@ def select_hardest(scores: Tensor, labels: Tensor, counts: Tensor, level: str) -
 
 def class_counts(masks: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """How many samples of each class every row of `masks` [runs, N] marks: [runs, C] int64."""
-    one_hot = torch.zeros(len(labels), num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
-    return (masks.float() @ one_hot).round().long()
+    return (masks.float() @ one_hot_float(labels, num_classes)).round().long()
 
 
 def identify_hard_samples(strategy: str, network: str, seeds: Sequence[int], data: Tensor, labels: Tensor,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (METRICS, STRATEGIES, add_common_arguments, class_counts, derived_seed,
+from utils import (METRICS, STRATEGIES, add_common_arguments, add_dataset_arguments, class_counts, derived_seed,
                    f1_results_path, flip_labels, identify_hard_samples, keep_freed_memory_in_heap, load_dataset,
                    positive_int, reduction_masks, resolve_device, rounded_count, run_script, run_settings, save_figure,
                    save_pickle, split_train_test, train_and_evaluate, unit_interval)
@@ -29,8 +29,7 @@ TEST_SETS = ("full", "hard", "easy")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST",
-                        help="torchvision dataset: MNIST, FashionMNIST, KMNIST, ... (default MNIST)")
+    add_dataset_arguments(parser)
     parser.add_argument("--strategy", choices=STRATEGIES, default="stragglers",
                         help="how hard samples are found: misclassified at their class's inversion point "
                              "(stragglers), lowest largest logit (confidence) or highest energy (default stragglers)")
@@ -50,8 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.0,
                         help="share of samples whose label is flipped to another class before anything else, "
                              "in [0, 1) (default 0.0)")
-    parser.add_argument("--subset_size", type=positive_int, default=20000,
-                        help="samples kept from train+test after the seeded shuffle (default 20000)")
     parser.add_argument("--evaluation_network", choices=["SimpleNN", "ResNet"], default="SimpleNN",
                         help="network used to find the hard samples and to evaluate: SimpleNN (full-batch SGD, "
                              "lr 0.1, all at once) or ResNet (ResNet-18, Adam lr 1e-3, wd 1e-2, minibatches "

@@ -11,8 +11,6 @@ cannot show an inversion point), and reports peak memory (process RSS on the CPU
 """
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,18 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils import (STRATEGIES, add_common_arguments, derived_seed, identify_hard_samples,  # noqa: E402
                    keep_freed_memory_in_heap, load_dataset, peak_memory_gib, positive_int, resolve_device,
-                   train_and_evaluate)
-
-
-def timed(device: torch.device, work: Callable[[], object]) -> float:
-    """Seconds `work()` takes, the device's queue drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    work()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+                   seconds_on_device, train_and_evaluate)
 
 
 def main() -> None:
@@ -55,7 +42,7 @@ def main() -> None:
 
     print(f"{'identification':<16} {'s':>7} {'peak GiB':>9}")
     for strategy in args.strategies:
-        seconds = timed(device, lambda: identify_hard_samples(strategy, "SimpleNN", [derived_seed(args.seed, 0)], data,
+        seconds = seconds_on_device(device, lambda: identify_hard_samples(strategy, "SimpleNN", [derived_seed(args.seed, 0)], data,
                                                               labels, classes, args.epochs, progress=False))
         print(f"{strategy:<16} {seconds:>7.1f} {peak_memory_gib(device):>9.2f}", flush=True)
 
@@ -63,7 +50,7 @@ def main() -> None:
     test = torch.rand(len(labels), generator=torch.Generator().manual_seed(args.seed + 1)) < 0.1
     print(f"{'networks':>8} {'total s':>9} {'s per network':>14} {'peak GiB':>9}")
     for count in sorted(args.networks):
-        seconds = timed(device, lambda: train_and_evaluate("SimpleNN", list(range(count)), data, labels, classes,
+        seconds = seconds_on_device(device, lambda: train_and_evaluate("SimpleNN", list(range(count)), data, labels, classes,
                                                            args.epochs, masks[:count], {"test": test}, progress=False))
         print(f"{count:>8} {seconds:>9.1f} {seconds / count:>14.2f} {peak_memory_gib(device):>9.2f}", flush=True)
 

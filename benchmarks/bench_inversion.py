@@ -8,7 +8,6 @@ peak memory (process RSS on the CPU, allocated device memory on CUDA) for each.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -16,17 +15,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from neural_networks import BatchedSimpleNN  # noqa: E402
 from utils import (keep_freed_memory_in_heap, peak_memory_gib, positive_int, resolve_device,  # noqa: E402
-                   train_full_batch)
+                   seconds_on_device, train_full_batch)
 
 
 def time_training(runs: int, epochs: int, data: torch.Tensor, labels: torch.Tensor) -> float:
     model = BatchedSimpleNN.initialise(runs).to(data.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    if data.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    train_full_batch(model, optimizer, data, labels, epochs, 10, radii_from=20, progress=False)  # ends on the CPU
-    return time.perf_counter() - start
+    return seconds_on_device(data.device, lambda: train_full_batch(model, optimizer, data, labels, epochs, 10,
+                                                                   radii_from=20, progress=False))
 
 
 def main() -> None:

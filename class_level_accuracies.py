@@ -3,20 +3,23 @@
 Trains --runs SimpleNNs at once (full batch, SGD lr 0.1) on the first 6/7 of the shuffled subset and
 tests each class's accuracy on the held-out 1/7 (or, with --overfit, on the training samples themselves).
 Draws 1 - accuracy per class, mean +- std over the networks, to
-Figures/Figure8/class_level_error_<dataset>_<subset_size>[_overfit].png/.pdf, saves the per-class
-accuracies to Results/Class_level_accuracies/, and prints the Pearson correlation between the per-class
+<figures_dir>/Figure8/class_level_error_<dataset>_<subset_size>[_overfit].png/.pdf, saves the per-class
+accuracies to <results_dir>/Class_level_accuracies/, and prints the Pearson correlation between the per-class
 error and the per-class hard-sample counts of hard_sample_distribution_over_classes.py, when those exist.
 """
 import argparse
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from torch import Tensor
 
-from utils import (UserInputError, add_common_arguments, add_dataset_arguments, class_counts_path, confusion_matrices, derived_seed,
-                   keep_freed_memory_in_heap, load_dataset, load_pickle, positive_int, resolve_device, rounded_count,
-                   run_script, run_settings, save_figure, save_pickle, train_and_predict)
+from utils import (UserInputError, add_common_arguments, add_dataset_arguments, class_accuracies_path,
+                   class_counts_path, confusion_matrices, derived_seed, keep_freed_memory_in_heap, load_dataset,
+                   load_pickle, positive_int, resolve_device, run_script, run_settings, save_figure, save_pickle,
+                   train_and_predict)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,21 +31,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=positive_int, default=500, help="full-batch epochs (default 500)")
     parser.add_argument("--hard_counts", type=Path, default=None,
                         help="per-class hard-sample counts to correlate with the error (default "
-                             "Results/Hard_sample_distribution/<dataset>_stragglers_20000_class_counts.pkl)")
+                             "<results_dir>/Hard_sample_distribution/<dataset>_stragglers_20000_class_counts.pkl)")
     add_common_arguments(parser)
     return parser.parse_args(argv)
+
+
+def train_and_test_rows(size: int, overfit: bool) -> tuple[Tensor, Tensor]:
+    """Training mask [size] and test rows of the shuffled subset: the first 6/7 (rounded) and the rest,
+    or with `overfit` every sample for both."""
+    train_size = size if overfit else int(math.floor(6 / 7 * size + 0.5))
+    if train_size == size and not overfit:
+        raise UserInputError(f"--subset_size {size} leaves no samples for testing; give at least 4")
+    return torch.arange(size) < train_size, torch.arange(0 if overfit else train_size, size)
 
 
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
-    size = len(dataset.labels)
-    train_size = size if args.overfit else rounded_count(6 / 7, size)
-    if train_size == size and not args.overfit:
-        raise UserInputError(f"--subset_size {size} leaves no samples for testing; give at least 4")
-    test_rows = torch.arange(0 if args.overfit else train_size, size, device=device)
-    train_masks = (torch.arange(size, device=device) < train_size).expand(args.runs, -1)
+    train_mask, test_rows = train_and_test_rows(len(dataset.labels), args.overfit)
+    train_masks, test_rows = train_mask.to(device).expand(args.runs, -1), test_rows.to(device)
 
     predictions = train_and_predict("SimpleNN", [derived_seed(args.seed, run) for run in range(args.runs)],
                                     dataset.data, dataset.labels, dataset.num_classes, args.epochs, train_masks,
@@ -52,7 +60,7 @@ def main(args: argparse.Namespace) -> None:
     accuracy = (confusion.diagonal(dim1=1, dim2=2) / confusion.sum(2)).cpu().numpy()  # [runs, classes]
     error_mean, error_std = (1 - accuracy).mean(0), (1 - accuracy).std(0)
 
-    counts_path = args.hard_counts or class_counts_path(args.dataset_name, "stragglers", 20000)
+    counts_path = args.hard_counts or class_counts_path(args.results_dir, dataset.name, "stragglers", 20000)
     correlation = None
     if Path(counts_path).is_file():
         hard_counts = load_pickle(counts_path, "hard_sample_distribution_over_classes.py")["mean"]
@@ -62,14 +70,14 @@ def main(args: argparse.Namespace) -> None:
     suffix = "_overfit" if args.overfit else ""
     save_pickle({"settings": run_settings(args, device), "class_names": dataset.class_names,
                  "per_class_accuracy": accuracy, "hard_counts_path": str(counts_path), "pearson": correlation},
-                Path("Results/Class_level_accuracies") / f"{args.dataset_name}_{args.subset_size}{suffix}.pkl")
+                class_accuracies_path(args.results_dir, dataset.name, args.subset_size, args.overfit))
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(range(dataset.num_classes), error_mean, yerr=error_std, capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xticks(range(dataset.num_classes), dataset.class_names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("1 - accuracy")
-    ax.set_title(f"{args.dataset_name}: per-class error on the {tested_on}, mean ± std over {args.runs} SimpleNNs")
+    ax.set_title(f"{dataset.name}: per-class error on the {tested_on}, mean ± std over {args.runs} SimpleNNs")
     fig.tight_layout()
-    figures = save_figure(fig, Path("Figures/Figure8") / f"class_level_error_{args.dataset_name}_{args.subset_size}{suffix}")
+    figures = save_figure(fig, args.figures_dir / "Figure8" / f"class_level_error_{dataset.name}_{args.subset_size}{suffix}")
 
     print(f"per-class error on the {tested_on} ({len(test_rows)} samples), mean +- std over {args.runs} networks:")
     for name, m, s in zip(dataset.class_names, error_mean, error_std):

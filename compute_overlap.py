@@ -2,21 +2,22 @@
 
 Reads the hard-sample indices that verifying_importance_of_stragglers.py saved for every strategy. The
 k-th identification of one strategy is paired with the k-th of another (same seed, train ratio and run,
-the same --reduce_hard setting; runs whose other settings differ are not paired). For every ordered pair (A, B) it prints the mean and std over these
-pairs of the share of A's hard samples that B also marked hard, and saves the table to
-Results/F1_results/<dataset>_<subset_size>_overlap.pkl.
+the same --reduce_hard setting; runs whose other settings differ are not paired). Runs of one seed with and
+without --reduce_hard hold the same identifications: each distinct pair is counted once. For every
+ordered pair of strategies (A, B) it prints the mean and std over these pairs of the share of A's hard
+samples that B also marked hard, and saves the table to <results_dir>/F1_results/<dataset>_<subset_size>_overlap.pkl.
 """
 import argparse
 import sys
 from itertools import permutations
-from pathlib import Path
 
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, add_results_arguments, existing_f1_results, load_pickle, run_script,
+from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, distinct,
+                   existing_f1_results, identification_key, load_pickle, overlap_results_path, run_script,
                    run_settings, save_pickle)
 
-PAIRING_SETTINGS = ("seed", "runs", "train_ratios", "noise_ratio", "epochs", "evaluation_network", "snapshot")
+PAIRING_SETTINGS = ("seed", "runs", "train_ratios", "noise_ratio", "epochs", "snapshot")  # fix the identifications
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,13 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def hard_sets(args: argparse.Namespace, strategy: str, reduce_hard: bool) -> tuple[dict, list[np.ndarray]] | None:
-    """The settings and the hard-sample indices of every identification in one results file (None if missing)."""
-    path = existing_f1_results(args.dataset_name, strategy, reduce_hard, args.subset_size, "indices")
+def identifications(args: argparse.Namespace, dataset_name: str, strategy: str,
+                    reduce_hard: bool) -> tuple[dict, list[dict]] | None:
+    """The settings and the identifications of one results file (None if missing)."""
+    path = existing_f1_results(args.results_dir, dataset_name, strategy, reduce_hard, args.subset_size, "indices")
     if path is None:
         return None
     results = load_pickle(path, "verifying_importance_of_stragglers.py")
-    return results["settings"], [np.concatenate(found["hard_indices"]) for found in results["identifications"]]
+    return results["settings"], results["identifications"]
 
 
 def comparable(first: dict, second: dict) -> bool:
@@ -45,29 +47,32 @@ def overlap_share(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    shares: dict[tuple[str, str], list[float]] = {pair: [] for pair in permutations(STRATEGIES, 2)}
+    dataset_name = canonical_dataset_name(args.dataset_name)
+    pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {pair: [] for pair in permutations(STRATEGIES, 2)}
     for reduce_hard in (False, True):
-        found = {strategy: hard_sets(args, strategy, reduce_hard) for strategy in STRATEGIES}
-        for first, second in shares:
+        found = {strategy: identifications(args, dataset_name, strategy, reduce_hard) for strategy in STRATEGIES}
+        for first, second in pairs:
             if found[first] is None or found[second] is None:
                 continue
-            (first_settings, first_sets), (second_settings, second_sets) = found[first], found[second]
+            (first_settings, first_found), (second_settings, second_found) = found[first], found[second]
             if not comparable(first_settings, second_settings):
                 print(f"left out {first} vs {second} (reduce_hard {reduce_hard}): their runs differ in "
                       f"{', '.join(k for k in PAIRING_SETTINGS if first_settings.get(k) != second_settings.get(k))}",
                       file=sys.stderr)
                 continue
-            shares[(first, second)] += [overlap_share(a, b) for a, b in zip(first_sets, second_sets)]
-    shares = {pair: values for pair, values in shares.items() if values}
+            pairs[(first, second)] += list(zip(first_found, second_found))
+    shares = {strategies: [overlap_share(np.concatenate(a["hard_indices"]), np.concatenate(b["hard_indices"]))
+                           for a, b in distinct(found_pairs, lambda pair: b"#".join(map(identification_key, pair)))]
+              for strategies, found_pairs in pairs.items() if found_pairs}
     if not shares:
-        raise UserInputError(f"need the hard-sample indices of at least two strategies for {args.dataset_name} "
+        raise UserInputError(f"need the hard-sample indices of at least two strategies for {dataset_name} "
                              f"with --subset_size {args.subset_size} (and the same --reduce_hard); see the missing files above")
     table = {pair: (float(np.nanmean(values)), float(np.nanstd(values)), len(values)) for pair, values in shares.items()}
-    path = Path("Results/F1_results") / f"{args.dataset_name}_{args.subset_size}_overlap.pkl"
+    path = overlap_results_path(args.results_dir, dataset_name, args.subset_size)
     save_pickle({"settings": run_settings(args), "shares": shares, "table": table}, path)
-    print("share of A's hard samples that B also marks hard (mean +- std over paired identifications):")
-    for (first, second), (mean, std, pairs) in table.items():
-        print(f"  A = {first:<10} B = {second:<10} {100 * mean:5.1f}% +- {100 * std:4.1f}%  ({pairs} pairs)")
+    print("share of A's hard samples that B also marks hard (mean +- std over distinct paired identifications):")
+    for (first, second), (mean, std, count) in table.items():
+        print(f"  A = {first:<10} B = {second:<10} {100 * mean:5.1f}% +- {100 * std:4.1f}%  (n = {count} pairs)")
     print(f"saved {path}")
 
 

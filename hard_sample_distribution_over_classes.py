@@ -1,10 +1,11 @@
 """Figure 8 (left): how the hard samples of one strategy are spread over the classes.
 
 Reads the hard-sample indices that verifying_importance_of_stragglers.py saved for --strategy (the runs
-that reduce easy samples and those that reduce hard ones, whichever exist), counts the hard samples of
-every class in every identification, prints their mean and std per class, draws them as a bar chart to
-Figures/Figure8/hard_sample_distribution_<dataset>_<strategy>.png/.pdf and saves the counts to
-Results/Hard_sample_distribution/<dataset>_<strategy>_<subset_size>_class_counts.pkl.
+that reduce easy samples and those that reduce hard ones, whichever exist). Runs of the same seed hold the
+same identifications, so each distinct identification is counted once. Counts the hard samples of every
+class in every identification, prints their mean and std per class, draws them as a bar chart to
+<figures_dir>/Figure8/hard_sample_distribution_<dataset>_<strategy>.png/.pdf and saves the counts to
+<results_dir>/Hard_sample_distribution/<dataset>_<strategy>_<subset_size>_class_counts.pkl.
 """
 import argparse
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, add_results_arguments, class_counts_path, existing_f1_results,
-                   load_pickle, run_script, run_settings, save_figure, save_pickle)
+from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, class_counts_path,
+                   distinct, existing_f1_results, identification_key, load_pickle, run_script, run_settings,
+                   save_figure, save_pickle)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,43 +26,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def hard_counts_per_identification(args: argparse.Namespace) -> tuple[np.ndarray, list[str], list[Path]]:
-    """[identifications, classes] hard-sample counts from every indices file of the strategy that exists."""
-    counts, class_names, read = [], [], []
+def distinct_identifications(args: argparse.Namespace, dataset_name: str) -> tuple[list[dict], list[str], list[Path]]:
+    """The distinct identifications in every indices file of the strategy that exists, its class names and
+    the files read."""
+    identifications, class_names, read = [], [], []
     for reduce_hard in (False, True):
-        path = existing_f1_results(args.dataset_name, args.strategy, reduce_hard, args.subset_size, "indices")
+        path = existing_f1_results(args.results_dir, dataset_name, args.strategy, reduce_hard, args.subset_size,
+                                   "indices")
         if path is None:
             continue
         results = load_pickle(path, "verifying_importance_of_stragglers.py")
         class_names = results["class_names"]
-        counts += [[len(indices) for indices in found["hard_indices"]] for found in results["identifications"]]
+        identifications += results["identifications"]
         read.append(path)
     if not read:
-        raise UserInputError(f"no hard-sample indices for {args.dataset_name}, {args.strategy}, --subset_size "
+        raise UserInputError(f"no hard-sample indices for {dataset_name}, {args.strategy}, --subset_size "
                              f"{args.subset_size}: neither file above exists")
-    return np.array(counts), class_names, read
+    return distinct(identifications, identification_key), class_names, read
 
 
 def main(args: argparse.Namespace) -> None:
-    counts, class_names, read = hard_counts_per_identification(args)
+    dataset_name = canonical_dataset_name(args.dataset_name)
+    identifications, class_names, read = distinct_identifications(args, dataset_name)
+    counts = np.array([[len(indices) for indices in found["hard_indices"]] for found in identifications])
     mean, std = counts.mean(0), counts.std(0)
-    save_pickle({"settings": run_settings(args), "read": [str(path) for path in read], "class_names": class_names,
-                 "counts": counts, "mean": mean, "std": std},
-                class_counts_path(args.dataset_name, args.strategy, args.subset_size))
+    path = class_counts_path(args.results_dir, dataset_name, args.strategy, args.subset_size)
+    save_pickle({"settings": run_settings(args), "read": [str(file) for file in read], "class_names": class_names,
+                 "counts": counts, "mean": mean, "std": std}, path)
 
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(range(len(class_names)), mean, yerr=std, capsize=4, color="tab:red", alpha=0.8)
     ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("hard samples")
-    ax.set_title(f"{args.dataset_name}, {args.strategy}: hard samples per class, mean ± std over "
+    ax.set_title(f"{dataset_name}, {args.strategy}: hard samples per class, mean ± std over "
                  f"{len(counts)} identifications")
     fig.tight_layout()
-    figures = save_figure(fig, Path("Figures/Figure8") / f"hard_sample_distribution_{args.dataset_name}_{args.strategy}")
+    figures = save_figure(fig, args.figures_dir / "Figure8" / f"hard_sample_distribution_{dataset_name}_{args.strategy}")
 
-    print(f"hard samples per class over {len(counts)} identifications ({', '.join(map(str, read))}):")
+    print(f"hard samples per class over {len(counts)} distinct identifications (n = {len(counts)}; "
+          f"read {', '.join(map(str, read))}):")
     for name, m, s in zip(class_names, mean, std):
         print(f"  {name}: {m:.1f} +- {s:.1f}")
-    print(f"saved {class_counts_path(args.dataset_name, args.strategy, args.subset_size)}, {figures[0]} and {figures[1]}")
+    print(f"saved {path}, {figures[0]} and {figures[1]}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Figure 2: mean and standard deviation over runs of every class's manifold radius, per epoch.
 
-Reads the pickle written by replicate_inversion_results_on_multiple_classes.py and draws
-Figures/Figure2/mean_std_radii_on_<dataset>.png/.pdf, marking each class's mean inversion epoch.
+Reads the pickle written by replicate_inversion_results_on_multiple_classes.py and draws, as the paper,
+one panel per class (its own y-axis, mean +- 1 std band, the class's mean inversion epoch marked) to
+<figures_dir>/Figure2/mean_std_radii_on_<dataset>.png/.pdf, and all classes overlaid in one panel to
+<figures_dir>/Figure2/mean_std_radii_overlay_on_<dataset>.png/.pdf.
 """
 import argparse
 from pathlib import Path
@@ -9,27 +11,51 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import load_pickle, mean_inversion_epochs, radii_results_path, run_script, save_figure
+from utils import (add_output_arguments, canonical_dataset_name, class_grid, load_pickle, mean_inversion_epochs,
+                   radii_results_path, run_script, save_figure)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_name", default="MNIST",
-                        help="dataset whose results to plot; names the default results file (default MNIST)")
+                        help="dataset whose results to plot, any letter case; names the default results file "
+                             "(default MNIST)")
     parser.add_argument("--results_path", type=Path, default=None,
-                        help="results pickle to read (default Results/Radii_over_epoch/<dataset>_all_epoch_radii.pkl)")
+                        help="results pickle to read (default <results_dir>/Radii_over_epoch/<dataset>_all_epoch_radii.pkl)")
+    add_output_arguments(parser)
     return parser.parse_args(argv)
 
 
-def plot_mean_radii(results: dict, dataset_name: str) -> list[Path]:
-    """One line per class (mean over runs) with a +-1 std band and a dot at the mean inversion epoch."""
+def plot_per_class(results: dict, dataset_name: str, figures_dir: Path) -> list[Path]:
+    """The paper's layout: one panel per class, mean radius over runs with a +-1 std band, and a dashed
+    line at the class's mean inversion epoch."""
+    epochs, radii = results["epochs"], results["radii"]
+    mean, std = radii.mean(0), radii.std(0)
+    inversion = mean_inversion_epochs(results["inversion_epochs"])
+    fig, axes = class_grid(len(results["class_names"]), xlabel="epoch", ylabel="radius")
+    for c, (ax, name) in enumerate(zip(axes, results["class_names"])):
+        ax.plot(epochs, mean[:, c], color="tab:blue", linewidth=1.2)
+        ax.fill_between(epochs, mean[:, c] - std[:, c], mean[:, c] + std[:, c], color="tab:blue", alpha=0.3)
+        title = f"class {name}"
+        if np.isfinite(inversion[c]):
+            ax.axvline(inversion[c], color="tab:red", linestyle="--", linewidth=1)
+            title += f" (inversion {inversion[c]:.0f})"
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{dataset_name}: class-manifold radii, mean ± std over {len(radii)} runs "
+                 "(dashed: mean inversion epoch)")
+    fig.tight_layout()
+    return save_figure(fig, figures_dir / "Figure2" / f"mean_std_radii_on_{dataset_name}")
+
+
+def plot_overlay(results: dict, dataset_name: str, figures_dir: Path) -> list[Path]:
+    """All classes in one panel, each with its band and a dot at its mean inversion epoch."""
     epochs, radii = results["epochs"], results["radii"]
     mean, std = radii.mean(0), radii.std(0)
     inversion = mean_inversion_epochs(results["inversion_epochs"])
     fig, ax = plt.subplots(figsize=(8, 5))
-    colours = plt.colormaps["tab10"](np.linspace(0, 1, 10))
+    colours = plt.colormaps["tab10"].colors
     for c, name in enumerate(results["class_names"]):
-        colour = colours[c % 10]
+        colour = colours[c % len(colours)]
         ax.plot(epochs, mean[:, c], color=colour, linewidth=1.2, label=name)
         ax.fill_between(epochs, mean[:, c] - std[:, c], mean[:, c] + std[:, c], color=colour, alpha=0.2)
         if np.isfinite(inversion[c]):
@@ -40,16 +66,18 @@ def plot_mean_radii(results: dict, dataset_name: str) -> list[Path]:
     ax.set_title(f"{dataset_name}: mean ± std over {len(radii)} runs (dots: mean inversion epoch)")
     ax.legend(fontsize=7, ncol=2, title="class")
     fig.tight_layout()
-    return save_figure(fig, Path("Figures/Figure2") / f"mean_std_radii_on_{dataset_name}")
+    return save_figure(fig, figures_dir / "Figure2" / f"mean_std_radii_overlay_on_{dataset_name}")
 
 
 def main(args: argparse.Namespace) -> None:
-    path = args.results_path or radii_results_path(args.dataset_name)
-    results = load_pickle(path, f"python replicate_inversion_results_on_multiple_classes.py --dataset_name {args.dataset_name}")
-    figures = plot_mean_radii(results, args.dataset_name)
+    dataset_name = canonical_dataset_name(args.dataset_name)
+    path = args.results_path or radii_results_path(args.results_dir, dataset_name)
+    results = load_pickle(path, f"python replicate_inversion_results_on_multiple_classes.py --dataset_name {dataset_name}")
+    figures = plot_per_class(results, dataset_name, args.figures_dir) + plot_overlay(results, dataset_name,
+                                                                                      args.figures_dir)
     for name, epoch in zip(results["class_names"], mean_inversion_epochs(results["inversion_epochs"])):
         print(f"class {name}: mean inversion epoch {epoch:.1f}")
-    print(f"saved {figures[0]} and {figures[1]}")
+    print("saved " + ", ".join(str(figure) for figure in figures))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,22 @@
-"""Figure 7: the three hard-sample strategies compared, for every metric.
+"""Figure 7: the hard-sample strategies compared, for every metric.
 
-Reads Results/F1_results/<dataset>_<strategy>_<reduce_hard>_<subset_size>_metrics.pkl for every
+Reads <results_dir>/F1_results/<dataset>_<strategy>_<reduce_hard>_<subset_size>_metrics.pkl for every
 strategy and draws, per metric, the mean over networks on the hard test set (solid) and on the easy
 test set (dotted) against the remaining ratio, with +-1 std bands, one colour per strategy and one
-panel per train ratio: Figures/Figure7/a_easy_accuracy ... d_easy_F1 from the runs that reduce easy
+panel per train ratio: <figures_dir>/Figure7/a_easy_accuracy ... d_easy_F1 from the runs that reduce easy
 samples, e_hard_accuracy ... h_hard_F1 from the runs that reduce hard ones (--reduce_hard).
 """
 import argparse
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, add_results_arguments, existing_f1_results, load_pickle, run_script,
-                   save_figure)
+from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, existing_f1_results,
+                   load_pickle, run_script, save_figure, strategy_colours)
 
 PANELS = {False: [("a", "accuracy"), ("b", "recall"), ("c", "precision"), ("d", "F1")],
           True: [("e", "accuracy"), ("f", "recall"), ("g", "precision"), ("h", "F1")]}
-COLOURS = dict(zip(STRATEGIES, ["tab:red", "tab:blue", "tab:green"]))
+COLOURS = strategy_colours(STRATEGIES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,11 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_metrics(args: argparse.Namespace, reduce_hard: bool) -> dict[str, dict]:
+def load_metrics(args: argparse.Namespace, dataset_name: str, reduce_hard: bool) -> dict[str, dict]:
     """strategy -> metrics for the strategies whose pickle exists; names each missing file on stderr."""
     found = {}
     for strategy in STRATEGIES:
-        path = existing_f1_results(args.dataset_name, strategy, reduce_hard, args.subset_size, "metrics")
+        path = existing_f1_results(args.results_dir, dataset_name, strategy, reduce_hard, args.subset_size, "metrics")
         if path is not None:
             found[strategy] = load_pickle(path, "verifying_importance_of_stragglers.py")["metrics"]
     return found
@@ -60,19 +59,20 @@ def plot_metric(by_strategy: dict[str, dict], metric: str, reduced: str, title: 
 
 
 def main(args: argparse.Namespace) -> None:
+    dataset_name = canonical_dataset_name(args.dataset_name)
     saved = []
     for reduce_hard, panels in PANELS.items():
-        by_strategy = load_metrics(args, reduce_hard)
+        by_strategy = load_metrics(args, dataset_name, reduce_hard)
         if not by_strategy:
             continue
         reduced = "hard" if reduce_hard else "easy"
         for letter, metric in panels:
-            title = f"{args.dataset_name}: {metric} when reducing {reduced} training samples"
+            title = f"{dataset_name}: {metric} when reducing {reduced} training samples"
             fig = plot_metric(by_strategy, metric, reduced, title)
-            saved += save_figure(fig, Path("Figures/Figure7") / f"{letter}_{reduced}_{metric}")
+            saved += save_figure(fig, args.figures_dir / "Figure7" / f"{letter}_{reduced}_{metric}")
     if not saved:
-        raise UserInputError(f"no results for {args.dataset_name} with --subset_size {args.subset_size} in "
-                             "Results/F1_results/; run verifying_importance_of_stragglers.py first")
+        raise UserInputError(f"no results for {dataset_name} with --subset_size {args.subset_size} in "
+                             f"{args.results_dir}/F1_results/; run verifying_importance_of_stragglers.py first")
     print("saved " + ", ".join(str(path) for path in saved if path.suffix == ".png") + " (and PDFs)")
 
 

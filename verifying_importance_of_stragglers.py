@@ -1,13 +1,14 @@
 """Sections 4-5: do hard samples matter for generalisation? (straggler_ratio_vs_generalisation)
 
-For every train ratio, `--runs` times: find the hard samples of the subset afresh with `--strategy`;
-split hard and easy samples separately into train and test by the train ratio; for every remaining
-ratio keep that share of the training easy samples (of the hard ones with --reduce_hard) and train
-`--runs` evaluation networks on what is left; score each on the full, hard and easy test sets
-(accuracy, macro precision, recall and F1). All evaluation networks of one identification are
-trained at once. Saves Results/F1_results/<dataset>_<strategy>_<reduce_hard>_<subset_size>_metrics.pkl
-and ..._indices.pkl (with a _snapshot_last suffix under --snapshot last), and draws accuracy against
-remaining ratio to Figures/straggler_ratio_vs_generalisation/.
+For every train ratio, `--runs` times: find the hard samples of the subset afresh with `--strategy`
+(always with SimpleNNs, as the original); for every remaining ratio split hard and easy samples
+separately into train and test by the train ratio (one split for all ratios with --nested_splits), keep
+that share of the training easy samples (of the hard ones with --reduce_hard) and train `--runs`
+evaluation networks on what is left; score each on the full, hard and easy test sets (accuracy, macro
+precision, recall and F1). All evaluation SimpleNNs of one identification are trained at once. Saves
+<results_dir>/F1_results/<dataset>_<strategy>_<reduce_hard>_<subset_size>_metrics.pkl and ..._indices.pkl
+(with a _snapshot_last suffix under --snapshot last), and draws accuracy against remaining ratio to
+<figures_dir>/straggler_ratio_vs_generalisation/.
 """
 import argparse
 from itertools import product
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (METRICS, STRATEGIES, add_common_arguments, add_dataset_arguments, class_counts, derived_seed,
-                   f1_results_path, flip_labels, identify_hard_samples, keep_freed_memory_in_heap, load_dataset,
-                   positive_int, reduction_masks, resolve_device, rounded_count, run_script, run_settings, save_figure,
-                   save_pickle, split_train_test, train_and_evaluate, unit_interval)
+from utils import (INVERSION_INTERVAL, INVERSION_START, METRICS, STRATEGIES, add_common_arguments,
+                   add_dataset_arguments, benchmark_splits, class_counts, derived_seed, f1_results_path, flip_labels,
+                   identify_hard_samples, keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device,
+                   run_script, run_settings, save_figure, save_pickle, train_and_evaluate, unit_interval)
 
 NOISE, IDENTIFY, SPLIT, EVALUATE = range(4)  # stages of the experiment, each with its own seeds
 TEST_SETS = ("full", "hard", "easy")
@@ -32,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_dataset_arguments(parser)
     parser.add_argument("--strategy", choices=STRATEGIES, default="stragglers",
                         help="how hard samples are found: misclassified at their class's inversion point "
-                             "(stragglers), lowest largest logit (confidence) or highest energy (default stragglers)")
+                             "(stragglers), lowest largest raw logit (confidence) or highest energy "
+                             "(default stragglers)")
     parser.add_argument("--runs", type=positive_int, default=3,
                         help="identifications per train ratio, and evaluation networks per remaining ratio (default 3)")
     parser.add_argument("--train_ratios", type=unit_interval(False, False), nargs="+", default=[0.9, 0.5],
@@ -43,16 +45,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 0.0 0.05 0.1 0.15 0.2 0.25 0.5 0.75 1.0)")
     parser.add_argument("--reduce_hard", action="store_true",
                         help="reduce the hard training samples instead of the easy ones")
+    parser.add_argument("--nested_splits", action="store_true",
+                        help="split each identification into train and test once and nest the reductions inside "
+                             "it (paired comparisons, less variance), instead of the original's fresh split per "
+                             "remaining ratio")
     parser.add_argument("--level", choices=["class", "dataset"], default="dataset",
                         help="confidence and energy: pick the hardest samples within each class, or over the whole "
                              "dataset (default dataset); stragglers are always found per class")
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.0,
-                        help="share of samples whose label is flipped to another class before anything else, "
-                             "in [0, 1) (default 0.0)")
+                        help="share of samples, int(ratio * N), whose label is flipped to another class; "
+                             "stragglers are found on the noisy labels, the confidence and energy budgets on the "
+                             "clean ones; in [0, 1) (default 0.0)")
     parser.add_argument("--evaluation_network", choices=["SimpleNN", "ResNet"], default="SimpleNN",
-                        help="network used to find the hard samples and to evaluate: SimpleNN (full-batch SGD, "
-                             "lr 0.1, all at once) or ResNet (ResNet-18, Adam lr 1e-3, wd 1e-2, minibatches "
-                             "of 128, one at a time) (default SimpleNN)")
+                        help="network trained on the reduced training sets and scored on the test sets: SimpleNN "
+                             "(full-batch SGD, lr 0.1, all at once) or ResNet (ResNet-18, Adam lr 1e-3, wd 1e-2, "
+                             "full batch unless --batch_size, one at a time); hard samples are always found "
+                             "with SimpleNNs (default SimpleNN)")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help="--evaluation_network ResNet only: train on shuffled minibatches of this size instead "
+                             "of the original's full batch, which needs far more memory (default: full batch)")
     parser.add_argument("--epochs", type=positive_int, default=500,
                         help="training epochs of every network; the straggler search stops earlier once every "
                              "class has inverted (default 500)")
@@ -66,12 +77,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         values = getattr(args, flag)
         if len(set(values)) != len(values):
             parser.error(f"--{flag} lists a ratio twice: {' '.join(map(str, values))}")
-    if args.epochs <= 20:
-        parser.error(f"--epochs must be over 20: inversion points are looked for from epoch 20 on, got {args.epochs}")
+    earliest_inversion = INVERSION_START + INVERSION_INTERVAL
+    if args.epochs <= earliest_inversion:
+        parser.error(f"--epochs must be over {earliest_inversion}: the earliest inversion point is found after the "
+                     f"step of epoch {earliest_inversion} (0-based), got {args.epochs}")
+    if args.batch_size is not None and args.evaluation_network != "ResNet":
+        parser.error("--batch_size applies to --evaluation_network ResNet only; SimpleNNs train full batch")
     return args
 
 
-def plot_accuracies(metrics: dict, args: argparse.Namespace) -> list[Path]:
+def plot_accuracies(metrics: dict, args: argparse.Namespace, dataset_name: str) -> list[Path]:
     """Accuracy against remaining ratio on the full, hard and easy test sets, one line per train ratio."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
     reduced = "hard" if args.reduce_hard else "easy"
@@ -84,26 +99,25 @@ def plot_accuracies(metrics: dict, args: argparse.Namespace) -> list[Path]:
         ax.set_xlabel(f"share of training {reduced} samples kept")
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{args.dataset_name}, {args.strategy}, {args.runs} x {args.runs} networks per point")
+    fig.suptitle(f"{dataset_name}, {args.strategy}, {args.runs} x {args.runs} networks per point")
     fig.tight_layout()
-    name = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "accuracy",
-                           args.snapshot).stem
-    return save_figure(fig, Path("Figures/straggler_ratio_vs_generalisation") / name)
+    name = f1_results_path(args.results_dir, dataset_name, args.strategy, args.reduce_hard, args.subset_size,
+                           "accuracy", args.snapshot).stem
+    return save_figure(fig, args.figures_dir / "straggler_ratio_vs_generalisation" / name)
 
 
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
-    num_classes, data = dataset.num_classes, dataset.data
-    labels, flipped = flip_labels(dataset.labels, args.noise_ratio, num_classes,
+    num_classes, data, clean_labels = dataset.num_classes, dataset.data, dataset.labels
+    labels, flipped = flip_labels(clean_labels, args.noise_ratio, num_classes,
                                   torch.Generator().manual_seed(derived_seed(args.seed, NOISE)))
 
     plan = list(product(args.train_ratios, range(args.runs)))  # one identification each, all found at once
-    hard = identify_hard_samples(
-        args.strategy, args.evaluation_network, [derived_seed(args.seed, IDENTIFY, i) for i in range(len(plan))],
-        data, labels, num_classes, args.epochs, args.level,
-        extra_per_class=rounded_count(args.noise_ratio / num_classes, len(labels)), snapshot=args.snapshot)
+    hard, inversion_epochs = identify_hard_samples(
+        args.strategy, [derived_seed(args.seed, IDENTIFY, i) for i in range(len(plan))], data, clean_labels, labels,
+        num_classes, args.epochs, args.level, args.noise_ratio, args.snapshot)
     hard_counts = class_counts(hard, labels, num_classes).cpu().numpy()
     caught = hard[:, flipped].float().mean(1).tolist() if len(flipped) else [None] * len(plan)
 
@@ -112,14 +126,13 @@ def main(args: argparse.Namespace) -> None:
                for ratio in args.train_ratios}
     identifications = []
     for i, (train_ratio, run) in enumerate(tqdm(plan, desc="identifications evaluated")):
-        split = torch.Generator().manual_seed(derived_seed(args.seed, SPLIT, i))
-        train = split_train_test(hard[i], train_ratio, split)
-        masks = reduction_masks(train, hard[i], args.remaining_train_ratios, args.reduce_hard, split)
-        test, hard_i = ~train, hard[i].cpu()
-        seeds = [derived_seed(args.seed, EVALUATE, i, j) for j in range(len(masks) * args.runs)]
-        scores = train_and_evaluate(args.evaluation_network, seeds, data, labels, num_classes, args.epochs,
-                                    masks.repeat_interleave(args.runs, 0),
-                                    {"full": test, "hard": test & hard_i, "easy": test & ~hard_i})
+        hard_i = hard[i].cpu()
+        train, test = benchmark_splits(hard_i, train_ratio, args.remaining_train_ratios, args.reduce_hard,
+                                       args.nested_splits, torch.Generator().manual_seed(derived_seed(args.seed, SPLIT, i)))
+        train, test = train.repeat_interleave(args.runs, 0), test.repeat_interleave(args.runs, 0)  # [networks, N]
+        seeds = [derived_seed(args.seed, EVALUATE, i, j) for j in range(len(train))]
+        scores = train_and_evaluate(args.evaluation_network, seeds, data, labels, num_classes, args.epochs, train,
+                                    {"full": test, "hard": test & hard_i, "easy": test & ~hard_i}, args.batch_size)
         for test_set, metric in product(TEST_SETS, METRICS):
             for k, remaining in enumerate(args.remaining_train_ratios):
                 metrics[train_ratio][test_set][remaining][metric] += scores[test_set][metric][k * args.runs:(k + 1) * args.runs]
@@ -127,19 +140,17 @@ def main(args: argparse.Namespace) -> None:
         identifications.append({
             "train_ratio": train_ratio, "run": run,
             "hard_indices": [dataset.indices[row].numpy() for row in hard_positions],
-            "training_samples": masks.sum(1).tolist(), "caught_flipped_share": caught[i]})
+            "training_samples": train[::args.runs].sum(1).tolist(), "caught_flipped_share": caught[i],
+            "inversion_epochs": inversion_epochs[i]})
 
     settings = run_settings(args, device)
-    metrics_path = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "metrics",
-                                  args.snapshot)
-    indices_path = f1_results_path(args.dataset_name, args.strategy, args.reduce_hard, args.subset_size, "indices",
-                                  args.snapshot)
-    save_pickle({"settings": settings, "metrics": metrics}, metrics_path)
+    paths = {kind: f1_results_path(args.results_dir, dataset.name, args.strategy, args.reduce_hard, args.subset_size,
+                                   kind, args.snapshot) for kind in ("metrics", "indices")}
+    save_pickle({"settings": settings, "metrics": metrics}, paths["metrics"])
     save_pickle({"settings": settings, "class_names": dataset.class_names, "subset_indices": dataset.indices.numpy(),
                  "subset_labels": labels.cpu().numpy(), "flipped_indices": dataset.indices[flipped.cpu()].numpy(),
-                 "identifications": identifications},
-                indices_path)
-    figures = plot_accuracies(metrics, args)
+                 "identifications": identifications}, paths["indices"])
+    figures = plot_accuracies(metrics, args, dataset.name)
 
     print(f"hard samples per class (mean over {len(plan)} identifications): "
           + ", ".join(f"{name} {count:.1f}" for name, count in zip(dataset.class_names, hard_counts.mean(0))))
@@ -151,7 +162,7 @@ def main(args: argparse.Namespace) -> None:
         by_set = metrics[train_ratio]
         print(f"  train ratio {train_ratio}, remaining {remaining}: "
               + " / ".join(f"{np.nanmean(by_set[s][remaining]['accuracy']):.4f}" for s in TEST_SETS))
-    print(f"saved {metrics_path}, {indices_path}, {figures[0]} and {figures[1]}")
+    print(f"saved {paths['metrics']}, {paths['indices']}, {figures[0]} and {figures[1]}")
 
 
 if __name__ == "__main__":

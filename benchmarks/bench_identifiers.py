@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils import (STRATEGIES, add_common_arguments, derived_seed, identify_hard_samples,  # noqa: E402
-                   keep_freed_memory_in_heap, load_dataset, peak_memory_gib, positive_int, resolve_device,
-                   seconds_on_device, train_and_evaluate)
+from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
+from utils import (STRATEGIES, derived_seed, identify_hard_samples,  # noqa: E402
+                   keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device, train_and_evaluate)
 
 
 def main() -> None:
@@ -30,20 +30,21 @@ def main() -> None:
                         help="identifications to time; none to time only the evaluation networks (default all three)")
     parser.add_argument("--subset_size", type=positive_int, default=20000, help="MNIST samples (default 20000)")
     parser.add_argument("--dataset_name", default="MNIST", help="dataset to identify on (default MNIST)")
-    add_common_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the networks and the masks (default 0)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
     args = parser.parse_args()
 
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
     data, labels, classes = dataset.data, dataset.labels, dataset.num_classes
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; {args.dataset_name} {args.subset_size} x 784, {args.epochs} epochs")
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {args.dataset_name} {args.subset_size} x 784, {args.epochs} epochs")
 
     print(f"{'identification':<16} {'s':>7} {'peak GiB':>9}")
     for strategy in args.strategies:
-        seconds = seconds_on_device(device, lambda: identify_hard_samples(strategy, "SimpleNN", [derived_seed(args.seed, 0)], data,
-                                                              labels, classes, args.epochs, progress=False))
+        seconds = seconds_on_device(device, lambda: identify_hard_samples(
+            strategy, [derived_seed(args.seed, 0)], data, labels, labels, classes, args.epochs, progress=False)[0])
         print(f"{strategy:<16} {seconds:>7.1f} {peak_memory_gib(device):>9.2f}", flush=True)
 
     masks = torch.rand(max(args.networks), len(labels), generator=torch.Generator().manual_seed(args.seed)) < 0.9

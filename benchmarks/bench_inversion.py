@@ -1,7 +1,8 @@
 """Speed and memory of the Section 3 engine on MNIST-sized inputs (20,000 x 784 random data by default).
 
-Trains 1, 10 and 100 SimpleNNs at once for 500 full-batch epochs, radii recorded from epoch 20 as in
-replicate_inversion_results_on_multiple_classes.py, and prints seconds per run, runs per second and
+Trains 1, 10 and 100 SimpleNNs at once for 500 full-batch epochs with the observers of
+replicate_inversion_results_on_multiple_classes.py (radii recorded after epochs 21 .. 499, inversion checks
+after epochs 20, 25, ...), and prints seconds per run, runs per second and
 peak memory (process RSS on the CPU, allocated device memory on CUDA) for each.
 
     python benchmarks/bench_inversion.py [--runs 1 10 100] [--epochs 500] [--samples 20000] [--device auto]
@@ -13,16 +14,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
 from neural_networks import BatchedSimpleNN  # noqa: E402
-from utils import (keep_freed_memory_in_heap, peak_memory_gib, positive_int, resolve_device,  # noqa: E402
-                   seconds_on_device, train_full_batch)
+from utils import (RadiiRecorder, StragglerTracker, keep_freed_memory_in_heap, positive_int,  # noqa: E402
+                   resolve_device, train_full_batch)
 
 
 def time_training(runs: int, epochs: int, data: torch.Tensor, labels: torch.Tensor) -> float:
     model = BatchedSimpleNN.initialise(runs).to(data.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    observers = [RadiiRecorder(runs, 10, 21, epochs - 1, data.device), StragglerTracker(runs, labels, 10)]
     return seconds_on_device(data.device, lambda: train_full_batch(model, optimizer, data, labels, epochs, 10,
-                                                                   radii_from=20, progress=False))
+                                                                   observers=observers, progress=False))
 
 
 def main() -> None:
@@ -40,8 +43,8 @@ def main() -> None:
     torch.manual_seed(0)
     data = torch.randn(args.samples, 1, 28, 28, device=device)
     labels = torch.randint(0, 10, (args.samples,), device=device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; {args.epochs} epochs on {args.samples} x 784, radii from epoch 20")
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {args.epochs} epochs on {args.samples} x 784, "
+          "radii from epoch 21")
     time_training(2, 25, data, labels)  # warm-up: allocator, kernels, thread pool
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

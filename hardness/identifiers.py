@@ -1,0 +1,167 @@
+"""Hard-sample identifiers: stragglers (misclassified at their class's inversion point), and the scores
+of a fully trained network (confidence, energy), with budgets set by the stragglers."""
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hardness.cli import UserInputError
+from hardness.engine import TrainingState, derived_seed, network_logits, train_simple_nns
+from hardness.radii import one_hot_float
+
+INVERSION_START, INVERSION_INTERVAL = 20, 5   # radius checks after the steps of epochs 20, 25, 30, ... (0-based)
+MAX_INVERSION_ATTEMPTS = 5                    # initialisations tried before a straggler search gives up
+
+# Scores of a trained network's logits [..., N, C] -> [..., N], higher = harder.
+SCORERS: dict[str, Callable[[Tensor], Tensor]] = {
+    "confidence": lambda logits: -logits.amax(-1),               # the largest raw logit (not a probability), low = hard
+    "energy": lambda logits: -torch.logsumexp(logits, -1),       # -T logsumexp(logits / T), T = 1, high = hard
+}
+STRATEGIES = ("stragglers", *SCORERS)
+
+
+class IdentificationError(UserInputError):
+    """A straggler search found no inversion point for some class."""
+
+
+class StragglerTracker:
+    """Finds every class's inversion point during training, and what the network misclassifies right then.
+
+    An observer of the training engine. Radii are checked after the steps of epochs start, start +
+    interval, ... (0-based, as the original: 20, 25, 30, ...). The first check at which class c's radius
+    is larger than at the previous check is c's inversion point (earliest: epoch 25, compared with 20);
+    the class-c samples misclassified at that moment are c's stragglers. That is exactly what a copy of
+    the network taken at that moment would say, so the tracker keeps the verdicts instead of the copies.
+    `hard("last")` reproduces the original code, which kept a reference to the live network: every class
+    is judged by the network at the run's last inversion.
+    """
+
+    def __init__(self, runs: int, labels: Tensor, num_classes: int,
+                 start: int = INVERSION_START, interval: int = INVERSION_INTERVAL) -> None:
+        self.labels, self.start, self.interval = labels, start, interval
+        self.previous = torch.full((runs, num_classes), torch.nan, device=labels.device)  # NaN never compares larger
+        self.inverted_at = torch.full((runs, num_classes), -1, dtype=torch.int64, device=labels.device)
+        self.wrong_at_own_inversion = torch.zeros(runs, len(labels), dtype=torch.bool, device=labels.device)
+        self.wrong_at_last_inversion = torch.zeros_like(self.wrong_at_own_inversion)
+
+    def is_check(self, epoch: int) -> bool:
+        return epoch >= self.start and (epoch - self.start) % self.interval == 0
+
+    def observe(self, state: TrainingState) -> None:
+        self.update(state.epoch, state.radii, state.predictions)
+
+    def update(self, epoch: int, radii: Tensor, predictions: Tensor) -> None:
+        """radii [runs, C] and predictions [runs, N] of the networks after `epoch`; no device sync."""
+        newly = (radii > self.previous) & (self.inverted_at < 0)
+        wrong = predictions != self.labels
+        self.inverted_at = torch.where(newly, epoch, self.inverted_at)
+        self.wrong_at_own_inversion = torch.where(newly[:, self.labels], wrong, self.wrong_at_own_inversion)
+        self.wrong_at_last_inversion = torch.where(newly.any(1, keepdim=True), wrong, self.wrong_at_last_inversion)
+        self.previous = radii
+
+    def done(self) -> bool:
+        """Whether every class of every run has inverted (one device sync)."""
+        return bool((self.inverted_at >= 0).all())
+
+    def hard(self, snapshot: str = "copy") -> Tensor:
+        """[runs, N] stragglers: by each class's own snapshot ('copy') or the run's last one ('last')."""
+        return self.wrong_at_own_inversion if snapshot == "copy" else self.wrong_at_last_inversion
+
+
+def identify_stragglers(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
+                        snapshot: str = "copy", progress: bool = True) -> tuple[Tensor, np.ndarray]:
+    """Stragglers found by one SimpleNN per seed, all trained at once: hard [networks, N] bool and the
+    inversion epochs [networks, C].
+
+    A network in which some class does not invert within `epochs` is replaced by a fresh initialisation,
+    up to MAX_INVERSION_ATTEMPTS times; then an IdentificationError says which classes never inverted.
+    """
+    sizes = torch.bincount(labels, minlength=num_classes).cpu()
+    if (sizes < 2).any():  # the radius of a single sample is always 0: it can never grow
+        tiny = ", ".join(str(c) for c in (sizes < 2).nonzero().flatten().tolist())
+        raise IdentificationError(f"class(es) {tiny} have fewer than 2 samples in the subset, so no inversion point; "
+                                  "give a larger --subset_size")
+    hard = torch.zeros(len(seeds), len(labels), dtype=torch.bool, device=labels.device)
+    inverted_at = np.full((len(seeds), num_classes), -1)
+    pending = list(range(len(seeds)))
+    for attempt in range(MAX_INVERSION_ATTEMPTS):
+        tracker = StragglerTracker(len(pending), labels, num_classes)
+        train_simple_nns([derived_seed(seeds[i], 0, attempt) for i in pending], data, labels, num_classes, epochs,
+                         observers=[tracker], progress=progress,
+                         description=f"stragglers: {len(pending)} network(s), attempt {attempt + 1}")
+        epochs_found = tracker.inverted_at.cpu().numpy()
+        done = (epochs_found >= 0).all(1)
+        for j in np.flatnonzero(done):
+            hard[pending[j]] = tracker.hard(snapshot)[j]
+            inverted_at[pending[j]] = epochs_found[j]
+        pending = [i for i, finished in zip(pending, done) if not finished]
+        if not pending:
+            return hard, inverted_at
+    never = ", ".join(str(c) for c in np.flatnonzero((epochs_found < 0).any(0)))
+    raise IdentificationError(f"class(es) {never} reached no inversion point within {epochs} epochs in "
+                              f"{MAX_INVERSION_ATTEMPTS} initialisations; give more --epochs")
+
+
+def hardness_scores(logits: Tensor, strategy: str) -> Tensor:
+    """[..., N] scores of `strategy` (a key of SCORERS), higher = harder."""
+    if strategy not in SCORERS:
+        raise ValueError(f"no score for strategy '{strategy}'; known: {', '.join(SCORERS)}")
+    return SCORERS[strategy](logits)
+
+
+def select_hardest(scores: Tensor, labels: Tensor, counts: Tensor, level: str) -> Tensor:
+    """Mark the hardest samples of every run: [runs, N] scores (higher = harder), counts [runs, C].
+
+    level 'class': the counts[r, c] highest-scoring samples of class c; level 'dataset': the
+    counts[r].sum() highest-scoring samples of the whole dataset. Ties go to the lower index.
+    """
+    runs, n = scores.shape
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    if level == "dataset":
+        rank_sorted = torch.arange(n, device=scores.device).expand(runs, -1)
+        hard_sorted = rank_sorted < counts.sum(1, keepdim=True)
+    else:
+        sorted_labels = labels[order]
+        rank_sorted = F.one_hot(sorted_labels, counts.shape[1]).cumsum(1).gather(2, sorted_labels[..., None])[..., 0] - 1
+        hard_sorted = rank_sorted < counts.gather(1, sorted_labels)
+    return torch.zeros_like(hard_sorted).scatter_(1, order, hard_sorted)
+
+
+def class_counts(masks: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """How many samples of each class every row of `masks` [runs, N] marks: [runs, C] int64."""
+    return (masks.float() @ one_hot_float(labels, num_classes)).round().long()
+
+
+def noise_share_per_class(noise_ratio: float, size: int, num_classes: int) -> int:
+    """The extra hard samples per class that label noise adds to a budget: int(noise_ratio * N / C)."""
+    return int(noise_ratio * size / num_classes)
+
+
+def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, clean_labels: Tensor,
+                          noisy_labels: Tensor, num_classes: int, epochs: int, level: str = "dataset",
+                          noise_ratio: float = 0.0, snapshot: str = "copy",
+                          progress: bool = True) -> tuple[Tensor, np.ndarray]:
+    """Hard samples [networks, N] bool found by `strategy`, one identification per seed, all at once, and
+    the inversion epochs [networks, C] of the straggler search behind them.
+
+    As the original: 'stragglers' are found on the noisy labels. A scored strategy first finds the
+    stragglers on the CLEAN labels to set its budget, per class their count plus int(noise_ratio * N / C)
+    (capped at the class's size); then fresh SimpleNNs are trained on the noisy labels for all `epochs` and
+    the budget's highest-scoring samples are hard: per noisy class, or at `level` 'dataset' the budget's
+    total over the whole dataset.
+    """
+    if strategy == "stragglers":
+        return identify_stragglers(seeds, data, noisy_labels, num_classes, epochs, snapshot, progress)
+    if strategy not in SCORERS:
+        raise ValueError(f"unknown strategy '{strategy}'; known: {', '.join(STRATEGIES)}")
+    stragglers, inversion_epochs = identify_stragglers(seeds, data, clean_labels, num_classes, epochs, snapshot,
+                                                       progress)
+    extra = noise_share_per_class(noise_ratio, len(clean_labels), num_classes)
+    sizes = torch.bincount(noisy_labels, minlength=num_classes)
+    budgets = torch.minimum(class_counts(stragglers, clean_labels, num_classes) + extra, sizes)
+    model = train_simple_nns([derived_seed(seed, 1) for seed in seeds], data, noisy_labels, num_classes, epochs,
+                             progress=progress, description=f"{strategy}: {len(seeds)} network(s)")
+    hard = select_hardest(hardness_scores(network_logits(model, data), strategy), noisy_labels, budgets, level)
+    return hard, inversion_epochs

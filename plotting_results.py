@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, existing_f1_results,
-                   load_pickle, run_script, save_figure, strategy_colours)
+                   load_pickle, run_script, save_figure)
 
 PANELS = {False: [("a", "accuracy"), ("b", "recall"), ("c", "precision"), ("d", "F1")],
           True: [("e", "accuracy"), ("f", "recall"), ("g", "precision"), ("h", "F1")]}
-COLOURS = strategy_colours(STRATEGIES)
+COLOURS = dict(zip(STRATEGIES, plt.colormaps["tab10"].colors))  # one per strategy, however many there are
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -37,6 +37,7 @@ def derived_seed(*keys: int) -> int:
 class TrainingState:
     """The networks right after the step of `epoch`, as one forward pass on the whole data saw them."""
     epoch: int
+    model: nn.Module    # the networks themselves, for observers that keep checkpoints
     logits: Tensor      # [runs, N, C]
     latent: Tensor      # [runs, N, D]
     labels: Tensor      # [N]
@@ -128,7 +129,7 @@ def train_full_batch(model: nn.Module, optimizer: torch.optim.Optimizer, data: T
         if losses is None:  # filled in place, like the observers' records
             losses = torch.zeros(logits.shape[0], epochs, device=data.device)
         if watching:
-            state = TrainingState(step - 1, logits.detach(), latent.detach(), labels, num_classes)
+            state = TrainingState(step - 1, model, logits.detach(), latent.detach(), labels, num_classes)
             for observer in watching:
                 observer.observe(state)
             if all(observer.done() for observer in observers):

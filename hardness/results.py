@@ -166,8 +166,3 @@ def class_grid(num_classes: int, xlabel: str, ylabel: str, columns: int = 5) -> 
         ax.set_ylabel(ylabel)
     return fig, panels
 
-
-def strategy_colours(strategies: Iterable[str]) -> dict[str, Any]:
-    """One colour per strategy, in the order given, from matplotlib's tab10 cycle."""
-    palette = plt.colormaps["tab10"].colors
-    return {strategy: palette[i % len(palette)] for i, strategy in enumerate(strategies)}

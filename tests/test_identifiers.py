@@ -601,18 +601,23 @@ def test_metrics_of_an_empty_mask_are_nan():
 
 # ----------------------------------------------------------------------------- batched evaluation
 
-def train_one_alone(seed: int, data: Tensor, labels: Tensor, num_classes: int, epochs: int) -> SimpleNN:
-    """The plain recipe: one SimpleNN, full batch, SGD lr 0.1, mean cross-entropy."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SimpleNN(input_size=data[0].numel(), width=20, depth=2, num_classes=num_classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+def full_batch_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Tensor, labels: Tensor,
+                     epochs: int) -> torch.nn.Module:
+    """The plain recipe: one network, one step on the whole data per epoch, mean cross-entropy."""
     for _ in range(epochs):
         loss = F.cross_entropy(model(data)[0], labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return model
+
+
+def train_one_alone(seed: int, data: Tensor, labels: Tensor, num_classes: int, epochs: int) -> SimpleNN:
+    """One SimpleNN, full batch, SGD lr 0.1."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SimpleNN(input_size=data[0].numel(), width=20, depth=2, num_classes=num_classes)
+    return full_batch_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, epochs)
 
 
 @pytest.mark.parametrize("max_network_samples, per_network_tests", [(None, False), (1, True)])  # 1: one per batch
@@ -663,13 +668,8 @@ def train_resnet_alone(seed: int, data: Tensor, labels: Tensor, num_classes: int
     weight decay 1e-2."""
     torch.manual_seed(seed)
     model = ResNet18(data.shape[1], num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2)
-    for _ in range(epochs):
-        loss = F.cross_entropy(model(data)[0], labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model
+    return full_batch_steps(model, torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2), data, labels,
+                            epochs)
 
 
 def test_resnets_train_full_batch_as_the_original_and_predict_in_eval_mode(monkeypatch):

@@ -142,3 +142,31 @@ class ResNet18(nn.Module):
         stem = self.stem(x)
         features = F.adaptive_avg_pool2d(self.blocks(stem), 1).flatten(1)
         return self.fc(features), stem.flatten(1)
+
+
+class VoGToyNet(nn.Module):
+    """The VoG paper's toy classifier: 2 inputs -> 10 hidden units -> 2 logits, linear (tanh between the
+    layers with `tanh`), one run in the engine's layout: logits [1, N, 2] and hidden units [1, N, 10].
+
+    Weights are N(0, 1) and biases 0. Without `seed`, as the original, each layer's weights are drawn from
+    a generator seeded with 0 afresh, so both layers get the same 20 draws; with `seed`, all weights come
+    from one generator seeded with it; they do not depend on the global random state.
+    """
+
+    def __init__(self, tanh: bool = False, seed: int | None = None) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(2, 10)
+        self.output = nn.Linear(10, 2)
+        self.tanh = tanh
+        shared = None if seed is None else torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in (self.hidden, self.output):
+                layer.weight.normal_(generator=torch.Generator().manual_seed(0) if shared is None else shared)
+                layer.bias.zero_()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: [N, 2] -> logits [1, N, 2] and hidden units [1, N, 10]."""
+        hidden = self.hidden(x)
+        if self.tanh:
+            hidden = torch.tanh(hidden)
+        return self.output(hidden)[None], hidden[None]

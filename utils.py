@@ -11,10 +11,11 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/engine.py`    | batched full-batch training with observers, ResNet-18 training, predictions    |
 | `hardness/identifiers.py` | stragglers (inversion points), confidence and energy, budgets                |
 | `hardness/metrics.py`   | accuracy, precision, recall, F1 of many networks at once; evaluation           |
-| `hardness/results.py`   | result paths, atomic pickles, settings, figures                                |
+| `hardness/results.py`   | result paths, atomic pickles and .npz files with settings, figures             |
+| `hardness/vog.py`       | Variance of Gradients: checkpoints, batched input gradients, the score         |
 """
 from hardness.cli import (UserInputError, add_common_arguments, add_dataset_arguments, add_output_arguments,
-                          add_results_arguments, positive_float, positive_int, run_script,
+                          add_results_arguments, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
 from hardness.data import benchmark_splits, canonical_dataset_name, flip_labels, load_dataset
 from hardness.device import keep_freed_memory_in_heap, resolve_device
@@ -23,13 +24,15 @@ from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIE
                                   identify_hard_samples)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
 from hardness.radii import mean_inversion_epochs
-from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct,
-                              existing_f1_results, f1_results_path, identification_key, load_pickle,
-                              overlap_results_path, radii_results_path, run_settings, save_figure, save_pickle)
+from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct, existing_f1_results,
+                              f1_results_path, identification_key, load_pickle, overlap_results_path,
+                              radii_results_path, run_settings, save_figure, save_npz_with_settings, save_pickle)
+from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, input_gradients, stage_windows,
+                          vog_from_gradients)
 
 __all__ = [
     "UserInputError", "add_common_arguments", "add_dataset_arguments", "add_output_arguments", "add_results_arguments",
-    "positive_float", "positive_int", "run_script", "unit_interval",
+    "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
     "benchmark_splits", "canonical_dataset_name", "flip_labels", "load_dataset",
     "keep_freed_memory_in_heap", "resolve_device",
     "RadiiRecorder", "derived_seed", "simple_nn_size", "train_and_predict", "train_full_batch",
@@ -39,5 +42,7 @@ __all__ = [
     "mean_inversion_epochs",
     "class_accuracies_path", "class_counts_path", "class_grid", "distinct", "existing_f1_results", "f1_results_path",
     "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "run_settings", "save_figure",
-    "save_pickle",
+    "save_npz_with_settings", "save_pickle",
+    "CALIBRATIONS", "STAGES", "CheckpointRecorder", "calibrate", "input_gradients", "stage_windows",
+    "vog_from_gradients",
 ]

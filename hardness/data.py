@@ -223,7 +223,8 @@ def benchmark_splits(hard: Tensor, train_ratio: float, remaining_ratios: Sequenc
     """
     if nested:
         train = split_train_test(hard, train_ratio, generator)
-        return reduction_masks(train, hard, remaining_ratios, reduce_hard, generator), (~train).expand(len(remaining_ratios), -1)
+        masks = reduction_masks(train, hard, remaining_ratios, reduce_hard, generator)
+        return masks, (~train).expand(len(remaining_ratios), -1)
     masks, tests = [], []
     for ratio in remaining_ratios:
         train = split_train_test(hard, train_ratio, generator)

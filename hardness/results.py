@@ -1,6 +1,7 @@
 """Result files: where each one lives, atomic pickles, the settings stored with them, and figures."""
 import argparse
 import io
+import json
 import math
 import os
 import pickle
@@ -125,6 +126,14 @@ def write_atomically(path: Path, payload: bytes | Callable[[Path], None]) -> Non
 def save_pickle(obj: Any, path: Path) -> None:
     """Pickle `obj` to `path` atomically: a reader never sees a half-written file."""
     write_atomically(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def save_npz_with_settings(arrays: dict[str, np.ndarray], path: Path, settings: dict[str, Any]) -> None:
+    """`arrays` to `path` (.npz) and `settings` to the .json beside it, each written atomically."""
+    packed = io.BytesIO()
+    np.savez(packed, **arrays)
+    write_atomically(path, packed.getvalue())
+    write_atomically(Path(path).with_suffix(".json"), (json.dumps(settings, indent=2, default=str) + "\n").encode())
 
 
 def load_pickle(path: Path, made_by: str) -> Any:

@@ -1,0 +1,282 @@
+"""Variance of Gradients: the score against the authors' numbers and hand-computed ones, batched input
+gradients against a per-example loop, checkpoints, and the toy experiment end to end."""
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+import variance_of_gradients_toy as toy
+from conftest import REPO
+from hardness.cli import UserInputError
+from hardness.engine import train_full_batch
+from hardness.vog import CheckpointRecorder, calibrate, input_gradients, stage_windows, vog_from_gradients
+from neural_networks import ResNet18, VoGToyNet
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared/fixtures/vog_imagenet_resnet50_10.npz"  # ../shared, beside the repo
+TOY = REPO / "variance_of_gradients_toy.py"
+
+
+def test_vog_matches_the_authors_on_imagenet_resnet50_gradients():
+    golden = np.load(GOLDEN)
+    vog = vog_from_gradients(torch.from_numpy(golden["input_gradients"]))                 # [3, 10, 224, 224]
+    np.testing.assert_allclose(vog.numpy(), golden["expected_vog"], rtol=1e-6, atol=0)
+
+
+def test_vog_by_hand_population_std_pixel_mean_channel_mean():
+    # [K=2, N=2, C=2, H=1, W=2]. Example 0, channel means: checkpoint 1 (1+3)/2, (2+4)/2 = [2, 3];
+    # checkpoint 2 (5+3)/2, (-4-2)/2 = [4, -3]. Population std of two values is |a - b| / 2: pixel 0
+    # |2 - 4| / 2 = 1, pixel 1 |3 + 3| / 2 = 3; mean over pixels (1 + 3) / 2 = 2.
+    # Example 1 is the same at both checkpoints: 0.
+    gradients = torch.tensor([[[[[1., 2.]], [[3., 4.]]], [[[7., 7.]], [[1., 1.]]]],
+                              [[[[5., -4.]], [[3., -2.]]], [[[7., 7.]], [[1., 1.]]]]])
+    assert gradients.shape == (2, 2, 2, 1, 2)
+    torch.testing.assert_close(vog_from_gradients(gradients), torch.tensor([2., 0.], dtype=torch.float64))
+    # [K=3, N=1, D=2]: pixel 0 is 0, 0, 3: mean 1, squared deviations 1, 1, 4, population variance 2,
+    # std sqrt(2) (the sample std would be sqrt(3)); pixel 1 is constant: 0. VoG = sqrt(2) / 2.
+    vector = torch.tensor([[[0., 1.]], [[0., 1.]], [[3., 1.]]])
+    torch.testing.assert_close(vog_from_gradients(vector), torch.tensor([math.sqrt(2) / 2], dtype=torch.float64))
+    # a given centre 0 instead of the mean: pixel 0 sqrt((0 + 0 + 9) / 3) = sqrt(3), pixel 1 sqrt(1) = 1
+    torch.testing.assert_close(vog_from_gradients(vector, centre=torch.zeros(1, 2)),
+                               torch.tensor([(math.sqrt(3) + 1) / 2], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        vog_from_gradients(torch.zeros(3, 4))
+
+
+def test_calibrations_by_hand():
+    # class 0: 1, 5 -> mean 3, population std 2 -> -1, 1
+    # class 1: 2, 2, 2 -> std 0 -> 0
+    # class 2: 4, 0, 2, 6 -> mean 3, squared deviations 1, 9, 1, 9, variance 5 -> 1, -3, -1, 3 over sqrt(5)
+    vog = torch.tensor([1., 2., 5., 4., 2., 0., 2., 2., 6.], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1, 2, 2, 1, 2])
+    r5 = math.sqrt(5)
+    normalized = torch.tensor([-1, 0, 1, 1 / r5, 0, -3 / r5, -1 / r5, 0, 3 / r5], dtype=torch.float64)
+    torch.testing.assert_close(calibrate(vog, labels, "raw"), vog)
+    torch.testing.assert_close(calibrate(vog, labels, "normalize"), normalized)
+    torch.testing.assert_close(calibrate(vog, labels, "abs_normalize"), normalized.abs())
+    with pytest.raises(ValueError):
+        calibrate(vog, labels, "zscore")
+
+
+@pytest.mark.parametrize("count, early, middle, late", [
+    (3, [0], [1], [2]),
+    (15, [0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]),
+    (16, [0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15]),
+])
+def test_stage_windows(count, early, middle, late):
+    windows = {stage: list(range(count)[window]) for stage, window in stage_windows(count).items()}
+    assert windows == {"early": early, "middle": middle, "late": late, "complete": list(range(count))}
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_fewer_than_three_checkpoints_is_an_error(count):
+    with pytest.raises(ValueError, match="at least 3"):
+        stage_windows(count)
+
+
+def gradients_one_example_at_a_time(model: torch.nn.Module, checkpoints, data, labels, target, predicted):
+    """The definition: load each checkpoint, eval mode, one example per backward pass."""
+    model = copy.deepcopy(model)
+    gradients = torch.zeros(len(checkpoints), *data.shape, dtype=data.dtype)
+    for k, state in enumerate(checkpoints):
+        model.load_state_dict(state)
+        model.eval()
+        for i in range(len(data)):
+            x = data[i:i + 1].clone().requires_grad_()
+            logits = model(x)[0].reshape(-1)
+            outputs = logits if target == "logit" else logits.softmax(0)
+            output = outputs[logits.argmax() if predicted else labels[i]]
+            gradients[k, i] = torch.autograd.grad(output, x)[0][0]
+    return gradients
+
+
+def perturbed_checkpoints(model: torch.nn.Module, count: int) -> list[dict[str, torch.Tensor]]:
+    """`count` states of `model` with different weights and, for BatchNorm, running statistics."""
+    checkpoints = []
+    for _ in range(count):
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                if name.endswith("running_var"):
+                    tensor.mul_(0.5 + torch.rand_like(tensor))
+                elif tensor.is_floating_point():
+                    tensor.mul_(1 + 0.1 * torch.randn_like(tensor))
+        checkpoints.append(copy.deepcopy(model.state_dict()))
+    return checkpoints
+
+
+@pytest.mark.parametrize("target, predicted", [("logit", False), ("probability", False), ("logit", True)])
+def test_batched_input_gradients_equal_the_one_example_loop(target, predicted):
+    torch.manual_seed(0)
+    resnet = ResNet18(in_channels=3, num_classes=4)
+    resnet(torch.randn(16, 3, 8, 8))                    # training mode: BatchNorm gets running statistics
+    checkpoints = perturbed_checkpoints(resnet, 2)
+    data, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    before = copy.deepcopy(resnet.state_dict())
+    batched = input_gradients(resnet, checkpoints, data, labels, target, predicted, chunk=4)
+    assert batched.shape == (2, 6, 3, 8, 8) and resnet.training
+    for name, tensor in resnet.state_dict().items():
+        torch.testing.assert_close(tensor, before[name])
+    expected = gradients_one_example_at_a_time(resnet, checkpoints, data, labels, target, predicted)
+    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-6)
+    assert batched.abs().amax() > 0
+
+
+@pytest.mark.parametrize("tanh", [False, True])
+def test_toy_model_input_gradients_equal_the_one_example_loop(tanh):
+    torch.manual_seed(1)
+    model = VoGToyNet(tanh=tanh, seed=3)
+    checkpoints = perturbed_checkpoints(model, 3)
+    data, labels = torch.randn(9, 2), torch.tensor([0, 1] * 4 + [0])
+    batched = input_gradients(model, checkpoints, data, labels, "probability", chunk=5)
+    expected = gradients_one_example_at_a_time(model, checkpoints, data, labels, "probability", False)
+    torch.testing.assert_close(batched, expected)
+
+
+def test_toy_model_initialisations():
+    original = VoGToyNet()
+    for layer, shape in [(original.hidden, (10, 2)), (original.output, (2, 10))]:
+        torch.manual_seed(0)                            # the original's recipe: re-seed, then fill the layer
+        torch.testing.assert_close(layer.weight, torch.empty(shape).normal_(0, 1))
+        assert layer.bias.abs().sum() == 0
+    torch.testing.assert_close(original.hidden.weight.flatten(), original.output.weight.flatten())
+    seeded, again, other = VoGToyNet(seed=7), VoGToyNet(seed=7), VoGToyNet(seed=8)
+    torch.testing.assert_close(seeded.state_dict(), again.state_dict())
+    assert not torch.equal(seeded.hidden.weight, other.hidden.weight)
+    assert not torch.equal(seeded.hidden.weight.flatten(), seeded.output.weight.flatten())
+
+
+def test_checkpoint_recorder_keeps_the_state_after_the_chosen_steps():
+    torch.manual_seed(2)
+    data, labels = torch.randn(20, 2), torch.randint(0, 2, (20,))
+    model = VoGToyNet(seed=4)
+    reference = copy.deepcopy(model)
+    recorder = CheckpointRecorder([0, 2])
+    train_full_batch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, labels, epochs=4, num_classes=2,
+                     observers=[recorder], progress=False)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    expected = []
+    for step in range(1, 5):                            # epoch e is the (e+1)-th step
+        loss = F.cross_entropy(reference(data)[0][0], labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in (1, 3):
+            expected.append(copy.deepcopy(reference.state_dict()))
+    assert recorder.epochs == [0, 2] and len(recorder.checkpoints) == 2
+    for ours, theirs in zip(recorder.checkpoints, expected, strict=True):
+        for name in theirs:
+            torch.testing.assert_close(ours[name], theirs[name])
+    assert not torch.equal(recorder.checkpoints[1]["hidden.weight"], model.hidden.weight)   # copies, not views
+
+
+def test_boundary_distance_by_hand():
+    # linear: logit 1 - logit 0 = x1 + x2 - 1, so the distance is |x1 + x2 - 1| / sqrt(2)
+    points = torch.tensor([[1., 1.], [0., 0.], [2., 2.], [0.5, 0.5], [3., -3.]])
+    linear = VoGToyNet()
+    with torch.no_grad():
+        for tensor in linear.state_dict().values():
+            tensor.zero_()
+        linear.hidden.weight[0, 0] = linear.hidden.weight[1, 1] = 1
+        linear.output.weight[1, :2] = 1
+        linear.output.bias[0] = 1
+    expected = torch.tensor([1, 1, 3, 0, 1], dtype=torch.float64) / math.sqrt(2)
+    torch.testing.assert_close(toy.boundary_distance(linear, points), expected)
+    # tanh: logit 1 - logit 0 = tanh(x1 - 0.5), zero on the line x1 = 0.5
+    bent = VoGToyNet(tanh=True)
+    with torch.no_grad():
+        for tensor in bent.state_dict().values():
+            tensor.zero_()
+        bent.hidden.weight[0, 0], bent.hidden.bias[0] = 1, -0.5
+        bent.output.weight[1, 0] = 1
+    points = torch.tensor([[2., 0.], [-1., 3.], [0.5, 0.], [0., 1.]])
+    torch.testing.assert_close(toy.boundary_distance(bent, points),
+                               torch.tensor([1.5, 1.5, 0., 0.5], dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def original_buggy_loop(split: str, lr: float = 1e-3, steps: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original toy code's recipe with its first bug: one input tensor per split that requires
+    gradients and is never zeroed, training on the training one; returns its .grad after every step
+    [steps, n, 2] and the split's labels."""
+    points, labels = toy.toy_data()
+    train = points[:450].clone().requires_grad_()
+    inputs = train if split == "train" else points[450:].clone().requires_grad_()
+    split_labels = labels[:450] if split == "train" else labels[450:]
+    model = VoGToyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    recorded = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(train)[0][0], labels[:450]).backward()
+        optimizer.step()
+        model.eval()
+        probabilities = model(inputs)[0][0].softmax(1)
+        probabilities[torch.arange(len(inputs)), split_labels].backward(torch.ones(len(inputs)))
+        recorded.append(inputs.grad.clone())
+        model.train()
+    return torch.stack(recorded), split_labels
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_legacy_bugs_reproduce_the_original_loop(split):
+    recorded, labels = original_buggy_loop(split)
+    centre = recorded.sum(0) / 5                           # second bug: the sum of all 15 over 5
+    early = recorded[:5].double()
+    deviations = (early - centre.double()).pow(2).mean(0).sqrt().mean(1)
+    args = toy.parse_args(["--split", split, "--mode", "early", "--vog_cal", "raw", "--legacy_bugs", "--device", "cpu"])
+    _, results = toy.experiment(args, torch.device("cpu"))
+    np.testing.assert_allclose(results["vog"], deviations.numpy(), rtol=1e-4)
+    assert np.array_equal(results["labels"], labels.numpy())
+
+
+def test_toy_end_to_end(tmp_path):
+    done = subprocess.run([sys.executable, str(TOY), "--split", "test", "--mode", "early", "--vog_cal", "normalize",
+                           "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "train accuracy 100.0%" in done.stdout
+    results = np.load(tmp_path / "Results/VoG/toy_test_early_normalize.npz")
+    assert results["train_accuracy"] == 1 and results["vog"].shape == results["distance"].shape == (50,)
+    assert results["points"].shape == (50, 2) and set(results["labels"].tolist()) == {0, 1}
+    assert spearmanr(results["vog"], results["distance"]).statistic <= -0.7
+    for c in (0, 1):                                        # normalised within each class: mean 0, std 1
+        np.testing.assert_allclose(results["vog"][results["labels"] == c].mean(), 0, atol=1e-9)
+        np.testing.assert_allclose(results["vog"][results["labels"] == c].std(), 1, rtol=1e-9)
+    settings = json.loads((tmp_path / "Results/VoG/toy_test_early_normalize.json").read_text())
+    assert (settings["split"], settings["mode"], settings["vog_cal"], settings["init"]) == \
+        ("test", "early", "normalize", "original")
+    for name in ["toy_dataset_decision_boundary", "test_early_normalize"]:
+        for suffix in [".png", ".pdf"]:
+            assert (tmp_path / "Figures/VoG" / f"{name}{suffix}").stat().st_size > 0
+
+
+def test_toy_with_normal_initialisations():
+    """For every seed whose network fits the training points (>= 95%), points closer to the boundary have
+    higher VoG: raw over all points and normalised within each class. Pooled over both classes, normalised
+    VoG can lose this (seed 2: one class's VoG is almost all exactly 0, so its normalised values sit
+    above the other class's far points)."""
+    fitted = 0
+    for seed in range(10):
+        args = toy.parse_args(["--init", "normal", "--seed", str(seed), "--vog_cal", "raw", "--device", "cpu"])
+        _, raw = toy.experiment(args, torch.device("cpu"))
+        if raw["train_accuracy"] < 0.95:
+            continue
+        fitted += 1
+        assert spearmanr(raw["vog"], raw["distance"]).statistic <= -0.5, seed
+        args.vog_cal = "normalize"
+        _, normalized = toy.experiment(args, torch.device("cpu"))
+        for c in (0, 1):
+            members = normalized["labels"] == c
+            assert spearmanr(normalized["vog"][members], normalized["distance"][members]).statistic <= -0.5, seed
+    assert fitted >= 2
+
+
+def test_too_few_steps_is_a_user_error():
+    args = toy.parse_args(["--steps", "2", "--device", "cpu"])
+    with pytest.raises(UserInputError, match="--steps 2: .*at least 3 checkpoints"):
+        toy.experiment(args, torch.device("cpu"))

@@ -26,12 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def radius_statistics(results: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs of the radii, [epochs, classes] each, and the mean inversion epochs [classes]."""
+    return results["radii"].mean(0), results["radii"].std(0), mean_inversion_epochs(results["inversion_epochs"])
+
+
 def plot_per_class(results: dict, dataset_name: str, figures_dir: Path) -> list[Path]:
     """The paper's layout: one panel per class, mean radius over runs with a +-1 std band, and a dashed
     line at the class's mean inversion epoch."""
-    epochs, radii = results["epochs"], results["radii"]
-    mean, std = radii.mean(0), radii.std(0)
-    inversion = mean_inversion_epochs(results["inversion_epochs"])
+    epochs, (mean, std, inversion) = results["epochs"], radius_statistics(results)
     fig, axes = class_grid(len(results["class_names"]), xlabel="epoch", ylabel="radius")
     for c, (ax, name) in enumerate(zip(axes, results["class_names"])):
         ax.plot(epochs, mean[:, c], color="tab:blue", linewidth=1.2)
@@ -41,7 +44,7 @@ def plot_per_class(results: dict, dataset_name: str, figures_dir: Path) -> list[
             ax.axvline(inversion[c], color="tab:red", linestyle="--", linewidth=1)
             title += f" (inversion {inversion[c]:.0f})"
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{dataset_name}: class-manifold radii, mean ± std over {len(radii)} runs "
+    fig.suptitle(f"{dataset_name}: class-manifold radii, mean ± std over {len(results['radii'])} runs "
                  "(dashed: mean inversion epoch)")
     fig.tight_layout()
     return save_figure(fig, figures_dir / "Figure2" / f"mean_std_radii_on_{dataset_name}")
@@ -49,9 +52,7 @@ def plot_per_class(results: dict, dataset_name: str, figures_dir: Path) -> list[
 
 def plot_overlay(results: dict, dataset_name: str, figures_dir: Path) -> list[Path]:
     """All classes in one panel, each with its band and a dot at its mean inversion epoch."""
-    epochs, radii = results["epochs"], results["radii"]
-    mean, std = radii.mean(0), radii.std(0)
-    inversion = mean_inversion_epochs(results["inversion_epochs"])
+    epochs, (mean, std, inversion) = results["epochs"], radius_statistics(results)
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.colormaps["tab10"].colors
     for c, name in enumerate(results["class_names"]):
@@ -63,7 +64,7 @@ def plot_overlay(results: dict, dataset_name: str, figures_dir: Path) -> list[Pa
                     markeredgecolor="black", markersize=6)
     ax.set_xlabel("epoch")
     ax.set_ylabel("class-manifold radius")
-    ax.set_title(f"{dataset_name}: mean ± std over {len(radii)} runs (dots: mean inversion epoch)")
+    ax.set_title(f"{dataset_name}: mean ± std over {len(results['radii'])} runs (dots: mean inversion epoch)")
     ax.legend(fontsize=7, ncol=2, title="class")
     fig.tight_layout()
     return save_figure(fig, figures_dir / "Figure2" / f"mean_std_radii_overlay_on_{dataset_name}")

@@ -14,7 +14,8 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/results.py`   | result paths, atomic pickles and .npz files with settings, figures             |
 | `hardness/vog.py`       | Variance of Gradients: checkpoints, batched input gradients, the score         |
 """
-from hardness.cli import (UserInputError, add_common_arguments, add_dataset_arguments, add_output_arguments,
+from hardness.cli import (UserInputError, add_common_arguments, add_dataset_arguments, add_device_argument,
+                          add_output_arguments,
                           add_results_arguments, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
 from hardness.data import benchmark_splits, canonical_dataset_name, flip_labels, load_dataset
@@ -31,7 +32,7 @@ from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, i
                           vog_from_gradients)
 
 __all__ = [
-    "UserInputError", "add_common_arguments", "add_dataset_arguments", "add_output_arguments", "add_results_arguments",
+    "UserInputError", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
     "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
     "benchmark_splits", "canonical_dataset_name", "flip_labels", "load_dataset",
     "keep_freed_memory_in_heap", "resolve_device",

@@ -33,10 +33,10 @@ from torch import Tensor
 from torch.func import functional_call
 
 from neural_networks import VoGToyNet
-from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, add_output_arguments, calibrate,
-                   input_gradients, non_negative_int, positive_float, positive_int, resolve_device, run_script,
-                   run_settings, save_figure, save_npz_with_settings, stage_windows, train_full_batch,
-                   vog_from_gradients)
+from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, add_device_argument,
+                   add_output_arguments, calibrate, input_gradients, non_negative_int, positive_float, positive_int,
+                   resolve_device, run_script, run_settings, save_figure, save_npz_with_settings, stage_windows,
+                   train_full_batch, vog_from_gradients)
 
 SAMPLES, TRAIN, NUM_CLASSES = 500, 450, 2
 BOUNDARY_GRID = 1201      # points per axis of the grid that finds a tanh network's boundary
@@ -65,8 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--legacy_bugs", action="store_true",
                         help="reproduce the original code's two VoG bugs (accumulated gradients, stages "
                              "centred on the sum of all checkpoints over the stage's length)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="where to train: auto picks cuda when available (default auto)")
+    add_device_argument(parser)
     add_output_arguments(parser)
     return parser.parse_args(argv)
 

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
 from neural_networks import BatchedSimpleNN  # noqa: E402
-from utils import (RadiiRecorder, StragglerTracker, keep_freed_memory_in_heap, positive_int,  # noqa: E402
+from utils import (RadiiRecorder, StragglerTracker, add_device_argument, keep_freed_memory_in_heap, positive_int,  # noqa: E402
                    resolve_device, train_full_batch)
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=positive_int, default=500, help="full-batch epochs (default 500)")
     parser.add_argument("--samples", type=positive_int, default=20000,
                         help="samples in the full batch; 70000 is all of MNIST (default 20000)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    add_device_argument(parser)
     args = parser.parse_args()
 
     keep_freed_memory_in_heap()

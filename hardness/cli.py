@@ -63,13 +63,18 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder the figures are written to (default Figures)")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device: auto, cpu or cuda."""
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where to train: auto picks cuda when available (default auto)")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every training script shares: --seed, --device, --data_root, --results_dir, --figures_dir."""
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed for the data shuffle and the initialisations; same seed and device, same "
                              "results (default 0)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="where to train: auto picks cuda when available (default auto)")
+    add_device_argument(parser)
     parser.add_argument("--data_root", type=Path, default=Path("./data"),
                         help="folder holding torchvision's dataset layout, e.g. <root>/MNIST/raw (default ./data)")
     add_output_arguments(parser)

@@ -206,11 +206,11 @@ def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classe
             model = ResNet18(data.shape[1], num_classes).to(data.device)
         rows = torch.arange(len(data)) if train_masks is None else train_masks[run].cpu().nonzero().flatten()
         if batch_size is None:
-            needed = activation_bytes_per_sample(model, data) * len(rows)
-            if needed > free_memory_bytes(data.device):
+            needed, free = activation_bytes_per_sample(model, data) * len(rows), free_memory_bytes(data.device)
+            if needed > free:
                 raise UserInputError(
                     f"full-batch ResNet training on {len(rows)} samples needs about {needed / 2**30:.0f} GiB for "
-                    f"activations, more than the {free_memory_bytes(data.device) / 2**30:.0f} GiB free on "
+                    f"activations, more than the {free / 2**30:.0f} GiB free on "
                     f"{data.device}; give --batch_size (e.g. 128) to train on minibatches")
         optimizer = torch.optim.Adam(model.parameters(), lr=RESNET_LR, weight_decay=RESNET_WEIGHT_DECAY)
         shuffle = torch.Generator().manual_seed(seed)

@@ -77,10 +77,14 @@ class BatchedSimpleNN(nn.Module):
                 models.append(SimpleNN(**simple_nn_kwargs))
         return cls(models)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x: [N, ...] -> logits [runs, N, classes] and latent [runs, N, width] (transposed views)."""
+    def forward(self, x: Tensor, per_run: bool = False) -> tuple[Tensor, Tensor]:
+        """x: [N, ...] shared by every run, or with `per_run` [runs, N, ...], each run its own inputs (so that
+        input gradients are per run) -> logits [runs, N, classes] and latent [runs, N, width] (transposed views)."""
         runs, width, n_in = self.weights[0].shape
-        first = torch.addmm(self.biases[0].reshape(-1, 1), self.weights[0].reshape(-1, n_in), x.flatten(1).T)
+        if per_run:
+            first = torch.baddbmm(self.biases[0][:, :, None], self.weights[0], x.flatten(2).transpose(1, 2))
+        else:
+            first = torch.addmm(self.biases[0].reshape(-1, 1), self.weights[0].reshape(-1, n_in), x.flatten(1).T)
         h = torch.tanh_(first).view(runs, width, -1)
         latent = h if self.latent == 1 else None
         for index in range(1, len(self.weights) - 1):
@@ -89,6 +93,15 @@ class BatchedSimpleNN(nn.Module):
                 latent = h
         logits = torch.baddbmm(self.biases[-1][:, :, None], self.weights[-1], h)
         return logits.transpose(1, 2), latent.transpose(1, 2)
+
+    @staticmethod
+    def run_state_dict(state: dict[str, Tensor], run: int) -> dict[str, Tensor]:
+        """The state dict of SimpleNN number `run` (`hidden.0.weight`, ..., `output.bias`) in a state dict of
+        the batched model (`weights.0`, ..., `biases.L`)."""
+        layers = sum(name.startswith("weights.") for name in state)
+        names = [f"hidden.{i}" for i in range(layers - 1)] + ["output"]
+        return {f"{name}.{kind}": state[f"{stacked}.{i}"][run].clone()
+                for i, name in enumerate(names) for kind, stacked in (("weight", "weights"), ("bias", "biases"))}
 
     def unstack(self, run: int) -> SimpleNN:
         """A standalone SimpleNN holding a copy of run `run`'s current parameters."""

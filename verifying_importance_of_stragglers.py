@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_dataset_arguments(parser)
     parser.add_argument("--strategy", choices=STRATEGIES, default="stragglers",
                         help="how hard samples are found: misclassified at their class's inversion point "
-                             "(stragglers), lowest largest raw logit (confidence) or highest energy "
-                             "(default stragglers)")
+                             "(stragglers), lowest largest raw logit (confidence), highest energy, or highest "
+                             "late-stage Variance of Gradients over 15 checkpoints (vog) (default stragglers)")
     parser.add_argument("--runs", type=positive_int, default=3,
                         help="identifications per train ratio, and evaluation networks per remaining ratio (default 3)")
     parser.add_argument("--train_ratios", type=unit_interval(False, False), nargs="+", default=[0.9, 0.5],
@@ -50,12 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "it (paired comparisons, less variance), instead of the original's fresh split per "
                              "remaining ratio")
     parser.add_argument("--level", choices=["class", "dataset"], default="dataset",
-                        help="confidence and energy: pick the hardest samples within each class, or over the whole "
-                             "dataset (default dataset); stragglers are always found per class")
+                        help="confidence, energy and vog: pick the hardest samples within each class, or over the "
+                             "whole dataset (vog then normalised within each class) (default dataset); stragglers "
+                             "are always found per class")
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.0,
                         help="share of samples, int(ratio * N), whose label is flipped to another class; "
-                             "stragglers are found on the noisy labels, the confidence and energy budgets on the "
-                             "clean ones; in [0, 1) (default 0.0)")
+                             "stragglers are found on the noisy labels, the confidence, energy and vog budgets on "
+                             "the clean ones; in [0, 1) (default 0.0)")
     parser.add_argument("--evaluation_network", choices=["SimpleNN", "ResNet"], default="SimpleNN",
                         help="network trained on the reduced training sets and scored on the test sets: SimpleNN "
                              "(full-batch SGD, lr 0.1, all at once) or ResNet (ResNet-18, Adam lr 1e-3, wd 1e-2, "

@@ -1,5 +1,6 @@
-"""Hard-sample identifiers: stragglers (misclassified at their class's inversion point), and the scores
-of a fully trained network (confidence, energy), with budgets set by the stragglers."""
+"""Hard-sample identifiers: stragglers (misclassified at their class's inversion point), the scores of a
+fully trained network (confidence, energy) and its Variance of Gradients over training (vog), with budgets
+set by the stragglers."""
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -10,6 +11,7 @@ from torch import Tensor
 from hardness.cli import UserInputError
 from hardness.engine import TrainingState, derived_seed, network_logits, train_simple_nns
 from hardness.radii import one_hot_float
+from hardness.vog import CheckpointRecorder, calibrate, checkpoint_epochs, vog_scores
 
 INVERSION_START, INVERSION_INTERVAL = 20, 5   # radius checks after the steps of epochs 20, 25, 30, ... (0-based)
 MAX_INVERSION_ATTEMPTS = 5                    # initialisations tried before a straggler search gives up
@@ -19,7 +21,8 @@ SCORERS: dict[str, Callable[[Tensor], Tensor]] = {
     "confidence": lambda logits: -logits.amax(-1),               # the largest raw logit (not a probability), low = hard
     "energy": lambda logits: -torch.logsumexp(logits, -1),       # -T logsumexp(logits / T), T = 1, high = hard
 }
-STRATEGIES = ("stragglers", *SCORERS)
+VOG_CHECKPOINTS, VOG_STAGE = 15, "late"      # the vog identifier: checkpoints kept, and the stage scored
+STRATEGIES = ("stragglers", *SCORERS, "vog")
 
 
 class IdentificationError(UserInputError):
@@ -139,6 +142,19 @@ def noise_share_per_class(noise_ratio: float, size: int, num_classes: int) -> in
     return int(noise_ratio * size / num_classes)
 
 
+def vog_hardness(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int, level: str,
+                 progress: bool = True) -> Tensor:
+    """[networks, N] late-stage VoG of one fresh SimpleNN per seed trained on `labels` (all at once), from
+    VOG_CHECKPOINTS checkpoints kept evenly over training, of the logit of the label trained on; raw for
+    level 'class', normalised within each class for level 'dataset' (raw VoG favours classes whose
+    gradients are large)."""
+    recorder = CheckpointRecorder(checkpoint_epochs(epochs, VOG_CHECKPOINTS))
+    model = train_simple_nns(seeds, data, labels, num_classes, epochs, observers=[recorder], progress=progress,
+                             description=f"vog: {len(seeds)} network(s)")
+    vog = vog_scores(model, recorder.checkpoints, data, labels, stages=[VOG_STAGE])[VOG_STAGE]  # [networks, N]
+    return vog if level == "class" else calibrate(vog, labels, "normalize")
+
+
 def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, clean_labels: Tensor,
                           noisy_labels: Tensor, num_classes: int, epochs: int, level: str = "dataset",
                           noise_ratio: float = 0.0, snapshot: str = "copy",
@@ -150,18 +166,23 @@ def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, cle
     stragglers on the CLEAN labels to set its budget, per class their count plus int(noise_ratio * N / C)
     (capped at the class's size); then fresh SimpleNNs are trained on the noisy labels for all `epochs` and
     the budget's highest-scoring samples are hard: per noisy class, or at `level` 'dataset' the budget's
-    total over the whole dataset.
+    total over the whole dataset. Confidence, energy and vog score the same fresh networks (same seeds).
     """
     if strategy == "stragglers":
         return identify_stragglers(seeds, data, noisy_labels, num_classes, epochs, snapshot, progress)
-    if strategy not in SCORERS:
+    if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; known: {', '.join(STRATEGIES)}")
     stragglers, inversion_epochs = identify_stragglers(seeds, data, clean_labels, num_classes, epochs, snapshot,
                                                        progress)
     extra = noise_share_per_class(noise_ratio, len(clean_labels), num_classes)
     sizes = torch.bincount(noisy_labels, minlength=num_classes)
     budgets = torch.minimum(class_counts(stragglers, clean_labels, num_classes) + extra, sizes)
-    model = train_simple_nns([derived_seed(seed, 1) for seed in seeds], data, noisy_labels, num_classes, epochs,
-                             progress=progress, description=f"{strategy}: {len(seeds)} network(s)")
-    hard = select_hardest(hardness_scores(network_logits(model, data), strategy), noisy_labels, budgets, level)
+    fresh_seeds = [derived_seed(seed, 1) for seed in seeds]
+    if strategy == "vog":
+        scores = vog_hardness(fresh_seeds, data, noisy_labels, num_classes, epochs, level, progress)
+    else:
+        model = train_simple_nns(fresh_seeds, data, noisy_labels, num_classes, epochs, progress=progress,
+                                 description=f"{strategy}: {len(seeds)} network(s)")
+        scores = hardness_scores(network_logits(model, data), strategy)
+    hard = select_hardest(scores, noisy_labels, budgets, level)
     return hard, inversion_epochs

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hardness.engine import TrainingState
+from neural_networks import BatchedSimpleNN
 
 TARGETS = ("logit", "probability")
 CALIBRATIONS = ("raw", "normalize", "abs_normalize")
@@ -52,45 +53,111 @@ class CheckpointRecorder:
 
 # ----------------------------------------------------------------------------- input gradients
 
+def checkpoint_epochs(epochs: int, count: int) -> list[int]:
+    """The 0-based epochs after which `count` checkpoints are kept evenly over `epochs` epochs of training:
+    after round(k * epochs / count) steps for k = 1..count (halves round up), i.e. epoch that minus one."""
+    if not 1 <= count <= epochs:
+        raise ValueError(f"need between 1 and {epochs} checkpoints (one per epoch at most), got {count}")
+    return [(2 * k * epochs + count) // (2 * count) - 1 for k in range(1, count + 1)]
+
+
 def _logits(output: Tensor | tuple[Tensor, ...]) -> Tensor:
-    """A model's logits [n, C]: the first of `(logits, latent)`, without a leading run dimension of one."""
-    logits = output[0] if isinstance(output, tuple) else output
-    if logits.ndim == 3:
-        if logits.shape[0] != 1:
-            raise ValueError(f"input gradients need a single network, got logits of {logits.shape[0]} runs")
-        logits = logits[0]
-    return logits
+    """A model's logits: the first of `(logits, latent)`."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _chunk_gradients(model: nn.Module, state: dict[str, Tensor], x: Tensor, labels: Tensor, target: str,
+                     predicted: bool) -> Tensor:
+    """Input gradients of one checkpoint for the examples `x` [n, ...]: [n, ...] for one network, [runs, n, ...]
+    for a BatchedSimpleNN (each run differentiated on its own copy of the inputs). `labels` [n] or [runs, n]."""
+    if isinstance(model, BatchedSimpleNN):
+        runs = state["weights.0"].shape[0]
+        x = x.detach().expand(runs, *x.shape).clone().requires_grad_()                      # [runs, n, ...]
+        logits = functional_call(model, state, (x,), {"per_run": True})[0]                  # [runs, n, C]
+    else:
+        x = x.detach().requires_grad_()
+        logits = _logits(functional_call(model, state, (x,)))                               # [n, C] or [1, n, C]
+    outputs = logits if target == "logit" else logits.softmax(-1)
+    classes = logits.argmax(-1) if predicted else labels.expand(logits.shape[:-1])
+    selected = outputs.gather(-1, classes[..., None])
+    gradients = torch.autograd.grad(selected.sum(), x)[0]
+    return gradients.detach()
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
 
 def input_gradients(model: nn.Module, checkpoints: Sequence[dict[str, Tensor]], data: Tensor, labels: Tensor,
                     target: str = "logit", predicted: bool = False, chunk: int = 1024) -> Tensor:
-    """[K, N, *data.shape[1:]]: for each checkpoint (a state dict of `model`) and example, the gradient with
-    respect to the example of the checkpoint's output for its class.
+    """[K, N, *data.shape[1:]] (or [K, runs, N, ...] for a BatchedSimpleNN): for each checkpoint (a state dict
+    of `model`) and example, the gradient with respect to the example of the checkpoint's output for its class.
 
     The output is the logit (`target="logit"`) or the softmax probability (`"probability"`) of the class
-    `labels` [N] gives, or with `predicted` of the class the checkpoint itself predicts for the example.
-    `model(x)` returns logits [n, C] (alone or first of a tuple; a leading run dimension of one is dropped).
-    The model runs in eval mode, so each output depends on its own example only and the gradient of the
-    outputs' sum gives every example's gradient in one backward pass per chunk of `chunk` examples. The
-    model's parameters and training mode are left as they were.
+    `labels` [N] (or [runs, N]) gives, or with `predicted` of the class the checkpoint itself predicts for the
+    example. `model(x)` returns logits [N, C] (alone or first of a tuple; toy models may add a leading run
+    dimension of one, kept in the result). The model runs in eval mode, so each output depends on its own
+    example only and the gradient of the outputs' sum gives every example's gradient in one backward pass
+    per chunk of `chunk` examples. The model's parameters and training mode are left as they were.
     """
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    _check_target(target)
     training = model.training
     model.eval()
-    gradients = torch.empty(len(checkpoints), *data.shape, dtype=data.dtype, device=data.device)
     try:
-        for k, state in enumerate(checkpoints):
-            for start in range(0, len(data), chunk):
-                x = data[start:start + chunk].detach().requires_grad_()
-                logits = _logits(functional_call(model, state, (x,)))                    # [n, C]
-                outputs = logits if target == "logit" else logits.softmax(1)
-                classes = logits.argmax(1) if predicted else labels[start:start + chunk]
-                selected = outputs.gather(1, classes[:, None])                            # [n, 1]
-                gradients[k, start:start + chunk] = torch.autograd.grad(selected.sum(), x)[0]
+        return torch.stack([
+            torch.cat([_chunk_gradients(model, state, x, labels[..., start:start + chunk], target, predicted)
+                       for start, x in zip(range(0, len(data), chunk), data.split(chunk))], dim=-data.ndim)
+            for state in checkpoints])
     finally:
         model.train(training)
-    return gradients
+
+
+def vog_scores(model: nn.Module, checkpoints: Sequence[dict[str, Tensor]], data: Tensor, labels: Tensor,
+               stages: Sequence[str] = STAGES, target: str = "logit", predicted: bool = False,
+               chunk: int = 2048) -> dict[str, Tensor]:
+    """Raw VoG of every example in each of `stages`: stage -> [N] float64 ([runs, N] for a BatchedSimpleNN).
+
+    The same gradients as `input_gradients`, but chunk by chunk of examples, so the [K, N, ...] stack is never
+    held whole; only the checkpoints the stages use are differentiated. `chunk` bounds the examples (times
+    runs) per backward pass.
+    """
+    _check_target(target)
+    windows = stage_windows(len(checkpoints))
+    if unknown := set(stages) - set(windows):
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {STAGES}")
+    used = sorted({k for stage in stages for k in range(len(checkpoints))[windows[stage]]})
+    position = {k: i for i, k in enumerate(used)}
+    runs = checkpoints[0]["weights.0"].shape[0] if isinstance(model, BatchedSimpleNN) else 1
+    per_chunk = max(1, chunk // runs)
+    training = model.training
+    model.eval()
+    parts: dict[str, list[Tensor]] = {stage: [] for stage in stages}
+    try:
+        for start, x in zip(range(0, len(data), per_chunk), data.split(per_chunk)):
+            gradients = torch.stack([_chunk_gradients(model, checkpoints[k], x, labels[..., start:start + per_chunk],
+                                                      target, predicted) for k in used])  # [K', (runs,) n, ...]
+            leading = gradients.shape[1:gradients.ndim - data.ndim + 1]                        # (runs,) n
+            flat = gradients.flatten(1, len(leading))                                       # [K', runs * n, ...]
+            for stage in stages:
+                window = [position[k] for k in range(len(checkpoints))[windows[stage]]]
+                parts[stage].append(vog_from_gradients(flat[window]).view(leading))
+    finally:
+        model.train(training)
+    return {stage: torch.cat(values, dim=-1) for stage, values in parts.items()}
+
+
+def checkpoint_predictions(model: nn.Module, checkpoints: Sequence[dict[str, Tensor]], data: Tensor,
+                           chunk: int = 4096) -> Tensor:
+    """[K, N] (or [K, runs, N]) the class each checkpoint predicts for each example, in eval mode."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.stack([torch.cat([_logits(functional_call(model, state, (x,))).argmax(-1)
+                                           for x in data.split(chunk)], dim=-1) for state in checkpoints])
+    finally:
+        model.train(training)
 
 
 # ----------------------------------------------------------------------------- the score
@@ -125,7 +192,7 @@ def stage_windows(checkpoints: int) -> dict[str, slice]:
 
 
 def calibrate(vog: Tensor, labels: Tensor, mode: str) -> Tensor:
-    """VoG [N] as is (`raw`), standardised within each class (`normalize`: minus the class mean, divided by
+    """VoG [..., N] (each row on its own) as is (`raw`), standardised within each class (`normalize`: minus the class mean, divided by
     the class's population std; 0 in a class whose std is 0) or the absolute value of that (`abs_normalize`).
     Classes are the examples `labels` [N] gives the same value."""
     if mode not in CALIBRATIONS:
@@ -135,8 +202,8 @@ def calibrate(vog: Tensor, labels: Tensor, mode: str) -> Tensor:
     calibrated = torch.zeros_like(vog)
     for c in labels.unique():
         members = labels == c
-        values = vog[members]
-        spread = values.std(correction=0)
-        if spread > 0:
-            calibrated[members] = (values - values.mean()) / spread
+        values = vog[..., members]                                                         # [..., n_c]
+        spread = values.std(-1, correction=0, keepdim=True)
+        standardised = (values - values.mean(-1, keepdim=True)) / spread.where(spread > 0, 1)
+        calibrated[..., members] = standardised.where(spread > 0, 0)
     return calibrated.abs() if mode == "abs_normalize" else calibrated

@@ -41,13 +41,13 @@ def load(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A working folder with a tiny MNIST whose classes invert within 100 epochs, and four benchmark runs:
-    stragglers and confidence (class level) reducing easy samples, stragglers and energy reducing hard ones;
+    """A working folder with a tiny MNIST whose classes invert within 100 epochs, and five benchmark runs:
+    stragglers, confidence (class level) and vog reducing easy samples, stragglers and energy reducing hard ones;
     and, in folders of their own, the straggler search on the clean labels (no noise) and with the original's
     snapshot bug."""
     folder = tmp_path_factory.mktemp("work")
     write_mnist_layout(folder / "data", "MNIST", train=300, test=100, make=synthetic_blobs)
-    for extra in (["--strategy", "stragglers"], ["--strategy", "confidence", "--level", "class"],
+    for extra in (["--strategy", "stragglers"], ["--strategy", "confidence", "--level", "class"], ["--strategy", "vog"],
                   ["--strategy", "stragglers", "--reduce_hard"], ["--strategy", "energy", "--reduce_hard"],
                   ["--strategy", "stragglers", "--noise_ratio", "0", "--remaining_train_ratios", "1.0",
                    "--results_dir", "Clean", "--figures_dir", "CleanFigures"],
@@ -116,8 +116,9 @@ def test_identifications_are_shared_and_budgets_come_from_clean_stragglers(workd
     assert (per_class_counts(confidence) == np.minimum(clean_stragglers + 4, sizes)).all()      # --level class
     assert all((a["inversion_epochs"] == b["inversion_epochs"]).all()
                for a, b in zip(confidence["identifications"], clean["identifications"]))
-    energy = per_class_counts(results(workdir, "energy", True, "indices"))
-    assert (energy.sum(1) == np.minimum(clean_stragglers + 4, sizes).sum(1)).all()  # --level dataset: the total
+    for strategy, reduce_hard in (("energy", True), ("vog", False)):                            # --level dataset: the total
+        found = per_class_counts(results(workdir, strategy, reduce_hard, "indices"))
+        assert (found.sum(1) == np.minimum(clean_stragglers + 4, sizes).sum(1)).all()
 
 
 def test_snapshot_last_end_to_end(workdir):
@@ -161,7 +162,8 @@ def test_figure7_distribution_overlap_and_class_level_scripts(workdir):
     assert overlap.returncode == 0, overlap.stderr
     table = load(workdir / "Results/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
     assert set(table) == {("stragglers", "confidence"), ("confidence", "stragglers"),
-                          ("stragglers", "energy"), ("energy", "stragglers")}
+                          ("stragglers", "energy"), ("energy", "stragglers"),
+                          ("stragglers", "vog"), ("vog", "stragglers"), ("confidence", "vog"), ("vog", "confidence")}
     first = [np.concatenate(f["hard_indices"]) for f in results(workdir, "stragglers", False, "indices")["identifications"]]
     second = [np.concatenate(f["hard_indices"]) for f in results(workdir, "confidence", False, "indices")["identifications"]]
     shares = [np.isin(a, b).mean() for a, b in zip(first, second)]

@@ -1,5 +1,6 @@
 """Hard-sample identifiers (stragglers, confidence, energy), label noise, splits, metrics and batched
 evaluation, against hand-computed values, torchmetrics and plain one-network loops."""
+import copy
 import math
 
 import numpy as np
@@ -420,10 +421,10 @@ HAND_FLIPS = {10: 1, 11: 1, 40: 2}
 HAND_STRAGGLERS = [10, 11, 40, 70, 71, 72]
 
 
-@pytest.mark.parametrize("strategy", ["stragglers", "confidence", "energy"])
+@pytest.mark.parametrize("strategy", ["stragglers", "confidence", "energy", "vog"])
 @pytest.mark.parametrize("level", ["class", "dataset"])
 def test_budgets_under_noise_by_hand(monkeypatch, blobs, strategy, level):
-    """As the original: stragglers are searched on the noisy labels; confidence and energy search them on
+    """As the original: stragglers are searched on the noisy labels; confidence, energy and vog search them on
     the clean labels and add int(0.1 * 90 / 3) = 3 per class to the clean counts (2, 1, 3): budgets 5, 4, 6
     (15 in all at the dataset level), taken by noisy class from networks trained on the noisy labels."""
     data, clean, _ = blobs
@@ -461,6 +462,59 @@ def test_budgets_under_noise_by_hand(monkeypatch, blobs, strategy, level):
         assert counts.tolist() == [[5, 4, 6], [5, 4, 6]]
     else:
         assert counts.sum(1).tolist() == [15, 15]
+
+
+def one_network_late_vog(seed: int, data: Tensor, labels: Tensor, epochs: int) -> Tensor:
+    """The vog identifier's score written out for one network: train it alone, keep its state after
+    round(k * epochs / 15) steps for k = 1..15, and take VoG of the last 5 from per-example gradients."""
+    model = simple_nn_for([seed], data, BLOB_CLASSES)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    keep = {round(k * epochs / 15) for k in range(11, 16)}
+    late = []
+    for step in range(1, epochs + 1):
+        loss = F.cross_entropy(model(data)[0][0], labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in keep:
+            late.append(copy.deepcopy(model.unstack(0)))
+    gradients = []
+    for network in late:
+        per_example = []
+        for i in range(len(data)):
+            x = data[i:i + 1].clone().requires_grad_()
+            per_example.append(torch.autograd.grad(network(x)[0][0, labels[i]], x)[0][0])
+        gradients.append(torch.stack(per_example))
+    gradients = torch.stack(gradients).double()                                           # [5, N, 1, 4, 4]
+    return (gradients - gradients.mean(0)).square().mean(0).sqrt().flatten(1).mean(1)
+
+
+@pytest.mark.parametrize("level", ["class", "dataset"])
+def test_vog_identifier_equals_a_one_network_reference(blobs, level):
+    """Late-stage VoG of fresh networks (the confidence networks' seeds), raw per class or normalised within
+    each class over the dataset; the chosen samples are the highest-scoring ones, as many as the stragglers."""
+    data, labels, _ = blobs
+    seeds, epochs = STRAGGLER_SEEDS[:2], 60
+    scores = identifiers.vog_hardness([derived_seed(seed, 1) for seed in seeds], data, labels, BLOB_CLASSES, epochs,
+                                      level, progress=False)
+    for run, seed in enumerate(seeds):
+        expected = one_network_late_vog(derived_seed(seed, 1), data, labels, epochs)
+        if level == "dataset":
+            for c in range(BLOB_CLASSES):
+                members = expected[labels == c]
+                expected[labels == c] = (members - members.mean()) / members.std(correction=0)
+        torch.testing.assert_close(scores[run], expected, rtol=1e-4, atol=1e-5)  # float32 training, 60 steps
+    hard, _ = identify_hard_samples("vog", seeds, data, labels, labels, BLOB_CLASSES, STRAGGLER_EPOCHS, level,
+                                    progress=False)
+    stragglers, _ = identify_stragglers(seeds, data, labels, BLOB_CLASSES, STRAGGLER_EPOCHS, progress=False)
+    counts, expected_counts = class_counts(hard, labels, BLOB_CLASSES), class_counts(stragglers, labels, BLOB_CLASSES)
+    assert torch.equal(counts, expected_counts) if level == "class" else torch.equal(counts.sum(1), expected_counts.sum(1))
+    scores = identifiers.vog_hardness([derived_seed(seed, 1) for seed in seeds], data, labels, BLOB_CLASSES,
+                                      STRAGGLER_EPOCHS, level, progress=False)
+    groups = [labels == c for c in range(BLOB_CLASSES)] if level == "class" else [torch.ones_like(labels).bool()]
+    for run in range(len(seeds)):
+        for group in groups:
+            assert scores[run, group & hard[run]].min() >= scores[run, group & ~hard[run]].max()
 
 
 def test_an_unknown_strategy_is_an_error(blobs):

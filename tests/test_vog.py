@@ -17,8 +17,9 @@ import variance_of_gradients_toy as toy
 from conftest import REPO
 from hardness.cli import UserInputError
 from hardness.engine import train_full_batch
-from hardness.vog import CheckpointRecorder, calibrate, input_gradients, stage_windows, vog_from_gradients
-from neural_networks import ResNet18, VoGToyNet
+from hardness.vog import (STAGES, CheckpointRecorder, calibrate, checkpoint_epochs, checkpoint_predictions,
+                          input_gradients, stage_windows, vog_from_gradients, vog_scores)
+from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN, VoGToyNet
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared/fixtures/vog_imagenet_resnet50_10.npz"  # ../shared, beside the repo
 TOY = REPO / "variance_of_gradients_toy.py"
@@ -63,6 +64,31 @@ def test_calibrations_by_hand():
     torch.testing.assert_close(calibrate(vog, labels, "abs_normalize"), normalized.abs())
     with pytest.raises(ValueError):
         calibrate(vog, labels, "zscore")
+
+
+def test_calibrations_of_several_rows_equal_each_row_alone():
+    torch.manual_seed(5)
+    vog, labels = torch.rand(3, 12, dtype=torch.float64), torch.tensor([0, 1, 2] * 4)
+    vog[1, labels == 2] = 0.5                           # a class with std 0 in one row only
+    for mode in ("normalize", "abs_normalize"):
+        rows = calibrate(vog, labels, mode)
+        for r in range(3):
+            torch.testing.assert_close(rows[r], calibrate(vog[r], labels, mode))
+    assert (calibrate(vog, labels, "normalize")[1, labels == 2] == 0).all()
+
+
+@pytest.mark.parametrize("epochs, count, expected", [
+    (500, 15, [32, 66, 99, 132, 166, 199, 232, 266, 299, 332, 366, 399, 432, 466, 499]),  # 33.3 -> 33 steps, ...
+    (10, 4, [2, 4, 7, 9]),                              # 2.5 and 7.5 steps round up to 3 and 8
+    (3, 3, [0, 1, 2]),
+])
+def test_checkpoint_epochs_by_hand(epochs, count, expected):
+    assert checkpoint_epochs(epochs, count) == expected
+
+
+def test_more_checkpoints_than_epochs_is_an_error():
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        checkpoint_epochs(4, 5)
 
 
 @pytest.mark.parametrize("count, early, middle, late", [
@@ -126,6 +152,56 @@ def test_batched_input_gradients_equal_the_one_example_loop(target, predicted):
     expected = gradients_one_example_at_a_time(resnet, checkpoints, data, labels, target, predicted)
     torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-6)
     assert batched.abs().amax() > 0
+
+
+def batched_checkpoints(runs: int, count: int) -> tuple[BatchedSimpleNN, list[dict[str, torch.Tensor]]]:
+    model = BatchedSimpleNN.from_seeds(list(range(runs)), input_size=16, width=6, depth=2, num_classes=3)
+    return model, perturbed_checkpoints(copy.deepcopy(model), count)
+
+
+@pytest.mark.parametrize("per_run_labels", [False, True])
+@pytest.mark.parametrize("target, predicted", [("logit", False), ("probability", False), ("logit", True)])
+def test_ensemble_vog_equals_one_network_at_a_time(per_run_labels, target, predicted):
+    """All runs of a BatchedSimpleNN, all stages, in chunks, against each run's SimpleNN differentiated one
+    example at a time."""
+    torch.manual_seed(6)
+    runs, count = 3, 7
+    model, checkpoints = batched_checkpoints(runs, count)
+    data = torch.randn(11, 1, 4, 4)
+    labels = torch.randint(0, 3, (runs, 11) if per_run_labels else (11,))
+    scores = vog_scores(model, checkpoints, data, labels, STAGES, target, predicted, chunk=8)  # 2 examples x 3 runs
+    stacked = input_gradients(model, checkpoints, data, labels, target, predicted, chunk=4)
+    assert stacked.shape == (count, runs, 11, 1, 4, 4)
+    predictions = checkpoint_predictions(model, checkpoints, data, chunk=5)
+    assert predictions.shape == (count, runs, 11)
+    for run in range(runs):
+        single = SimpleNN(input_size=16, width=6, depth=2, num_classes=3)
+        states = [BatchedSimpleNN.run_state_dict(state, run) for state in checkpoints]
+        run_labels = labels[run] if per_run_labels else labels
+        expected = gradients_one_example_at_a_time(single, states, data, run_labels, target, predicted)
+        torch.testing.assert_close(stacked[:, run], expected, rtol=1e-4, atol=1e-7)
+        for stage, window in stage_windows(count).items():
+            torch.testing.assert_close(scores[stage][run], vog_from_gradients(expected[window]), rtol=1e-4, atol=1e-9)
+        with torch.no_grad():
+            expected_predictions = torch.stack([torch.func.functional_call(single, state, (data,))[0].argmax(1)
+                                                for state in states])
+        assert torch.equal(predictions[:, run], expected_predictions)
+    assert scores["late"].shape == (runs, 11) and (scores["late"] > 0).all()
+
+
+def test_vog_scores_of_one_network_equal_the_stacked_gradients():
+    torch.manual_seed(7)
+    resnet = ResNet18(in_channels=3, num_classes=4)
+    resnet(torch.randn(8, 3, 8, 8))
+    checkpoints = perturbed_checkpoints(resnet, 4)
+    data, labels = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0])
+    scores = vog_scores(resnet, checkpoints, data, labels, ["late", "early"], chunk=2)
+    assert set(scores) == {"late", "early"}
+    stacked = input_gradients(resnet, checkpoints, data, labels)
+    for stage in ("late", "early"):
+        torch.testing.assert_close(scores[stage], vog_from_gradients(stacked[stage_windows(4)[stage]]))
+    with pytest.raises(ValueError, match="unknown stage"):
+        vog_scores(resnet, checkpoints, data, labels, ["last"])
 
 
 @pytest.mark.parametrize("tanh", [False, True])

@@ -20,30 +20,32 @@ from hardness.cli import (UserInputError, add_common_arguments, add_dataset_argu
                           unit_interval)
 from hardness.data import benchmark_splits, canonical_dataset_name, flip_labels, load_dataset
 from hardness.device import keep_freed_memory_in_heap, resolve_device
-from hardness.engine import (RadiiRecorder, derived_seed, simple_nn_size, train_and_predict, train_full_batch)
+from hardness.engine import (RadiiRecorder, derived_seed, simple_nn_size, train_and_predict, train_full_batch,
+                             train_networks)
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
 from hardness.radii import mean_inversion_epochs
 from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct, existing_f1_results,
                               f1_results_path, identification_key, load_pickle, overlap_results_path,
-                              radii_results_path, run_settings, save_figure, save_npz_with_settings, save_pickle)
-from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, input_gradients, stage_windows,
-                          vog_from_gradients)
+                              radii_results_path, run_settings, save_figure, save_npz_with_settings, save_pickle,
+                              write_atomically)
+from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, checkpoint_epochs, checkpoint_predictions,
+                          input_gradients, stage_windows, vog_from_gradients, vog_scores)
 
 __all__ = [
     "UserInputError", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
     "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
     "benchmark_splits", "canonical_dataset_name", "flip_labels", "load_dataset",
     "keep_freed_memory_in_heap", "resolve_device",
-    "RadiiRecorder", "derived_seed", "simple_nn_size", "train_and_predict", "train_full_batch",
+    "RadiiRecorder", "derived_seed", "simple_nn_size", "train_and_predict", "train_full_batch", "train_networks",
     "INVERSION_INTERVAL", "INVERSION_START", "STRATEGIES", "StragglerTracker", "class_counts",
     "identify_hard_samples",
     "METRICS", "confusion_matrices", "train_and_evaluate",
     "mean_inversion_epochs",
     "class_accuracies_path", "class_counts_path", "class_grid", "distinct", "existing_f1_results", "f1_results_path",
     "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "run_settings", "save_figure",
-    "save_npz_with_settings", "save_pickle",
-    "CALIBRATIONS", "STAGES", "CheckpointRecorder", "calibrate", "input_gradients", "stage_windows",
-    "vog_from_gradients",
+    "save_npz_with_settings", "save_pickle", "write_atomically",
+    "CALIBRATIONS", "STAGES", "CheckpointRecorder", "calibrate", "checkpoint_epochs", "checkpoint_predictions",
+    "input_gradients", "stage_windows", "vog_from_gradients", "vog_scores",
 ]

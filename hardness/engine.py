@@ -35,12 +35,13 @@ def derived_seed(*keys: int) -> int:
 
 @dataclass
 class TrainingState:
-    """The networks right after the step of `epoch`, as one forward pass on the whole data saw them."""
+    """The networks right after the step of `epoch`, as one forward pass on the whole data saw them (a
+    ResNet trained on minibatches has no such pass: its states carry the model only, logits and latent None)."""
     epoch: int
-    model: nn.Module    # the networks themselves, for observers that keep checkpoints
-    logits: Tensor      # [runs, N, C]
-    latent: Tensor      # [runs, N, D]
-    labels: Tensor      # [N]
+    model: nn.Module            # the networks themselves, for observers that keep checkpoints
+    logits: Tensor | None       # [runs, N, C]
+    latent: Tensor | None       # [runs, N, D]
+    labels: Tensor              # [N]
     num_classes: int
 
     @functools.cached_property
@@ -194,11 +195,13 @@ def _resnet_step_batches(rows: Tensor, batch_size: int | None, shuffle: torch.Ge
 
 
 def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
-                  train_masks: Tensor | None = None, batch_size: int | None = None, progress: bool = True,
+                  train_masks: Tensor | None = None, batch_size: int | None = None,
+                  observers: Sequence[Observer] = (), progress: bool = True,
                   description: str = "ResNets") -> nn.ModuleList:
     """One ResNet-18 per seed, trained one after another with Adam (lr 1e-3, weight decay 1e-2) on its
     training samples: full batch by default, as the original (BatchNorm statistics over the whole training
-    set), or shuffled minibatches of `batch_size`. Full batch that cannot fit the device is a UserInputError."""
+    set), or shuffled minibatches of `batch_size`. Full batch that cannot fit the device is a UserInputError.
+    `observers` see each network in turn after the epochs they check (the model only: logits and latent None)."""
     models = nn.ModuleList()
     for run, seed in enumerate(tqdm(seeds, desc=description, disable=not progress, leave=False)):
         with torch.random.fork_rng(devices=[]):
@@ -215,13 +218,16 @@ def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classe
         optimizer = torch.optim.Adam(model.parameters(), lr=RESNET_LR, weight_decay=RESNET_WEIGHT_DECAY)
         shuffle = torch.Generator().manual_seed(seed)
         try:
-            for _ in range(epochs):
+            for epoch in range(epochs):
                 for batch in _resnet_step_batches(rows, batch_size, shuffle):
                     batch = batch.to(data.device)
                     loss = F.cross_entropy(model(data[batch])[0], labels[batch])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                for observer in observers:
+                    if observer.is_check(epoch):
+                        observer.observe(TrainingState(epoch, model, None, None, labels, num_classes))
         except torch.OutOfMemoryError as error:
             raise UserInputError(f"ResNet training ran out of memory on {data.device}; give a smaller "
                                  "--batch_size" + ("" if batch_size else " (e.g. 128)")) from error
@@ -242,12 +248,14 @@ def resnet_logits(model: ResNet18, data: Tensor) -> Tensor:
 
 def train_networks(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
                    epochs: int, train_masks: Tensor | None = None, batch_size: int | None = None,
-                   progress: bool = True, description: str = "training") -> nn.Module:
-    """One 'SimpleNN' (all at once, full batch) or 'ResNet' (one by one) per seed, each on its training mask."""
+                   observers: Sequence[Observer] = (), progress: bool = True,
+                   description: str = "training") -> nn.Module:
+    """One 'SimpleNN' (all at once, full batch) or 'ResNet' (one by one) per seed, each on its training mask,
+    watched by `observers`."""
     if network == "ResNet":
-        return train_resnets(seeds, data, labels, num_classes, epochs, train_masks, batch_size, progress, description)
-    return train_simple_nns(seeds, data, labels, num_classes, epochs, train_masks, progress=progress,
-                            description=description)
+        return train_resnets(seeds, data, labels, num_classes, epochs, train_masks, batch_size, observers, progress,
+                             description)
+    return train_simple_nns(seeds, data, labels, num_classes, epochs, train_masks, observers, progress, description)
 
 
 def network_logits(model: nn.Module, data: Tensor) -> Tensor:

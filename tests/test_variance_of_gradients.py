@@ -1,0 +1,160 @@
+"""variance_of_gradients.py end to end on a tiny synthetic MNIST: what it saves against a recomputation from
+its own checkpoints, the split and the label noise, reading checkpoints back, figures, and its errors."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import variance_of_gradients as vog_script
+from conftest import REPO, synthetic_digits, write_mnist_layout
+from hardness.vog import CALIBRATIONS, STAGES, input_gradients, stage_windows, vog_from_gradients
+from neural_networks import SimpleNN
+
+SCRIPT = REPO / "variance_of_gradients.py"
+SUBSET, EPOCHS, CHECKPOINTS, NOISE = 300, 30, 7, 0.1
+COMMON = ["--subset_size", str(SUBSET), "--epochs", str(EPOCHS), "--checkpoints", str(CHECKPOINTS),
+          "--noise_ratio", str(NOISE), "--seed", "3", "--device", "cpu"]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("vog")
+    write_mnist_layout(folder / "data", "MNIST", train=300, test=100, make=synthetic_digits)
+    done = run(*COMMON, "--save_checkpoints", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return folder, done
+
+
+def test_split_noise_and_shapes(workdir):
+    folder, _ = workdir
+    saved = np.load(folder / "Results/VoG/MNIST_300_vog.npz")
+    train, held = saved["train_indices"], saved["held_out_indices"]
+    assert len(train) == int(0.8 * SUBSET) and len(held) == SUBSET - len(train)
+    assert len(np.intersect1d(train, held)) == 0 and len(np.unique(np.concatenate([train, held]))) == SUBSET
+    flipped = saved["train_flipped"]
+    assert flipped.sum() == int(NOISE * len(train))
+    assert np.array_equal(saved["train_labels"] != saved["train_clean_labels"], flipped)
+    assert saved["train_vog"].shape == (len(STAGES), len(CALIBRATIONS), len(train))
+    assert saved["held_out_vog"].shape == (len(STAGES), len(CALIBRATIONS), len(held))
+    assert saved["train_predictions"].shape == (CHECKPOINTS, len(train))
+    assert saved["checkpoint_epochs"].tolist() == [3, 8, 12, 16, 20, 25, 29]  # round(k * 30 / 7) steps - 1
+    assert list(saved["stages"]) == list(STAGES) and list(saved["calibrations"]) == list(CALIBRATIONS)
+    settings = json.loads((folder / "Results/VoG/MNIST_300_vog.json").read_text())
+    assert settings["noise_ratio"] == NOISE and settings["checkpoints"] == CHECKPOINTS
+
+
+def test_saved_vog_equals_a_recomputation_from_the_saved_checkpoints(workdir):
+    """Every stage's raw VoG of the held-out samples (true labels) and of the training samples (labels
+    trained on), from the checkpoints on disk, gradients one chunk at a time; the calibrations from raw."""
+    folder, _ = workdir
+    saved = np.load(folder / "Results/VoG/MNIST_300_vog.npz")
+    paths = sorted((folder / "Results/VoG/checkpoints/MNIST_300").glob("*.pt"))
+    assert [p.name for p in paths] == [f"checkpoint_{k}_epoch_{e}.pt" for k, e in
+                                       zip(range(1, 8), saved["checkpoint_epochs"])]
+    states = [torch.load(path, weights_only=True) for path in paths]
+    subset = vog_script.load_dataset("MNIST", folder / "data", SUBSET, 3, torch.device("cpu"))
+    position = {int(index): i for i, index in enumerate(subset.indices)}
+    network = SimpleNN(784, 20, 2, 10)
+    for part, labels in (("held_out", saved["held_out_labels"]), ("train", saved["train_labels"])):
+        rows = torch.tensor([position[int(i)] for i in saved[f"{part}_indices"]])
+        gradients = input_gradients(network, states, subset.data[rows], torch.from_numpy(labels), chunk=50)
+        for s, (stage, window) in enumerate(stage_windows(CHECKPOINTS).items()):
+            raw = vog_from_gradients(gradients[window]).numpy()
+            np.testing.assert_allclose(saved[f"{part}_vog"][s, 0], raw, rtol=1e-5, atol=1e-12)
+            for c in range(10):
+                members = labels == c
+                standardised = (raw[members] - raw[members].mean()) / raw[members].std()
+                np.testing.assert_allclose(saved[f"{part}_vog"][s, 1, members], standardised, rtol=1e-5, atol=1e-9)
+                np.testing.assert_allclose(saved[f"{part}_vog"][s, 2, members], np.abs(standardised), rtol=1e-5,
+                                           atol=1e-9)
+    network.load_state_dict(states[-1])
+    rows = torch.tensor([position[int(i)] for i in saved["held_out_indices"]])
+    with torch.no_grad():
+        predictions = network(subset.data[rows])[0].argmax(1)
+    assert np.array_equal(saved["held_out_predictions"][-1], predictions.numpy())
+
+
+def test_printed_claims_and_figures(workdir):
+    folder, done = workdir
+    saved = np.load(folder / "Results/VoG/MNIST_300_vog.npz")
+    late, normalize = STAGES.index("late"), CALIBRATIONS.index("normalize")
+    held = saved["held_out_vog"][late, normalize]
+    wrong = saved["held_out_predictions"][-1] != saved["held_out_labels"]
+    order = np.argsort(held, kind="stable")
+    bottom, top = wrong[order[:6]].mean(), wrong[order[-6:]].mean()          # 60 held-out samples: deciles of 6
+    assert f"lowest VoG decile {100 * bottom:.2f}%, highest {100 * top:.2f}%" in done.stdout
+    from sklearn.metrics import roc_auc_score
+    auroc = roc_auc_score(saved["train_flipped"], saved["train_vog"][late, normalize])
+    assert f"from the clean ones: {auroc:.3f}" in done.stdout
+    kept_half = 1 - wrong[order[:30]].mean()
+    assert f"50% {100 * kept_half:.2f}" in done.stdout
+    for figure in ("error_by_vog", "accuracy_kept", "histograms", "extremes"):
+        for suffix in (".png", ".pdf"):
+            assert (folder / "Figures/VoG" / f"MNIST_300_late_normalize_{figure}{suffix}").stat().st_size > 0
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_checkpoint_dir_reproduces_the_run(workdir):
+    folder, _ = workdir
+    first = np.load(folder / "Results/VoG/MNIST_300_vog.npz")
+    train_vog = first["train_vog"].copy()
+    done = run(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--results_dir", "Again",
+               "--figures_dir", "AgainFigures", "--mode", "early", "--vog_cal", "raw", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    again = np.load(folder / "Again/VoG/MNIST_300_vog.npz")
+    np.testing.assert_array_equal(again["train_vog"], train_vog)
+    assert (folder / "AgainFigures/VoG/MNIST_300_early_raw_extremes.png").is_file()
+
+
+def test_seeded_runs_are_reproducible(workdir, tmp_path):
+    folder, _ = workdir
+    done = run(*COMMON, "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F"), cwd=folder)
+    assert done.returncode == 0, done.stderr
+    first, again = np.load(folder / "Results/VoG/MNIST_300_vog.npz"), np.load(tmp_path / "R/VoG/MNIST_300_vog.npz")
+    for name in ("train_vog", "held_out_vog", "train_indices", "train_flipped", "held_out_predictions"):
+        np.testing.assert_array_equal(first[name], again[name])
+
+
+def test_checkpoint_dir_errors_are_one_line(workdir, tmp_path):
+    folder, _ = workdir
+    (tmp_path / "few").mkdir()
+    done = run(*COMMON, "--checkpoint_dir", str(tmp_path / "few"), cwd=folder)
+    assert done.returncode == 1 and re.search(r"error: --checkpoint_dir .* holds 0 \*\.pt checkpoint\(s\)", done.stderr)
+    done = run(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--evaluation_network", "ResNet",
+               "--batch_size", "8", cwd=folder)
+    assert done.returncode == 1 and "is not a state dict of this --evaluation_network" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoints", "2"], "--checkpoints must be between 3"),
+    (["--checkpoints", "40", "--epochs", "30"], "--checkpoints must be between 3"),
+    (["--train_ratio", "1"], "must be a ratio in (0, 1)"),
+    (["--batch_size", "8"], "--batch_size applies to --evaluation_network ResNet only"),
+    (["--mode", "last"], "invalid choice: 'last'"),
+])
+def test_flags_are_validated(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_status:
+        vog_script.parse_args(args)
+    assert exit_status.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_resnet_checkpoints_on_minibatches(tmp_path):
+    write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=20, make=synthetic_digits)
+    done = run("--subset_size", "80", "--evaluation_network", "ResNet", "--batch_size", "32", "--epochs", "3",
+               "--checkpoints", "3", "--train_ratio", "0.5", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = np.load(tmp_path / "Results/VoG/MNIST_80_vog.npz")
+    assert saved["checkpoint_epochs"].tolist() == [0, 1, 2] and saved["train_vog"].shape == (4, 3, 40)
+    assert np.isfinite(saved["train_vog"]).all()
+    assert (saved["train_vog"][:3, 0] == 0).all()        # early, middle and late hold one checkpoint each: no spread
+    assert (saved["train_vog"][STAGES.index("complete"), 0] > 0).all()

@@ -1,13 +1,16 @@
-"""Models: SimpleNN (one network), BatchedSimpleNN (many SimpleNNs as one computation), ResNet18.
+"""Models: SimpleNN (one network), BatchedSimpleNN (many SimpleNNs as one computation), ResNet18; VoG's toy
+network; the class-hardness simulations' MLP, CNN and ResNet-50.
 
 Every model's forward returns `(logits, latent)`: the latent representation is what class-manifold
 radii are measured on. Single models give `[N, classes]` and `[N, features]`; the batched model
 gives the same with a leading run dimension, `[runs, N, classes]` and `[runs, N, features]`.
 """
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 
 
@@ -183,3 +186,82 @@ class VoGToyNet(nn.Module):
         if self.tanh:
             hidden = torch.tanh(hidden)
         return self.output(hidden)[None], hidden[None]
+
+
+# ----------------------------------------------------------------------------- class-hardness simulations
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+class HardnessMLP(nn.Module):
+    """Flatten, then `depth` x [Linear(-> width), activation], then Linear(width -> classes). The feature is
+    the last activation's output (the flattened input itself when depth is 0)."""
+
+    def __init__(self, input_shape: Sequence[int], depth: int, width: int, num_classes: int,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        layers, size = [], math.prod(input_shape)
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), ACTIVATIONS[activation]()]
+            size = width
+        self.features = nn.Sequential(nn.Flatten(), *layers)
+        self.head = nn.Linear(size, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.features(x)
+        return self.head(features), features
+
+
+class HardnessCNN(nn.Module):
+    """`depth` x [Conv3x3 padding 1 (-> width channels), activation, 2x2 pooling], Flatten, then
+    Linear(width * floor(H / 2^depth) * floor(W / 2^depth) -> classes). The feature is the flattened last block."""
+
+    def __init__(self, input_shape: Sequence[int], depth: int, width: int, num_classes: int,
+                 activation: str = "relu", pooling: str = "max") -> None:
+        super().__init__()
+        channels, height, width_pixels = input_shape
+        pool = nn.MaxPool2d if pooling == "max" else nn.AvgPool2d
+        layers = []
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), ACTIVATIONS[activation](), pool(2)]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(width * (height // 2 ** depth) * (width_pixels // 2 ** depth), num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.features(x)
+        return self.head(features), features
+
+
+class HardnessResNet50(nn.Module):
+    """torchvision's ResNet-50 (no pretrained weights) with a `num_classes`-way head and a stem for
+    `in_channels`; `small_input` swaps the stem for a 3x3 stride-1 conv and drops the max-pool. The feature
+    is the globally pooled output of the last stage."""
+
+    def __init__(self, in_channels: int, num_classes: int, small_input: bool = False) -> None:
+        super().__init__()
+        self.net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+        if small_input:
+            self.net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            self.net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            self.net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        features = torch.flatten(net.avgpool(x), 1)
+        return net.fc(features), features
+
+
+def kaiming_initialise(model: nn.Module, init: str) -> nn.Module:
+    """Every Linear and Conv weight drawn with Kaiming's normal or uniform scheme ('kaiming_normal',
+    'kaiming_uniform'), every bias zero; BatchNorm is left as it is."""
+    draw = nn.init.kaiming_normal_ if init == "kaiming_normal" else nn.init.kaiming_uniform_
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            draw(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model

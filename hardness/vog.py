@@ -12,6 +12,8 @@ are averaged over their colour channels first. High VoG = hard example.
 Checkpoints are the model's state after chosen training steps (`CheckpointRecorder`, an observer of the
 training engine; epoch e is the (e+1)-th step, as there); the untrained model is not one. The checkpoints
 of a run are split into stages in training order (`stage_windows`), each stage's VoG from its own.
+Gradients are taken in eval mode for a chunk of examples per backward pass, and for every network of a
+batched ensemble (`BatchedSimpleNN`) at once, each on its own copy of the inputs.
 """
 import copy
 from collections.abc import Iterable, Sequence
@@ -29,6 +31,14 @@ STAGES = ("early", "middle", "late", "complete")
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+def checkpoint_epochs(epochs: int, count: int) -> list[int]:
+    """The 0-based epochs after which `count` checkpoints are kept evenly over `epochs` epochs of training:
+    after round(k * epochs / count) steps for k = 1..count (halves round up), i.e. epoch that minus one."""
+    if not 1 <= count <= epochs:
+        raise ValueError(f"need between 1 and {epochs} checkpoints (one per epoch at most), got {count}")
+    return [(2 * k * epochs + count) // (2 * count) - 1 for k in range(1, count + 1)]
+
 
 class CheckpointRecorder:
     """Keeps a deep copy of the trained model's state dict (parameters and buffers) after each of the chosen
@@ -52,14 +62,6 @@ class CheckpointRecorder:
 
 
 # ----------------------------------------------------------------------------- input gradients
-
-def checkpoint_epochs(epochs: int, count: int) -> list[int]:
-    """The 0-based epochs after which `count` checkpoints are kept evenly over `epochs` epochs of training:
-    after round(k * epochs / count) steps for k = 1..count (halves round up), i.e. epoch that minus one."""
-    if not 1 <= count <= epochs:
-        raise ValueError(f"need between 1 and {epochs} checkpoints (one per epoch at most), got {count}")
-    return [(2 * k * epochs + count) // (2 * count) - 1 for k in range(1, count + 1)]
-
 
 def _logits(output: Tensor | tuple[Tensor, ...]) -> Tensor:
     """A model's logits: the first of `(logits, latent)`."""

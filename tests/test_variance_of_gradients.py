@@ -158,3 +158,16 @@ def test_resnet_checkpoints_on_minibatches(tmp_path):
     assert np.isfinite(saved["train_vog"]).all()
     assert (saved["train_vog"][:3, 0] == 0).all()        # early, middle and late hold one checkpoint each: no spread
     assert (saved["train_vog"][STAGES.index("complete"), 0] > 0).all()
+
+
+@pytest.mark.parametrize("module", ["variance_of_gradients", "variance_of_gradients_toy"])
+def test_help_explains_every_flag(module, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        __import__(module).parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert exit_status.value.code == 0 and "--vog_cal" in help_text and "--results_dir" in help_text
+    entries = re.split(r"\n  (?=-)", help_text.split("options:")[1])[1:]
+    assert len(entries) >= 8
+    for entry in entries:
+        words = [w for w in entry.split() if not (w.startswith(("-", "{", "[")) or w.rstrip(",]").isupper())]
+        assert len(words) >= 3, entry  # the flag comes with an explanation

@@ -1,0 +1,516 @@
+"""Class-hardness simulations: how hard each class is, against how much its representation overlaps with the
+others'. A YAML config names the data (a torchvision dataset or Gaussian classes), the model (MLP, CNN,
+ResNet-50) and the training; independent runs train at once (MLP and CNN stacked under `torch.vmap`) and
+are evaluated at log-spaced optimizer steps: loss and accuracy overall and per class on both splits, and
+the C x C cosine similarity of the class means of the last hidden features (`overlap_dynamic`) beside
+that of the standardised inputs (`overlap_static`).
+"""
+import copy
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state
+from tqdm import tqdm
+
+from hardness.cli import UserInputError
+from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
+from hardness.engine import derived_seed
+from hardness.radii import one_hot_float
+from hardness.results import save_figure, save_npz_with_settings, write_atomically
+from neural_networks import HardnessCNN, HardnessMLP, HardnessResNet50, kaiming_initialise
+
+DATASETS = {"mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "gaussian"}
+DEFAULTS: dict[str, Any] = {
+    "dataset": {"name": "gaussian", "classes": None, "class_map": None, "shift": 0.0,
+                "channels": 1, "height": 8, "width": 8, "num_classes": 3, "train_samples_per_class": 20,
+                "test_samples_per_class": 10, "std": 1.0, "mean": 0.0, "seed": 0, "separation": 0.0, "means": None},
+    "model": {"type": "mlp", "depth": 1, "width": 32, "activation": "relu", "pooling": "max", "small_input": False,
+              "init": "kaiming_normal"},
+    "training": {"epochs": 1, "batch_size": 10, "lr": 0.01, "optimizer": "sgd", "seed": 0},
+    "runs": 1,
+    "evaluation": {"steps": None, "num_points": 5},
+    "output": None,
+}
+EVALUATION_CHUNK = 2048
+PER_CLASS_KEYS = ("loss_per_class", "accuracy_per_class", "train_loss_per_class", "train_accuracy_per_class")
+
+
+class ConfigError(UserInputError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"config field {field}: {message}")
+
+
+# ----------------------------------------------------------------------------- the config
+
+def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
+    """`given` over `defaults`, section by section; an unknown field is a ConfigError naming it."""
+    if not isinstance(given, dict):
+        raise ConfigError(prefix.rstrip(".") or "(top level)", f"must be a mapping, got {given!r}")
+    merged = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            raise ConfigError(f"{prefix}{key}", f"unknown field; known: {', '.join(defaults)}")
+        merged[key] = _merge(defaults[key], value, f"{prefix}{key}.") if isinstance(defaults[key], dict) else value
+    return merged
+
+
+def _number(config: dict, field: str, low: float | None = None, integer: bool = False, strict: bool = False) -> None:
+    section, _, key = field.rpartition(".")
+    value = config[section][key] if section else config[key]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (not integer and not math.isfinite(value)):
+        raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ConfigError(field, f"must be {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def _choice(config: dict, field: str, choices: Sequence[str]) -> None:
+    section, key = field.split(".")
+    if config[section][key] not in choices:
+        raise ConfigError(field, f"must be one of {', '.join(choices)}, got {config[section][key]!r}")
+
+
+def validate(config: dict) -> dict:
+    """The config with every field checked (a ConfigError names the first bad one) and the dataset name lowered."""
+    dataset = config["dataset"]
+    if not isinstance(dataset["name"], str) or dataset["name"].lower() not in DATASETS:
+        raise ConfigError("dataset.name", f"must be one of {', '.join(sorted(DATASETS))} (any case), got {dataset['name']!r}")
+    dataset["name"] = dataset["name"].lower()
+    if dataset["classes"] is not None and dataset["class_map"] is not None:
+        raise ConfigError("dataset.classes", "give classes or class_map, not both")
+    if dataset["classes"] is not None:
+        if not isinstance(dataset["classes"], list) or not dataset["classes"] or \
+                not all(isinstance(c, int) and not isinstance(c, bool) for c in dataset["classes"]) or \
+                len(set(dataset["classes"])) != len(dataset["classes"]):
+            raise ConfigError("dataset.classes", f"must be a list of distinct class labels, got {dataset['classes']!r}")
+    if dataset["class_map"] is not None:
+        mapping = dataset["class_map"]
+        if not isinstance(mapping, dict) or not mapping or not all(
+                isinstance(k, int) and isinstance(v, int) for k, v in mapping.items()):
+            raise ConfigError("dataset.class_map", f"must map original labels to new labels, got {mapping!r}")
+        if set(mapping.values()) != set(range(len(set(mapping.values())))):
+            raise ConfigError("dataset.class_map", f"new labels must be 0..C-1, got {sorted(set(mapping.values()))}")
+    _number(config, "dataset.shift")
+    for field in ("channels", "height", "width", "num_classes", "train_samples_per_class", "test_samples_per_class"):
+        _number(config, f"dataset.{field}", 1, integer=True)
+    _number(config, "dataset.std", 0, strict=True)
+    _number(config, "dataset.mean")
+    _number(config, "dataset.seed", 0, integer=True)
+    _number(config, "dataset.separation", 0)
+    if dataset["means"] is not None:
+        size = dataset["channels"] * dataset["height"] * dataset["width"]
+        means = dataset["means"]
+        if not isinstance(means, list) or len(means) != dataset["num_classes"] or not all(
+                isinstance(m, (int, float)) or (isinstance(m, list) and len(m) == size) for m in means):
+            raise ConfigError("dataset.means", f"must be one entry per class ({dataset['num_classes']}), each a number "
+                                               f"or a list of {size} numbers")
+    if dataset["name"] == "gaussian" and dataset["means"] is None and dataset["separation"] > 0 and \
+            dataset["channels"] * dataset["height"] * dataset["width"] < dataset["num_classes"]:
+        raise ConfigError("dataset.separation", "needs at least as many input elements as classes")
+    _choice(config, "model.type", ["mlp", "cnn", "resnet"])
+    _number(config, "model.depth", 0, integer=True)
+    _number(config, "model.width", 1, integer=True)
+    _choice(config, "model.activation", ["relu", "tanh", "gelu"])
+    _choice(config, "model.pooling", ["max", "avg"])
+    _choice(config, "model.init", ["kaiming_normal", "kaiming_uniform"])
+    if not isinstance(config["model"]["small_input"], bool):
+        raise ConfigError("model.small_input", f"must be true or false, got {config['model']['small_input']!r}")
+    for field in ("epochs", "batch_size"):
+        _number(config, f"training.{field}", 1, integer=True)
+    _number(config, "training.lr", 0, strict=True)
+    _choice(config, "training.optimizer", ["sgd", "adam"])
+    _number(config, "training.seed", 0, integer=True)
+    _number(config, "runs", 1, integer=True)
+    steps = config["evaluation"]["steps"]
+    if steps is not None and (not isinstance(steps, list) or not steps or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps)):
+        raise ConfigError("evaluation.steps", f"must be a list of optimizer steps (integers >= 0), got {steps!r}")
+    _number(config, "evaluation.num_points", 1, integer=True)
+    output = config["output"]
+    if output is not None and (not isinstance(output, str) or not output or "/" in output or output.startswith(".")):
+        raise ConfigError("output", f"must be a folder name, got {output!r}")
+    return config
+
+
+def load_config(path: Path, overrides: Sequence[str] = (), seed: int | None = None) -> dict:
+    """The config at `path` over the defaults, with `section.key=value` overrides (values read as YAML) and
+    `seed` as training.seed; `output` defaults to the file's name."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"config file {path} not found")
+    try:
+        given = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserInputError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+    config = _merge(DEFAULTS, given)
+    for override in overrides:
+        field, equals, text = override.partition("=")
+        if not equals:
+            raise UserInputError(f"--set {override!r}: write section.key=value, e.g. training.lr=0.01")
+        *sections, key = field.split(".")
+        nested = {key: yaml.safe_load(text)}
+        for section in reversed(sections):
+            nested = {section: nested}
+        config = _merge(config, nested)
+    if seed is not None:
+        config["training"]["seed"] = seed
+    if config["output"] is None:
+        config["output"] = path.stem
+    return validate(config)
+
+
+def evaluation_steps(total_steps: int, num_points: int) -> list[int]:
+    """Step 0 and 10^linspace(0, log10(total_steps), num_points), truncated to integers, without repeats."""
+    points = np.logspace(0, math.log10(total_steps), num_points) if num_points > 1 else np.array([total_steps])
+    return sorted({0, *(int(math.floor(p * (1 + 1e-12))) for p in points)})
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class SimulationData:
+    """Both splits, standardised with the training split's per-channel statistics, on one device."""
+    train_x: Tensor       # [N, C, H, W]
+    train_y: Tensor       # [N]
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+
+
+def gaussian_splits(dataset: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gaussian classes: every sample is `mean` + its class's mean + `std` * N(0, I), drawn from `seed`.
+    Class means: explicit `means`, or (s / sqrt(2)) * q_c for orthonormal q_c, so every pair is s apart."""
+    generator = torch.Generator().manual_seed(dataset["seed"])
+    shape = (dataset["channels"], dataset["height"], dataset["width"])
+    size, classes = math.prod(shape), dataset["num_classes"]
+    if dataset["means"] is not None:
+        class_means = torch.stack([torch.full((size,), float(m)) if isinstance(m, (int, float))
+                                   else torch.tensor(m, dtype=torch.float32) for m in dataset["means"]])
+    else:
+        directions, _ = torch.linalg.qr(torch.randn(size, classes, generator=generator, dtype=torch.float64))
+        class_means = (dataset["separation"] / math.sqrt(2) * directions.T).float()          # [classes, size]
+    splits = []
+    for per_class in (dataset["train_samples_per_class"], dataset["test_samples_per_class"]):
+        labels = torch.arange(classes).repeat_interleave(per_class)
+        noise = torch.randn(len(labels), size, generator=generator)
+        splits += [(dataset["mean"] + class_means[labels] + dataset["std"] * noise).view(len(labels), *shape), labels]
+    return tuple(splits)
+
+
+def class_mapping(dataset: dict, labels: Tensor) -> dict[int, int]:
+    """{original label: new label}: `class_map`, or `classes` in order, or every label as it is."""
+    if dataset["class_map"] is not None:
+        return dict(dataset["class_map"])
+    if dataset["classes"] is not None:
+        return {c: i for i, c in enumerate(dataset["classes"])}
+    return {c: c for c in range(int(labels.max()) + 1)}
+
+
+def load_simulation_data(dataset: dict, root: Path, device: torch.device) -> SimulationData:
+    """Filter and relabel the classes, standardise per channel with the filtered training split's mean and
+    std (population), apply that to both splits, then add `shift`."""
+    if dataset["name"] == "gaussian":
+        train_x, train_y, test_x, test_y = gaussian_splits(dataset)
+    else:
+        splits = torchvision_splits(canonical_dataset_name(dataset["name"]), Path(root))
+        (train_x, test_x), (train_y, test_y) = (
+            [as_nchw_uint8(split.data).float() / 255 for split in splits],
+            [torch.as_tensor(split.targets, dtype=torch.int64) for split in splits])
+    mapping = class_mapping(dataset, train_y)
+    missing = sorted(set(mapping) - set(train_y.unique().tolist()))
+    if missing:
+        raise ConfigError("dataset.class_map" if dataset["class_map"] is not None else "dataset.classes",
+                          f"label(s) {missing} not in {dataset['name']}")
+    lookup = torch.full((int(max(train_y.max(), test_y.max(), max(mapping))) + 1,), -1)
+    lookup[list(mapping)] = torch.tensor(list(mapping.values()))
+    kept = []
+    for x, y in ((train_x, train_y), (test_x, test_y)):
+        new = lookup[y]
+        kept += [x[new >= 0], new[new >= 0]]
+    train_x, train_y, test_x, test_y = kept
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), correction=0, keepdim=True)
+    std = torch.where(std > 0, std, 1)
+    train_x, test_x = [(x - mean) / std + dataset["shift"] for x in (train_x, test_x)]
+    return SimulationData(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device),
+                          len(set(mapping.values())))
+
+
+# ----------------------------------------------------------------------------- models and batched training
+
+def build_model(model: dict, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The config's network, with Kaiming weights and zero biases."""
+    if model["type"] == "mlp":
+        network = HardnessMLP(input_shape, model["depth"], model["width"], num_classes, model["activation"])
+    elif model["type"] == "cnn":
+        if min(input_shape[1:]) // 2 ** model["depth"] < 1:
+            raise ConfigError("model.depth", f"{model['depth']} poolings leave no pixels of a "
+                                             f"{input_shape[1]}x{input_shape[2]} input")
+        network = HardnessCNN(input_shape, model["depth"], model["width"], num_classes, model["activation"],
+                              model["pooling"])
+    else:
+        network = HardnessResNet50(input_shape[0], num_classes, model["small_input"])
+    return kaiming_initialise(network, model["init"])
+
+
+class RunGroup:
+    """Independent networks trained together: MLPs and CNNs as one stacked computation (`torch.vmap` over
+    their stacked parameters), a ResNet alone. `forward(x)` gives logits [runs, n, C] and features
+    [runs, n, F] from shared inputs [n, ...] or per-run inputs [runs, n, ...] (`per_run`)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        self.stacked = not any(isinstance(m, HardnessResNet50) for m in models)
+        if self.stacked:
+            params, buffers = stack_module_state(list(models))
+            self.params = {name: p.detach().requires_grad_() for name, p in params.items()}
+            self.buffers = buffers
+            self.base = copy.deepcopy(models[0]).to("meta")
+        else:
+            if len(models) != 1:
+                raise ValueError("a ResNet trains alone")
+            self.model = models[0]
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.params.values()) if self.stacked else list(self.model.parameters())
+
+    def train(self, mode: bool) -> None:
+        if not self.stacked:
+            self.model.train(mode)
+
+    def forward(self, x: Tensor, per_run: bool = False) -> tuple[Tensor, Tensor]:
+        if not self.stacked:
+            logits, features = self.model(x[0] if per_run else x)
+            return logits[None], features[None]
+        call = lambda params, buffers, inputs: functional_call(self.base, (params, buffers), (inputs,))  # noqa: E731
+        return torch.vmap(call, in_dims=(0, 0, 0 if per_run else None))(self.params, self.buffers, x)
+
+
+def cosine_matrix(means: Tensor) -> Tensor:
+    """[..., C, C] cosine similarity of class means [..., C, D]; NaN where a mean is all zero."""
+    norms = means.norm(dim=-1)
+    cosine = (means @ means.transpose(-1, -2)) / (norms[..., :, None] * norms[..., None, :])
+    return cosine.clamp(-1, 1)   # NaN stays NaN
+
+
+def evaluate(group: RunGroup, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Loss and accuracy of every run, overall [runs] and per class [runs, C], and the cosine of the class
+    means of its features [runs, C, C], in eval mode, chunk by chunk."""
+    group.train(False)
+    losses, correct, feature_sums = 0, 0, 0
+    with torch.no_grad():
+        for xs, ys in zip(x.split(EVALUATION_CHUNK), y.split(EVALUATION_CHUNK)):
+            logits, features = group.forward(xs)                                          # [runs, n, C], [runs, n, F]
+            one_hot = one_hot_float(ys, num_classes, torch.float64)                       # [n, C]
+            loss = F.cross_entropy(logits.transpose(1, 2), ys.expand(len(logits), -1), reduction="none")  # [runs, n]
+            losses = losses + loss.double() @ one_hot                                     # [runs, C]
+            correct = correct + (logits.argmax(-1) == ys).double() @ one_hot
+            feature_sums = feature_sums + one_hot.T @ features.double()                   # [runs, C, F]
+    group.train(True)
+    counts = one_hot_float(y, num_classes, torch.float64).sum(0)                          # [C]
+    return {"loss": losses.sum(1) / len(y), "accuracy": correct.sum(1) / len(y),
+            "loss_per_class": losses / counts, "accuracy_per_class": correct / counts,
+            "overlap": cosine_matrix(feature_sums / counts[:, None])}
+
+
+def static_overlap(data: SimulationData) -> Tensor:
+    """[C, C] cosine of the class means of the standardised training inputs."""
+    one_hot = one_hot_float(data.train_y, data.num_classes, torch.float64)
+    means = (one_hot.T @ data.train_x.flatten(1).double()) / one_hot.sum(0)[:, None]
+    return cosine_matrix(means)
+
+
+def train_group(config: dict, data: SimulationData, runs: Sequence[int], steps: Sequence[int],
+                progress: bool = True) -> list[dict[str, np.ndarray]]:
+    """Train the config's network for each run index in `runs` at once, evaluating both splits after each
+    of `steps` optimizer steps (0 = untrained); the metrics of every run, arrays over the steps."""
+    training = config["training"]
+    models = []
+    for run in runs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(training["seed"], 0, run))
+            models.append(build_model(config["model"], data.train_x.shape[1:], data.num_classes).to(data.train_x.device))
+    group = RunGroup(models)
+    optimizer = (torch.optim.SGD if training["optimizer"] == "sgd" else torch.optim.Adam)(group.parameters(),
+                                                                                          lr=training["lr"])
+    shuffles = [torch.Generator().manual_seed(derived_seed(training["seed"], 1, run)) for run in runs]
+    records: list[dict[str, Tensor]] = []
+
+    def record() -> None:
+        test = evaluate(group, data.test_x, data.test_y, data.num_classes)
+        train = evaluate(group, data.train_x, data.train_y, data.num_classes)
+        records.append({**{k: v for k, v in test.items()}, **{f"train_{k}": v for k, v in train.items()
+                                                               if k != "overlap"}})
+
+    wanted, step, n = set(steps), 0, len(data.train_y)
+    if 0 in wanted:
+        record()
+    batches_per_epoch = math.ceil(n / training["batch_size"])
+    bar = tqdm(total=training["epochs"] * batches_per_epoch, desc=f"{len(runs)} run(s)", disable=not progress,
+               leave=False)
+    for _ in range(training["epochs"]):
+        order = torch.stack([torch.randperm(n, generator=g) for g in shuffles]).to(data.train_y.device)  # [runs, n]
+        for batch in order.split(training["batch_size"], dim=1):                                   # [runs, b]
+            logits, _ = group.forward(data.train_x[batch], per_run=True)                           # [runs, b, C]
+            loss = F.cross_entropy(logits.transpose(1, 2), data.train_y[batch], reduction="none").mean(1).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update()
+            if step in wanted:
+                record()
+    bar.close()
+    return [{key: torch.stack([r[key][i] for r in records]).cpu().numpy() for key in records[0]}
+            for i in range(len(runs))]
+
+
+def simulate(config: dict, data: SimulationData, progress: bool = True) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    """Every run's metrics (see the README for the arrays) and the evaluation steps."""
+    total = config["training"]["epochs"] * math.ceil(len(data.train_y) / config["training"]["batch_size"])
+    evaluation = config["evaluation"]
+    if evaluation["steps"] is not None:
+        steps = sorted(set(evaluation["steps"]))
+        if steps[-1] > total:
+            raise ConfigError("evaluation.steps", f"step {steps[-1]} is beyond the {total} optimizer steps of training")
+    else:
+        steps = evaluation_steps(total, evaluation["num_points"])
+    groups = [[run] for run in range(config["runs"])] if config["model"]["type"] == "resnet" else [list(range(config["runs"]))]
+    static = static_overlap(data).float().cpu().numpy()
+    results = []
+    for runs in groups:
+        for metrics in train_group(config, data, runs, steps, progress):
+            results.append(package(metrics, steps, static))
+    nan_runs = [i for i, r in enumerate(results) if np.isnan(r["overlap_dynamic"]).any()]
+    if nan_runs or np.isnan(static).any():
+        print(f"warning: a class's mean feature is all zero in run(s) {nan_runs or 'none'}"
+              f"{' and in the inputs' if np.isnan(static).any() else ''}; its overlaps are NaN", file=sys.stderr)
+    return results, steps
+
+
+def package(metrics: dict[str, np.ndarray], steps: Sequence[int], static: np.ndarray) -> dict[str, np.ndarray]:
+    """One run's metrics.npz arrays, with the documented names and dtypes."""
+    arrays = {"steps": np.asarray(steps, dtype=np.int64)}
+    for key in ("loss", "accuracy", "train_loss", "train_accuracy"):
+        arrays[key] = metrics[key].astype(np.float64)
+    for key in PER_CLASS_KEYS:
+        arrays[key] = metrics[key].astype(np.float32)
+    arrays["overlap_dynamic"] = metrics["overlap"].astype(np.float32)
+    arrays["overlap_static"] = static.astype(np.float32)
+    return arrays
+
+
+# ----------------------------------------------------------------------------- results
+
+def save_simulation(results: Sequence[dict[str, np.ndarray]], config: dict, settings: dict, folder: Path,
+                    overwrite: bool) -> None:
+    """run_<i>/metrics.npz with metrics.json (settings) and config.yaml (the resolved config) beside it, for
+    every run. The folder is written whole beside its place and then renamed into it, so a reader never sees
+    half of it; an existing one is refused unless `overwrite`."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise UserInputError(f"{folder} exists; give --overwrite to replace it, or another output name "
+                             "(--set output=NAME)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        config_text = yaml.safe_dump(config, sort_keys=False)
+        for i, arrays in enumerate(results):
+            run_folder = staging / f"run_{i}"
+            save_npz_with_settings(arrays, run_folder / "metrics.npz", {**settings, "config": config, "run": i})
+            write_atomically(run_folder / "config.yaml", config_text.encode())
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_simulation(folder: Path) -> list[dict[str, np.ndarray]]:
+    """The metrics of every run_<i> under `folder`, in run order."""
+    paths = sorted(Path(folder).glob("run_*/metrics.npz"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not paths:
+        raise UserInputError(f"no run_*/metrics.npz under {folder}; make it with class_hardness_simulation.py")
+    return [dict(np.load(path)) for path in paths]
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _mean_and_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean over runs (axis 0) and the standard error (std with ddof 1 / sqrt(runs)); no error for one run."""
+    if len(values) == 1:
+        return values[0], None
+    return np.nanmean(values, 0), np.nanstd(values, 0, ddof=1) / math.sqrt(len(values))
+
+
+def _band(ax: plt.Axes, x: np.ndarray, values: np.ndarray, label: str) -> None:
+    mean, error = _mean_and_error(values)
+    line, = ax.plot(x, mean, label=label)
+    if error is not None:
+        ax.fill_between(x, mean - error, mean + error, color=line.get_color(), alpha=0.25)
+
+
+def plot_dynamics(settings: dict[str, list[dict[str, np.ndarray]]], metric: str) -> plt.Figure:
+    """2 x S grid: per-class test `metric` (top) and every off-diagonal dynamic overlap pair (bottom) against
+    step + 1 (log axis), mean +- standard error over runs, one column per setting."""
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 6.4), squeeze=False, sharex=True)
+    for column, (name, runs) in enumerate(settings.items()):
+        x = runs[0]["steps"] + 1
+        per_class = np.stack([r[f"{metric}_per_class"] for r in runs])                    # [runs, T, C]
+        overlaps = np.stack([r["overlap_dynamic"] for r in runs])                          # [runs, T, C, C]
+        for c in range(per_class.shape[2]):
+            _band(axes[0, column], x, per_class[:, :, c], f"class {c}")
+        for i, j in zip(*np.triu_indices(overlaps.shape[2], 1)):
+            _band(axes[1, column], x, overlaps[:, :, i, j], f"{i}-{j}")
+        axes[0, column].set_title(f"{name} ({len(runs)} run{'s' if len(runs) > 1 else ''})")
+        axes[1, column].set_xlabel("optimizer step + 1")
+        for ax in axes[:, column]:
+            ax.set_xscale("log")
+            ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel(f"test {metric} per class")
+    axes[1, 0].set_ylabel("overlap (cosine of class-mean features)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_dynamic_vs_static(settings: dict[str, list[dict[str, np.ndarray]]]) -> plt.Figure:
+    """Final dynamic overlap against static overlap, every run and class pair, one colour per setting."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, runs in settings.items():
+        pairs = np.triu_indices(runs[0]["overlap_static"].shape[0], 1)
+        static = np.concatenate([r["overlap_static"][pairs] for r in runs])
+        final = np.concatenate([r["overlap_dynamic"][-1][pairs] for r in runs])
+        ax.scatter(static, final, s=14, alpha=0.7, label=name)
+    ax.set_xlabel("static overlap (inputs)")
+    ax.set_ylabel("final dynamic overlap (features)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def draw_figures(settings: dict[str, list[dict[str, np.ndarray]]], folder: Path) -> list[Path]:
+    """loss_and_overlap, accuracy_and_overlap and overlap_dynamic_vs_static under `folder` (PNG and PDF).
+    Settings must share one evaluation schedule."""
+    schedules = {name: tuple(runs[0]["steps"]) for name, runs in settings.items()}
+    if len(set(schedules.values())) > 1:
+        raise UserInputError("the settings were evaluated at different steps ("
+                             + "; ".join(f"{name}: {len(s)} steps up to {s[-1]}" for name, s in schedules.items())
+                             + "); plot together only settings with the same step schedule")
+    saved = []
+    for metric in ("loss", "accuracy"):
+        saved += save_figure(plot_dynamics(settings, metric), folder / f"{metric}_and_overlap")
+    saved += save_figure(plot_dynamic_vs_static(settings), folder / "overlap_dynamic_vs_static")
+    return saved

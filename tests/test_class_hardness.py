@@ -1,0 +1,244 @@
+"""Class-hardness simulations: the step schedule, the config's checks, class maps, Gaussian classes, overlap
+matrices by hand, batched runs against one run at a time, what is saved, and the plots."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, write_mnist_layout
+from hardness.class_overlap import (DEFAULTS, ConfigError, cosine_matrix, evaluation_steps, load_config,
+                                    load_simulation_data, simulate, static_overlap, train_group)
+
+SIMULATE = REPO / "class_hardness_simulation.py"
+PLOT = REPO / "plotting_class_hardness.py"
+CONFIGS = REPO / "configs/class_hardness"
+CPU = torch.device("cpu")
+
+
+def run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def config_file(tmp_path: Path, name: str = "setting", **sections) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+@pytest.mark.parametrize("total, points, expected", [
+    (4, 5, [0, 1, 2, 4]),
+    (1000, 10, [0, 1, 2, 4, 10, 21, 46, 100, 215, 464, 1000]),
+    (1, 3, [0, 1]),
+])
+def test_evaluation_steps(total, points, expected):
+    assert evaluation_steps(total, points) == expected
+
+
+def test_shipped_configs_are_valid():
+    names = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
+    assert names == ["cifar100_resnet_example", "gaussian_example", "gaussian_separated", "mnist_0v1", "mnist_4v9",
+                     "mnist_mlp"]
+    for name in names:
+        config = load_config(CONFIGS / f"{name}.yaml")
+        assert config["output"] == name
+    example = load_config(CONFIGS / "gaussian_example.yaml")
+    assert example["dataset"]["class_map"] == {0: 0, 2: 1} and example["model"]["width"] == 32
+    four_nine, zero_one = load_config(CONFIGS / "mnist_4v9.yaml"), load_config(CONFIGS / "mnist_0v1.yaml")
+    assert four_nine["evaluation"] == zero_one["evaluation"] and four_nine["training"] == zero_one["training"]
+
+
+@pytest.mark.parametrize("sections, overrides, field", [
+    ({"model": {"widht": 3}}, [], "model.widht"),
+    ({"model": {"width": "wide"}}, [], "model.width"),
+    ({"model": {"width": 0}}, [], "model.width"),
+    ({"dataset": {"name": "imagenet"}}, [], "dataset.name"),
+    ({"dataset": {"class_map": {0: 1, 1: 2}}}, [], "dataset.class_map"),
+    ({"training": {"lr": -1}}, [], "training.lr"),
+    ({"training": {"optimizer": "rmsprop"}}, [], "training.optimizer"),
+    ({}, ["training.epochs=1.5"], "training.epochs"),
+    ({}, ["evaluation.steps=[0, -2]"], "evaluation.steps"),
+    ({"runs": True}, [], "runs"),
+])
+def test_bad_config_fields_are_named(tmp_path, sections, overrides, field):
+    with pytest.raises(ConfigError, match=f"config field {field}: "):
+        load_config(config_file(tmp_path, **sections), overrides)
+
+
+def test_overrides_seed_and_case_insensitive_names(tmp_path):
+    path = config_file(tmp_path, dataset={"name": "GAUSSIAN"}, training={"seed": 3})
+    config = load_config(path, ["training.lr=0.5", "model.activation=tanh"], seed=7)
+    assert config["dataset"]["name"] == "gaussian" and config["training"]["lr"] == 0.5
+    assert config["model"]["activation"] == "tanh" and config["training"]["seed"] == 7
+    assert config["output"] == "setting" and config["model"]["depth"] == DEFAULTS["model"]["depth"]
+
+
+def gaussian(**dataset) -> dict:
+    return {**DEFAULTS["dataset"], **dataset}
+
+
+def test_class_map_swap_and_classes_in_order():
+    """Means 0, 5 and 10 per class: after standardisation the classes stay apart, so every sample's class
+    can be read from its values."""
+    base = gaussian(num_classes=3, means=[0, 5, 10], std=0.1, train_samples_per_class=4, test_samples_per_class=2)
+    plain = load_simulation_data(base, Path("."), CPU)
+    swapped = load_simulation_data({**base, "class_map": {0: 1, 1: 0}}, Path("."), CPU)
+    kept = plain.train_y < 2
+    assert swapped.num_classes == 2 and len(swapped.train_y) == 8
+    assert torch.equal(swapped.train_y, 1 - plain.train_y[kept])
+    assert (swapped.train_x[swapped.train_y == 1].mean() < swapped.train_x[swapped.train_y == 0].mean())
+    ordered = load_simulation_data({**base, "classes": [2, 0]}, Path("."), CPU)
+    assert torch.equal(ordered.test_y, torch.tensor([1, 1, 0, 0]))        # class 0 comes first, becomes 1
+    assert ordered.train_x[ordered.train_y == 0].mean() > ordered.train_x[ordered.train_y == 1].mean()
+    with pytest.raises(ConfigError, match="dataset.classes: label\\(s\\) \\[7\\]"):
+        load_simulation_data({**base, "classes": [0, 7]}, Path("."), CPU)
+
+
+def test_standardisation_uses_the_training_split_then_shift():
+    data = load_simulation_data(gaussian(mean=3.0, std=2.0, shift=0.5, train_samples_per_class=50,
+                                         test_samples_per_class=50), Path("."), CPU)
+    centred = data.train_x - 0.5
+    assert abs(float(centred.mean())) < 1e-5 and abs(float(centred.std(correction=0)) - 1) < 1e-5
+    assert abs(float(data.test_x.mean()) - 0.5) < 0.2                 # same statistics, other samples
+
+
+def test_separation_puts_class_means_that_far_apart():
+    data = gaussian(num_classes=4, separation=6.0, std=1e-4, channels=2, height=3, width=3,
+                    train_samples_per_class=1, test_samples_per_class=1)
+    from hardness.class_overlap import gaussian_splits
+    train_x, train_y, _, _ = gaussian_splits(data)
+    distances = torch.cdist(train_x.flatten(1).double(), train_x.flatten(1).double())
+    off_diagonal = distances[~torch.eye(4, dtype=torch.bool)]
+    torch.testing.assert_close(off_diagonal, torch.full_like(off_diagonal, 6.0), atol=1e-2, rtol=0)
+
+
+def test_cosine_matrix_by_hand():
+    means = torch.tensor([[1., 0.], [1., 1.], [0., 0.], [-2., 0.]], dtype=torch.float64)
+    cosine = cosine_matrix(means)
+    r = 1 / math.sqrt(2)
+    expected = torch.tensor([[1, r, 0, -1], [r, 1, 0, -r], [0, 0, 0, 0], [-1, -r, 0, 1]], dtype=torch.float64)
+    keep = torch.tensor([True, True, False, True])
+    torch.testing.assert_close(cosine[keep][:, keep], expected[keep][:, keep])
+    assert cosine[2].isnan().all() and cosine[:, 2].isnan().all()       # an all-zero mean: NaN, kept
+
+
+def test_static_overlap_by_hand():
+    data = load_simulation_data(gaussian(num_classes=2, means=[1, -1], std=1e-6, channels=1, height=1, width=2,
+                                         train_samples_per_class=2, test_samples_per_class=1), Path("."), CPU)
+    # standardised: class 0 at (+1, +1), class 1 at (-1, -1): cosine -1
+    torch.testing.assert_close(static_overlap(data), torch.tensor([[1., -1.], [-1., 1.]], dtype=torch.float64))
+
+
+def small_config(tmp_path: Path, **changes) -> dict:
+    sections = {"dataset": {"num_classes": 3, "separation": 4.0, "train_samples_per_class": 30,
+                            "test_samples_per_class": 20},
+                "model": {"type": "mlp", "depth": 1, "width": 16},
+                "training": {"epochs": 3, "batch_size": 16, "lr": 0.05}, "runs": 3, "evaluation": {"num_points": 6}}
+    for section, values in changes.items():
+        sections[section] = {**sections.get(section, {}), **values} if isinstance(values, dict) else values
+    return load_config(config_file(tmp_path, **sections))
+
+
+@pytest.mark.parametrize("model", [{"type": "mlp", "depth": 2, "activation": "tanh"},
+                                   {"type": "cnn", "depth": 2, "width": 4, "pooling": "avg"}])
+def test_batched_runs_equal_one_run_at_a_time(tmp_path, model):
+    config = small_config(tmp_path, model=model)
+    data = load_simulation_data(config["dataset"], Path("."), CPU)
+    steps = [0, 1, 5, 17]
+    together = train_group(config, data, [0, 1, 2], steps, progress=False)
+    for run in range(3):
+        alone = train_group(config, data, [run], steps, progress=False)[0]
+        for key, values in together[run].items():
+            np.testing.assert_allclose(values, alone[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert not np.allclose(together[0]["loss"], together[1]["loss"])            # different initialisations
+
+
+def test_metrics_overlaps_and_weighted_loss(tmp_path):
+    config = small_config(tmp_path)
+    data = load_simulation_data(config["dataset"], Path("."), CPU)
+    results, steps = simulate(config, data, progress=False)
+    assert steps == evaluation_steps(3 * 6, 6) and len(results) == 3
+    T, C = len(steps), 3
+    shapes = {"steps": (T,), "loss": (T,), "accuracy": (T,), "loss_per_class": (T, C), "accuracy_per_class": (T, C),
+              "train_loss": (T,), "train_accuracy": (T,), "train_loss_per_class": (T, C),
+              "train_accuracy_per_class": (T, C), "overlap_dynamic": (T, C, C), "overlap_static": (C, C)}
+    for arrays in results:
+        assert {key: value.shape for key, value in arrays.items()} == shapes
+        assert arrays["steps"].dtype == np.int64 and arrays["loss"].dtype == np.float64
+        assert arrays["loss_per_class"].dtype == np.float32 and arrays["overlap_dynamic"].dtype == np.float32
+        for matrix in [*arrays["overlap_dynamic"], arrays["overlap_static"]]:
+            np.testing.assert_allclose(matrix, matrix.T, atol=1e-6)
+            np.testing.assert_allclose(np.diag(matrix), 1, atol=1e-5)
+            assert (np.abs(matrix) <= 1).all()
+        for prefix, counts in (("", torch.bincount(data.test_y)), ("train_", torch.bincount(data.train_y))):
+            weights = counts.numpy() / counts.sum().item()
+            np.testing.assert_allclose(arrays[f"{prefix}loss_per_class"] @ weights, arrays[f"{prefix}loss"], rtol=1e-5)
+            np.testing.assert_allclose(arrays[f"{prefix}accuracy_per_class"] @ weights, arrays[f"{prefix}accuracy"],
+                                       rtol=1e-5)
+
+
+def test_separated_gaussians_are_learnt_and_identical_ones_are_not(tmp_path):
+    separated = small_config(tmp_path, training={"epochs": 10},
+                             dataset={"train_samples_per_class": 100, "test_samples_per_class": 100})
+    learnt, _ = simulate(separated, load_simulation_data(separated["dataset"], Path("."), CPU), progress=False)
+    assert min(r["accuracy"][-1] for r in learnt) > 0.85                 # chance is 1/3
+    noise = small_config(tmp_path, training={"epochs": 10},
+                         dataset={"separation": 0.0, "train_samples_per_class": 100, "test_samples_per_class": 1000})
+    chance, _ = simulate(noise, load_simulation_data(noise["dataset"], Path("."), CPU), progress=False)
+    assert abs(np.mean([r["accuracy"][-1] for r in chance]) - 1 / 3) < 0.05   # 3000 test samples: std ~0.009
+
+
+def test_steps_beyond_training_and_cnn_depth_are_config_errors(tmp_path):
+    config = small_config(tmp_path, evaluation={"steps": [0, 500]})
+    with pytest.raises(ConfigError, match="evaluation.steps: step 500 is beyond the 18 optimizer steps"):
+        simulate(config, load_simulation_data(config["dataset"], Path("."), CPU), progress=False)
+    config = small_config(tmp_path, model={"type": "cnn", "depth": 4})
+    with pytest.raises(ConfigError, match="model.depth: 4 poolings leave no pixels of a 8x8 input"):
+        simulate(config, load_simulation_data(config["dataset"], Path("."), CPU), progress=False)
+
+
+def test_scripts_end_to_end(tmp_path):
+    config = CONFIGS / "gaussian_example.yaml"
+    done = run(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_folder = tmp_path / "Results/class_hardness/gaussian_example/run_0"
+    arrays = np.load(run_folder / "metrics.npz")
+    assert arrays["steps"].tolist() == [0, 1, 2, 4]                       # 40 samples, batch 10, one epoch
+    assert arrays["overlap_dynamic"].shape == (4, 2, 2)
+    assert yaml.safe_load((run_folder / "config.yaml").read_text())["dataset"]["class_map"] == {0: 0, 2: 1}
+    again = run(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)
+    assert again.returncode == 1 and "exists; give --overwrite" in again.stderr
+    other = run(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=shifted", "--set",
+                "dataset.shift=1.0", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    plotted = run(PLOT, "--results", "Results/class_hardness/gaussian_example", "shifted", cwd=tmp_path)
+    assert plotted.returncode == 0, plotted.stderr
+    for name in ("loss_and_overlap", "accuracy_and_overlap", "overlap_dynamic_vs_static"):
+        for suffix in (".png", ".pdf"):
+            assert (tmp_path / "Figures/class_hardness/gaussian_example_vs_shifted" / f"{name}{suffix}").stat().st_size
+    longer = run(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=longer", "--set",
+                 "training.epochs=3", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    mismatch = run(PLOT, "--results", "gaussian_example", "longer", cwd=tmp_path)
+    assert mismatch.returncode == 1 and "different steps" in mismatch.stderr
+    assert not list((tmp_path / "Results").rglob("*.tmp"))
+
+
+def test_missing_torchvision_data_is_a_one_line_error(tmp_path):
+    config = config_file(tmp_path, dataset={"name": "KMNIST"})
+    done = run(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 1 and "KMNIST" in done.stderr and "raw/" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_mnist_classes_from_torchvision_layout(tmp_path):
+    write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=20)
+    dataset = {**DEFAULTS["dataset"], "name": "mnist", "classes": [4, 9]}
+    data = load_simulation_data(dataset, tmp_path / "data", CPU)
+    assert data.num_classes == 2 and set(data.train_y.tolist()) == {0, 1}
+    assert len(data.train_y) == 12 and len(data.test_y) == 4             # 10 balanced classes: 6 and 2 of each
+    assert data.train_x.shape[1:] == (1, 28, 28)

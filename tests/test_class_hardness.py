@@ -242,3 +242,12 @@ def test_mnist_classes_from_torchvision_layout(tmp_path):
     assert data.num_classes == 2 and set(data.train_y.tolist()) == {0, 1}
     assert len(data.train_y) == 12 and len(data.test_y) == 4             # 10 balanced classes: 6 and 2 of each
     assert data.train_x.shape[1:] == (1, 28, 28)
+
+
+@pytest.mark.parametrize("script", [SIMULATE, PLOT])
+def test_help_explains_every_flag(script):
+    done = run(script, "--help", cwd=REPO)
+    assert done.returncode == 0 and "--results_dir" in done.stdout and "--figures_dir" in done.stdout
+    for entry in done.stdout.split("options:")[1].split("\n  -")[1:]:
+        flag, _, explanation = entry.strip().partition("  ")
+        assert len(explanation.split()) >= 3 or len(entry.split("\n", 1)[-1].split()) >= 3, f"flag without help: -{entry}"

@@ -251,3 +251,25 @@ def test_help_explains_every_flag(script):
     for entry in done.stdout.split("options:")[1].split("\n  -")[1:]:
         flag, _, explanation = entry.strip().partition("  ")
         assert len(explanation.split()) >= 3 or len(entry.split("\n", 1)[-1].split()) >= 3, f"flag without help: -{entry}"
+
+
+def test_seeded_simulations_repeat_exactly(tmp_path):
+    config = small_config(tmp_path, runs=2)
+    data = load_simulation_data(config["dataset"], Path("."), CPU)
+    first, _ = simulate(config, data, progress=False)
+    again, _ = simulate(config, data, progress=False)
+    for ours, theirs in zip(first, again, strict=True):
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+def test_resnet_runs_train_one_after_another(tmp_path):
+    config = small_config(tmp_path, runs=2, dataset={"channels": 3, "train_samples_per_class": 4,
+                                                      "test_samples_per_class": 2},
+                          model={"type": "resnet", "small_input": True},
+                          training={"epochs": 1, "batch_size": 6, "optimizer": "adam", "lr": 1e-3})
+    data = load_simulation_data(config["dataset"], Path("."), CPU)
+    results, steps = simulate(config, data, progress=False)
+    assert steps == [0, 1, 2] and len(results) == 2
+    assert results[0]["overlap_dynamic"].shape == (3, 3, 3) and np.isfinite(results[0]["loss"]).all()
+    assert not np.array_equal(results[0]["loss"], results[1]["loss"])

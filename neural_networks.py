@@ -265,3 +265,109 @@ def kaiming_initialise(model: nn.Module, init: str) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+# ----------------------------------------------------------------------------- GASTeN: classifiers under test and the DCGAN
+
+class PairClassifierCNN(nn.Module):
+    """A deliberately weak binary classifier of 28x28 images: Conv3x3(1 -> nf) -> MaxPool2 -> Conv3x3(nf -> 2nf)
+    -> MaxPool2 -> Flatten (98 nf) -> Linear(-> 1) -> sigmoid, no other nonlinearity. `embed` is the 98 nf
+    vector before the last layer; `forward` the probability of the positive class, [N]."""
+
+    def __init__(self, nf: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, nf, 3, padding=1), nn.MaxPool2d(2),
+                                      nn.Conv2d(nf, 2 * nf, 3, padding=1), nn.MaxPool2d(2), nn.Flatten())
+        self.output = nn.Linear(98 * nf, 1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.output(self.features(x)))[:, 0]
+
+
+class PairClassifierMLP(nn.Module):
+    """The original's MLP variant: Flatten -> Linear(784 -> nf) -> Linear(nf -> 1) -> sigmoid; `embed` is the
+    nf vector before the last layer."""
+
+    def __init__(self, nf: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(784, nf))
+        self.output = nn.Linear(nf, 1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.output(self.features(x)))[:, 0]
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """Conv and transposed-conv weights N(0, 0.02); BatchNorm gamma N(1, 0.02), beta 0; Linear as torch's."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class DCGANGenerator(nn.Module):
+    """z [N, z_dim] -> images [N, 1, 28, 28] in (-1, 1): Linear(z -> 256*4*4, no bias)+BN+ReLU, then 5x5
+    stride-2 transposed convs 256 -> 128 (7x7), 128 -> 64 (14x14), 64 -> 1 (28x28) with BN+ReLU between, tanh."""
+
+    def __init__(self, z_dim: int = 64) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(z_dim, 256 * 4 * 4, bias=False), nn.BatchNorm1d(256 * 4 * 4), nn.ReLU())
+        self.deconvolve = nn.Sequential(
+            nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=0, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 5, 2, 2, output_padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.ConvTranspose2d(64, 1, 5, 2, 2, output_padding=1), nn.Tanh())
+        self.z_dim = z_dim
+        self.apply(_dcgan_init)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.deconvolve(self.project(z).view(-1, 256, 4, 4))
+
+
+class DCGANDiscriminator(nn.Module):
+    """images [N, 1, 28, 28] -> [N]: 5x5 stride-2 convs 1 -> 64 (no bias, LeakyReLU 0.2), 64 -> 128 and
+    128 -> 256 (norm + LeakyReLU), Linear(4096 -> 1), then sigmoid. The WGAN-GP critic (`wgan`) has
+    LayerNorm instead of BatchNorm and no sigmoid."""
+
+    def __init__(self, wgan: bool = False) -> None:
+        super().__init__()
+
+        def norm(channels: int, size: int) -> nn.Module:
+            return nn.LayerNorm([channels, size, size]) if wgan else nn.BatchNorm2d(channels)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 64, 5, 2, 2, bias=False), nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 5, 2, 2, bias=False), norm(128, 7), nn.LeakyReLU(0.2),
+            nn.Conv2d(128, 256, 5, 2, 2, bias=False), norm(256, 4), nn.LeakyReLU(0.2), nn.Flatten())
+        self.output = nn.Linear(4096, 1)
+        self.wgan = wgan
+        self.apply(_dcgan_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = self.output(self.features(x))[:, 0]
+        return score if self.wgan else torch.sigmoid(score)
+
+
+class FeatureCNN(nn.Module):
+    """The feature extractor of "FID (own features)": two conv blocks (32 and 64 channels), Linear 128, ReLU,
+    then a 10-way head for training on all classes of the dataset. `forward` gives the 128-d features."""
+    num_features = 128
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def classify(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))

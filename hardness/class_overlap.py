@@ -26,6 +26,7 @@ from torch.func import functional_call, stack_module_state
 from tqdm import tqdm
 
 from hardness.cli import UserInputError
+from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
 from hardness.engine import derived_seed
 from hardness.radii import one_hot_float
@@ -48,41 +49,6 @@ EVALUATION_CHUNK = 2048
 PER_CLASS_KEYS = ("loss_per_class", "accuracy_per_class", "train_loss_per_class", "train_accuracy_per_class")
 
 
-class ConfigError(UserInputError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"config field {field}: {message}")
-
-
-# ----------------------------------------------------------------------------- the config
-
-def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
-    """`given` over `defaults`, section by section; an unknown field is a ConfigError naming it."""
-    if not isinstance(given, dict):
-        raise ConfigError(prefix.rstrip(".") or "(top level)", f"must be a mapping, got {given!r}")
-    merged = copy.deepcopy(defaults)
-    for key, value in given.items():
-        if key not in defaults:
-            raise ConfigError(f"{prefix}{key}", f"unknown field; known: {', '.join(defaults)}")
-        merged[key] = _merge(defaults[key], value, f"{prefix}{key}.") if isinstance(defaults[key], dict) else value
-    return merged
-
-
-def _number(config: dict, field: str, low: float | None = None, integer: bool = False, strict: bool = False) -> None:
-    section, _, key = field.rpartition(".")
-    value = config[section][key] if section else config[key]
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or (not integer and not math.isfinite(value)):
-        raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ConfigError(field, f"must be {'>' if strict else '>='} {low}, got {value!r}")
-
-
-def _choice(config: dict, field: str, choices: Sequence[str]) -> None:
-    section, key = field.split(".")
-    if config[section][key] not in choices:
-        raise ConfigError(field, f"must be one of {', '.join(choices)}, got {config[section][key]!r}")
-
-
 def validate(config: dict) -> dict:
     """The config with every field checked (a ConfigError names the first bad one) and the dataset name lowered."""
     dataset = config["dataset"]
@@ -103,13 +69,13 @@ def validate(config: dict) -> dict:
             raise ConfigError("dataset.class_map", f"must map original labels to new labels, got {mapping!r}")
         if set(mapping.values()) != set(range(len(set(mapping.values())))):
             raise ConfigError("dataset.class_map", f"new labels must be 0..C-1, got {sorted(set(mapping.values()))}")
-    _number(config, "dataset.shift")
+    check_number(config, "dataset.shift")
     for field in ("channels", "height", "width", "num_classes", "train_samples_per_class", "test_samples_per_class"):
-        _number(config, f"dataset.{field}", 1, integer=True)
-    _number(config, "dataset.std", 0, strict=True)
-    _number(config, "dataset.mean")
-    _number(config, "dataset.seed", 0, integer=True)
-    _number(config, "dataset.separation", 0)
+        check_number(config, f"dataset.{field}", 1, integer=True)
+    check_number(config, "dataset.std", 0, strict=True)
+    check_number(config, "dataset.mean")
+    check_number(config, "dataset.seed", 0, integer=True)
+    check_number(config, "dataset.separation", 0)
     if dataset["means"] is not None:
         size = dataset["channels"] * dataset["height"] * dataset["width"]
         means = dataset["means"]
@@ -120,25 +86,25 @@ def validate(config: dict) -> dict:
     if dataset["name"] == "gaussian" and dataset["means"] is None and dataset["separation"] > 0 and \
             dataset["channels"] * dataset["height"] * dataset["width"] < dataset["num_classes"]:
         raise ConfigError("dataset.separation", "needs at least as many input elements as classes")
-    _choice(config, "model.type", ["mlp", "cnn", "resnet"])
-    _number(config, "model.depth", 0, integer=True)
-    _number(config, "model.width", 1, integer=True)
-    _choice(config, "model.activation", ["relu", "tanh", "gelu"])
-    _choice(config, "model.pooling", ["max", "avg"])
-    _choice(config, "model.init", ["kaiming_normal", "kaiming_uniform"])
+    check_choice(config, "model.type", ["mlp", "cnn", "resnet"])
+    check_number(config, "model.depth", 0, integer=True)
+    check_number(config, "model.width", 1, integer=True)
+    check_choice(config, "model.activation", ["relu", "tanh", "gelu"])
+    check_choice(config, "model.pooling", ["max", "avg"])
+    check_choice(config, "model.init", ["kaiming_normal", "kaiming_uniform"])
     if not isinstance(config["model"]["small_input"], bool):
         raise ConfigError("model.small_input", f"must be true or false, got {config['model']['small_input']!r}")
     for field in ("epochs", "batch_size"):
-        _number(config, f"training.{field}", 1, integer=True)
-    _number(config, "training.lr", 0, strict=True)
-    _choice(config, "training.optimizer", ["sgd", "adam"])
-    _number(config, "training.seed", 0, integer=True)
-    _number(config, "runs", 1, integer=True)
+        check_number(config, f"training.{field}", 1, integer=True)
+    check_number(config, "training.lr", 0, strict=True)
+    check_choice(config, "training.optimizer", ["sgd", "adam"])
+    check_number(config, "training.seed", 0, integer=True)
+    check_number(config, "runs", 1, integer=True)
     steps = config["evaluation"]["steps"]
     if steps is not None and (not isinstance(steps, list) or not steps or not all(
             isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps)):
         raise ConfigError("evaluation.steps", f"must be a list of optimizer steps (integers >= 0), got {steps!r}")
-    _number(config, "evaluation.num_points", 1, integer=True)
+    check_number(config, "evaluation.num_points", 1, integer=True)
     output = config["output"]
     if output is not None and (not isinstance(output, str) or not output or "/" in output or output.startswith(".")):
         raise ConfigError("output", f"must be a folder name, got {output!r}")
@@ -148,27 +114,11 @@ def validate(config: dict) -> dict:
 def load_config(path: Path, overrides: Sequence[str] = (), seed: int | None = None) -> dict:
     """The config at `path` over the defaults, with `section.key=value` overrides (values read as YAML) and
     `seed` as training.seed; `output` defaults to the file's name."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"config file {path} not found")
-    try:
-        given = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UserInputError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
-    config = _merge(DEFAULTS, given)
-    for override in overrides:
-        field, equals, text = override.partition("=")
-        if not equals:
-            raise UserInputError(f"--set {override!r}: write section.key=value, e.g. training.lr=0.01")
-        *sections, key = field.split(".")
-        nested = {key: yaml.safe_load(text)}
-        for section in reversed(sections):
-            nested = {section: nested}
-        config = _merge(config, nested)
+    config = read_config(path, DEFAULTS, overrides)
     if seed is not None:
         config["training"]["seed"] = seed
     if config["output"] is None:
-        config["output"] = path.stem
+        config["output"] = Path(path).stem
     return validate(config)
 
 

@@ -1,0 +1,77 @@
+"""YAML configs of the config-driven systems: read a file over its defaults, apply `section.key=value`
+overrides, and check fields with errors that name them."""
+import copy
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardness.cli import UserInputError
+
+
+class ConfigError(UserInputError):
+    """A bad config field: the message names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"config field {field}: {message}")
+
+
+def merge_config(defaults: dict, given: Any, prefix: str = "") -> dict:
+    """`given` over `defaults`, section by section; an unknown field is a ConfigError naming it."""
+    if not isinstance(given, dict):
+        raise ConfigError(prefix.rstrip(".") or "(top level)", f"must be a mapping, got {given!r}")
+    merged = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            raise ConfigError(f"{prefix}{key}", f"unknown field; known: {', '.join(defaults)}")
+        merged[key] = merge_config(defaults[key], value, f"{prefix}{key}.") if isinstance(defaults[key], dict) else value
+    return merged
+
+
+def read_config(path: Path, defaults: dict, overrides: Sequence[str] = ()) -> dict:
+    """The YAML file at `path` over `defaults`, then each `section.key=value` override (value read as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"config file {path} not found")
+    try:
+        given = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserInputError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+    config = merge_config(defaults, given)
+    for override in overrides:
+        field, equals, text = override.partition("=")
+        if not equals:
+            raise UserInputError(f"--set {override!r}: write section.key=value, e.g. training.lr=0.01")
+        *sections, key = field.split(".")
+        nested: dict = {key: yaml.safe_load(text)}
+        for section in reversed(sections):
+            nested = {section: nested}
+        config = merge_config(config, nested)
+    return config
+
+
+def field_value(config: dict, field: str) -> Any:
+    value = config
+    for key in field.split("."):
+        value = value[key]
+    return value
+
+
+def check_number(config: dict, field: str, low: float | None = None, integer: bool = False,
+                 strict: bool = False) -> None:
+    """The field is a number (an integer with `integer`; booleans are not numbers), at least `low`
+    (above it with `strict`)."""
+    value = field_value(config, field)
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (not integer and not math.isfinite(value)):
+        raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ConfigError(field, f"must be {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def check_choice(config: dict, field: str, choices: Sequence[str]) -> None:
+    value = field_value(config, field)
+    if value not in choices:
+        raise ConfigError(field, f"must be one of {', '.join(map(str, choices))}, got {value!r}")

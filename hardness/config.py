@@ -18,20 +18,29 @@ class ConfigError(UserInputError):
         super().__init__(f"config field {field}: {message}")
 
 
-def merge_config(defaults: dict, given: Any, prefix: str = "") -> dict:
-    """`given` over `defaults`, section by section; an unknown field is a ConfigError naming it."""
+def merge_config(defaults: dict, given: Any, prefix: str = "", shorthands: dict[str, str] | None = None) -> dict:
+    """`given` over `defaults`, section by section; an unknown field is a ConfigError naming it. A section
+    named in `shorthands` may be given as a single value, meaning {shorthands[section]: value}."""
     if not isinstance(given, dict):
         raise ConfigError(prefix.rstrip(".") or "(top level)", f"must be a mapping, got {given!r}")
+    shorthands = shorthands or {}
     merged = copy.deepcopy(defaults)
     for key, value in given.items():
         if key not in defaults:
             raise ConfigError(f"{prefix}{key}", f"unknown field; known: {', '.join(defaults)}")
-        merged[key] = merge_config(defaults[key], value, f"{prefix}{key}.") if isinstance(defaults[key], dict) else value
+        if isinstance(defaults[key], dict):
+            if f"{prefix}{key}" in shorthands and not isinstance(value, dict):
+                value = {shorthands[f"{prefix}{key}"]: value}
+            merged[key] = merge_config(defaults[key], value, f"{prefix}{key}.", shorthands)
+        else:
+            merged[key] = value
     return merged
 
 
-def read_config(path: Path, defaults: dict, overrides: Sequence[str] = ()) -> dict:
-    """The YAML file at `path` over `defaults`, then each `section.key=value` override (value read as YAML)."""
+def read_config(path: Path, defaults: dict, overrides: Sequence[str] = (),
+                shorthands: dict[str, str] | None = None) -> dict:
+    """The YAML file at `path` over `defaults`, then each `section.key=value` override (value read as YAML);
+    `shorthands` as in merge_config."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"config file {path} not found")
@@ -39,7 +48,7 @@ def read_config(path: Path, defaults: dict, overrides: Sequence[str] = ()) -> di
         given = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise UserInputError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
-    config = merge_config(defaults, given)
+    config = merge_config(defaults, given, shorthands=shorthands)
     for override in overrides:
         field, equals, text = override.partition("=")
         if not equals:
@@ -48,7 +57,7 @@ def read_config(path: Path, defaults: dict, overrides: Sequence[str] = ()) -> di
         nested: dict = {key: yaml.safe_load(text)}
         for section in reversed(sections):
             nested = {section: nested}
-        config = merge_config(config, nested)
+        config = merge_config(config, nested, shorthands=shorthands)
     return config
 
 

@@ -1,0 +1,336 @@
+"""GASTeN, steps 1 and 2: a DCGAN, then the same GAN pushed towards a classifier's decision boundary.
+
+    python gasten_train.py --config configs/gasten/mnist_7v1.yaml          # step 1, then every step-2 cell
+
+Step 1 trains a plain GAN (or WGAN-GP) for step1.epochs, checkpointing every step1.checkpoint_every epochs
+and the untrained epoch 0; an interrupted run resumes from its last checkpoint (step1.run may instead name
+an existing step-1 folder). Step 2, for every step-1 epoch in step2.step1_epochs (numbers, best = lowest
+FID, last), classifier in step2.classifiers and weight in step2.weights (numbers, mgda, mgda:norm), starts
+from that checkpoint and trains step2.epochs with the confusion term. After every epoch the generator is
+scored on a fixed test noise (2048 x 64): ACD, "FID (own features)" and the Frechet distance in the
+classifier's embedding. One cell at a time: --step 1, or --step 2 --step1_run DIR --step1_epoch E
+--classifier NAME --weight W; --summarize RUN_DIR rebuilds a run's table and Pareto flags from its cells.
+
+Writes <results_dir>/gasten/<name>/step1/epoch_<ee>/{generator,discriminator,optimizers}.pt + config.json,
+.../step2/<classifier>_<weight>_<step1 epoch>/epoch_<ee>/..., a metrics.csv per run and cell, the run's
+metrics.csv (the last epoch of every cell, with a Pareto flag over FID and ACD), and figures under
+<figures_dir>/gasten/<name>/: the samples sorted by C(G(z)) in 10 probability columns and a histogram of
+C(G(z)) per cell, and FID against ACD over the cells (PNG and PDF).
+"""
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from hardness.config import ConfigError, check_choice, check_number, read_config
+from hardness.gasten import (GAN, Embedding, Scorer, classifier_folder, epoch_folders, feature_cnn, fixed_test_noise,
+                             frechet_metric, generate, load_classifier, load_gan, load_pair, make_gan,
+                             pareto_efficient, read_metrics_csv, run_epochs, save_gan, write_metrics_csv)
+from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, resolve_device,
+                   run_script, run_settings, save_figure)
+
+DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "dataset": {"name": "mnist", "pos": 7, "neg": 1},
+    "model": {"loss": "gan", "gp_lambda": 10.0},
+    "training": {"batch_size": 64, "lr": 0.0002, "beta1": 0.5, "beta2": 0.999, "seed": 0},
+    "step1": {"epochs": 10, "checkpoint_every": 1, "run": None},
+    "step2": {"epochs": 40, "checkpoint_every": 10, "step1_epochs": [0, 2, 5, 10],
+              "weights": [0, "mgda", 5, 10, 15, 20, 25, 30], "classifiers": ["cnn-1-1.0", "cnn-2-1.0", "cnn-4-1.0"]},
+    "test_noise_seed": 0,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML file of the run (see configs/gasten/); needed unless --summarize")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config field, e.g. --set step2.epochs=5 (repeatable)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="training.seed (default: the config's)")
+    parser.add_argument("--step", choices=["all", "1", "2"], default="all",
+                        help="all: step 1 then every step-2 cell; 1: step 1 alone; 2: one step-2 cell (default all)")
+    parser.add_argument("--step1_run", type=Path, default=None, help="--step 2: the step-1 folder to start from")
+    parser.add_argument("--step1_epoch", default=None, help="--step 2: the step-1 epoch (a number, best or last)")
+    parser.add_argument("--classifier", default=None, help="--step 2: the classifier (a name of step2.classifiers)")
+    parser.add_argument("--weight", default=None, help="--step 2: the weight (a number, mgda or mgda:norm)")
+    parser.add_argument("--summarize", type=Path, default=None, metavar="RUN_DIR",
+                        help="rebuild RUN_DIR's metrics table and Pareto flags from its cells, and its figure")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files beside the CSV logs (needs the tensorboard package)")
+    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_device_argument(parser)
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.summarize is None and args.config is None:
+        parser.error("give --config (or --summarize RUN_DIR)")
+    cell = (args.step1_epoch, args.classifier, args.weight)
+    if args.step == "2" and (args.step1_run is None or None in cell):
+        parser.error("--step 2 runs one cell: give --step1_run, --step1_epoch, --classifier and --weight")
+    return args
+
+
+# ----------------------------------------------------------------------------- the config
+
+def parse_weight(weight: Any, field: str = "step2.weights") -> float | str:
+    if weight in ("mgda", "mgda:norm"):
+        return weight
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"a weight is a number, mgda or mgda:norm, got {weight!r}") from None
+    if value < 0:
+        raise ConfigError(field, f"a weight must be >= 0, got {weight!r}")
+    return value
+
+
+def load_config(args: argparse.Namespace) -> dict:
+    """The config over the defaults, with the overrides and --seed; `step1: FOLDER` means step1.run."""
+    config = read_config(args.config, DEFAULTS, args.overrides, shorthands={"step1": "run"})
+    if args.seed is not None:
+        config["training"]["seed"] = args.seed
+    config["name"] = config["name"] or Path(args.config).stem
+    config["dataset"]["name"] = str(config["dataset"]["name"]).lower()
+    check_choice(config, "dataset.name", ["mnist", "fashionmnist"])
+    for field in ("dataset.pos", "dataset.neg", "training.seed", "test_noise_seed"):
+        check_number(config, field, 0, integer=True)
+    check_choice(config, "model.loss", ["gan", "wgan-gp"])
+    check_number(config, "model.gp_lambda", 0)
+    for field in ("training.batch_size", "step1.epochs", "step1.checkpoint_every", "step2.epochs",
+                  "step2.checkpoint_every"):
+        check_number(config, field, 1, integer=True)
+    for field in ("training.lr", "training.beta1", "training.beta2"):
+        check_number(config, field, 0)
+    for key in ("step1_epochs", "weights", "classifiers"):
+        if not isinstance(config["step2"][key], list) or not config["step2"][key]:
+            raise ConfigError(f"step2.{key}", f"must be a non-empty list, got {config['step2'][key]!r}")
+    for epoch in config["step2"]["step1_epochs"]:
+        if epoch not in ("best", "last") and not (isinstance(epoch, int) and 0 <= epoch):
+            raise ConfigError("step2.step1_epochs", f"an epoch is a number, best or last, got {epoch!r}")
+    config["step2"]["weights"] = [parse_weight(w) for w in config["step2"]["weights"]]
+    return config
+
+
+# ----------------------------------------------------------------------------- figures
+
+def plot_sorted_samples(images: torch.Tensor, probabilities: torch.Tensor, title: str, per_column: int = 10) -> plt.Figure:
+    """Generated images in 10 columns by C(G(z)): [0, 0.1), ..., [0.9, 1]; up to `per_column` each."""
+    fig, axes = plt.subplots(per_column, 10, figsize=(8, 8.6), squeeze=False)
+    for column in range(10):
+        members = ((probabilities >= column / 10) & ((probabilities < (column + 1) / 10) | (column == 9))).nonzero().flatten()
+        for row in range(per_column):
+            ax = axes[row, column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row < len(members):
+                ax.imshow(images[members[row], 0].cpu(), cmap="gray", vmin=-1, vmax=1)
+        axes[0, column].set_title(f"{column / 10:.1f}-{(column + 1) / 10:.1f}\n(n={len(members)})", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def plot_histogram(probabilities: torch.Tensor, title: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.hist(probabilities.cpu().numpy(), bins=np.linspace(0, 1, 41))
+    ax.set_xlabel("C(G(z))")
+    ax.set_ylabel("generated samples")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fid_against_acd(rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    pareto = pareto_efficient([[r["fid_own_features"], r["acd"]] for r in rows])
+    for row, efficient in zip(rows, pareto):
+        ax.scatter(row["fid_own_features"], row["acd"], color="tab:red" if efficient else "tab:blue", s=20)
+        ax.annotate(f"{row['classifier']} {row['weight']} @{int(row['step1_epoch'])}", (row["fid_own_features"], row["acd"]),
+                    fontsize=6)
+    ax.set_xlabel("FID (own features)")
+    ax.set_ylabel("ACD = mean |0.5 - C(G(z))|")
+    ax.set_title(f"{title} (red: Pareto-efficient)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Run:
+    """What every step of one config shares: data, the test noise, the feature extractors, the log."""
+
+    def __init__(self, config: dict, args: argparse.Namespace, device: torch.device) -> None:
+        self.config, self.args, self.device = config, args, device
+        dataset = config["dataset"]
+        self.pair = f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}"
+        self.folder = args.results_dir / "gasten" / config["name"]
+        self.figures = args.figures_dir / "gasten" / config["name"]
+        self.data = load_pair(dataset["name"], dataset["pos"], dataset["neg"], args.data_root, device)
+        self.noise = fixed_test_noise(args.results_dir, config["test_noise_seed"], device)
+        stats = args.results_dir / "gasten" / "stats"
+        self.own_features = frechet_metric(feature_cnn(dataset["name"], args.data_root, args.results_dir, device),
+                                           self.data.train_x, stats / f"{self.pair}_own_features.pt")
+        self.settings = {**run_settings(args, device), "config": config}
+        self.writer = None
+        if args.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise UserInputError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
+            self.writer = SummaryWriter
+
+    def classifier_path(self, name: str) -> Path:
+        dataset = self.config["dataset"]
+        path = Path(name)
+        return path if path.is_dir() else classifier_folder(self.args.results_dir, dataset["name"], dataset["pos"],
+                                                            dataset["neg"], name)
+
+    def scorer(self, classifier_name: str) -> Scorer:
+        classifier = load_classifier(self.classifier_path(classifier_name), self.device)
+        embedding = Embedding(classifier, classifier.output.in_features)
+        cache = self.args.results_dir / "gasten" / "stats" / f"{self.pair}_{Path(classifier_name).name}.pt"
+        return Scorer(self.noise, classifier, self.own_features, frechet_metric(embedding, self.data.train_x, cache))
+
+    def new_gan(self) -> GAN:
+        training = self.config["training"]
+        return make_gan(self.config["model"]["loss"], self.device, training["seed"], training["lr"],
+                        (training["beta1"], training["beta2"]), self.config["model"]["gp_lambda"])
+
+    def train(self, folder: Path, epochs: int, checkpoint_every: int, scorer: Scorer, start: Path | None,
+              classifier: str | None = None, weight: float | str = 0.0) -> list[dict[str, Any]]:
+        """Train into `folder` up to `epochs`, resuming from its last checkpoint, else from `start`'s (or an
+        untrained GAN, saved as epoch 0); the metrics rows, also written to folder/metrics.csv."""
+        gan, rows = self.new_gan(), []
+        noise_rng = torch.Generator().manual_seed(self.config["training"]["seed"])
+        done = epoch_folders(folder)
+        if done:
+            last = max(done)
+            load_gan(gan, done[last])
+            saved = json.loads((done[last] / "config.json").read_text())
+            rows, first = saved["rows"], last
+            noise_rng.set_state(torch.tensor(saved["noise_rng"], dtype=torch.uint8))
+            print(f"resuming {folder} after epoch {last}")
+        else:
+            first = 0
+            if start is not None:
+                load_gan(gan, start)
+            else:
+                rows = [{"epoch": 0, **scorer(gan.generator), "discriminator_loss": float("nan"),
+                         "generator_loss": float("nan"), "confusion": float("nan"), "mgda_s": float("nan")}]
+                save_gan(gan, folder / "epoch_00", {**self.settings, "epoch": 0, "rows": rows,
+                                                    "noise_rng": noise_rng.get_state().tolist()})
+        writer = self.writer(log_dir=str(folder / "tensorboard")) if self.writer else None
+
+        def log(row: dict[str, Any]) -> None:
+            write_metrics_csv(rows, folder / "metrics.csv")
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, value, row["epoch"])
+            print(f"  {folder.relative_to(self.folder)} epoch {row['epoch']}: ACD {row['acd']:.4f}, "
+                  f"FID (own features) {row['fid_own_features']:.2f}, FID (classifier) {row['fid_classifier']:.3f}")
+
+        classifier_model = scorer.classifier if classifier is not None else None
+        run_epochs(gan, self.data.train_x, folder, first, epochs, checkpoint_every,
+                   {**self.settings, "classifier": classifier, "weight": weight}, scorer, rows, noise_rng,
+                   self.config["training"]["batch_size"], classifier_model, weight, log)
+        write_metrics_csv(rows, folder / "metrics.csv")
+        if writer is not None:
+            writer.close()
+        self.draw_cell(gan, scorer, folder)
+        return rows
+
+    def draw_cell(self, gan: GAN, scorer: Scorer, folder: Path) -> None:
+        images = generate(gan.generator, self.noise)
+        with torch.no_grad():
+            probabilities = scorer.classifier(images)
+        name = folder.relative_to(self.folder).as_posix().replace("/", "_")
+        title = f"{self.config['name']}: {folder.relative_to(self.folder)}"
+        save_figure(plot_sorted_samples(images, probabilities, title), self.figures / f"{name}_samples")
+        save_figure(plot_histogram(probabilities, title), self.figures / f"{name}_histogram")
+
+    def step1(self) -> Path:
+        """The step-1 folder: trained (or resumed) here, or the one step1.run names."""
+        step1 = self.config["step1"]
+        if step1["run"] is not None:
+            folder = Path(step1["run"])
+            if not epoch_folders(folder):
+                raise UserInputError(f"step1.run {folder} holds no epoch_<e>/generator.pt checkpoints")
+            return folder
+        folder = self.folder / "step1"
+        print(f"step 1: {step1['epochs']} epochs into {folder}")
+        self.train(folder, step1["epochs"], step1["checkpoint_every"], self.scorer(self.config["step2"]["classifiers"][0]),
+                   start=None)
+        return folder
+
+    def step1_checkpoint(self, step1_folder: Path, epoch: int | str) -> tuple[int, Path]:
+        found = epoch_folders(step1_folder)
+        if epoch == "last":
+            epoch = max(found)
+        elif epoch == "best":
+            rows = read_metrics_csv(step1_folder / "metrics.csv")
+            epoch = int(min((r for r in rows if int(r["epoch"]) in found), key=lambda r: r["fid_own_features"])["epoch"])
+        if int(epoch) not in found:
+            raise UserInputError(f"no step-1 checkpoint of epoch {epoch} in {step1_folder} (found {sorted(found)})")
+        return int(epoch), found[int(epoch)]
+
+    def step2_cell(self, step1_folder: Path, step1_epoch: int | str, classifier: str, weight: float | str) -> dict:
+        epoch, start = self.step1_checkpoint(step1_folder, step1_epoch)
+        weight_name = weight if isinstance(weight, str) else f"{weight:g}"
+        folder = self.folder / "step2" / f"{Path(classifier).name}_{weight_name}_{epoch}"
+        step2 = self.config["step2"]
+        print(f"step 2: {folder.name}, {step2['epochs']} epochs")
+        rows = self.train(folder, step2["epochs"], step2["checkpoint_every"], self.scorer(classifier), start,
+                          classifier, weight)
+        return {"classifier": Path(classifier).name, "weight": weight_name, "step1_epoch": epoch, **rows[-1]}
+
+
+def summarize(run_folder: Path, figures_dir: Path) -> list[dict[str, Any]]:
+    """The last epoch of every step-2 cell under `run_folder`, with Pareto flags, to run_folder/metrics.csv."""
+    rows = []
+    for cell in sorted((Path(run_folder) / "step2").glob("*/metrics.csv")):
+        classifier, weight, step1_epoch = cell.parent.name.rsplit("_", 2)
+        rows.append({"classifier": classifier, "weight": weight, "step1_epoch": int(step1_epoch),
+                     **read_metrics_csv(cell)[-1]})
+    if not rows:
+        raise UserInputError(f"no step-2 cells with a metrics.csv under {run_folder}/step2")
+    for row in rows:
+        row.pop("pareto", None)
+    write_metrics_csv(rows, Path(run_folder) / "metrics.csv")
+    save_figure(plot_fid_against_acd(rows, Path(run_folder).name), figures_dir / "gasten" / Path(run_folder).name /
+                "fid_against_acd")
+    return rows
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.summarize is not None:
+        rows = summarize(args.summarize, args.figures_dir)
+        print(f"{len(rows)} cells summarised into {args.summarize / 'metrics.csv'}")
+        return
+    config = load_config(args)
+    device = resolve_device(args.device)
+    run = Run(config, args, device)
+    if args.step == "2":
+        run.step2_cell(args.step1_run, args.step1_epoch if args.step1_epoch in ("best", "last") else int(args.step1_epoch),
+                       args.classifier, parse_weight(args.weight, "--weight"))
+        return
+    step1_folder = run.step1()
+    if args.step == "1":
+        return
+    step2 = config["step2"]
+    for step1_epoch in step2["step1_epochs"]:
+        for classifier in step2["classifiers"]:
+            for weight in step2["weights"]:
+                run.step2_cell(step1_folder, step1_epoch, classifier, weight)
+    rows = summarize(run.folder, args.figures_dir)
+    print("cell                         ACD     FID (own features)  Pareto")
+    for row, flag in zip(rows, pareto_efficient([[r["fid_own_features"], r["acd"]] for r in rows])):
+        print(f"  {row['classifier']:<10} {row['weight']:<8} @{row['step1_epoch']:<4} {row['acd']:.4f}  "
+              f"{row['fid_own_features']:10.2f}  {'yes' if flag else ''}")
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

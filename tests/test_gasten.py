@@ -1,0 +1,212 @@
+"""GASTeN: the networks, ACD, Frechet distances on Gaussians, MGDA by hand, Pareto flags, checkpoint names,
+and both scripts end to end on procedural strokes (a slanted bar for "1", a top bar and a diagonal for "7"),
+where a weight above 0 must bring the generator closer to the classifier's boundary."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import REPO, write_idx
+from hardness.gasten import (average_confusion_distance, epoch_folders, frechet_distance, frechet_metric, mgda_weight,
+                             pareto_efficient, read_metrics_csv)
+from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
+                             PairClassifierMLP)
+
+CLASSIFIERS = REPO / "gasten_train_classifiers.py"
+TRAIN = REPO / "gasten_train.py"
+
+
+def run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_dcgan_shapes_and_ranges():
+    torch.manual_seed(0)
+    generator, discriminator, critic = DCGANGenerator(), DCGANDiscriminator(), DCGANDiscriminator(wgan=True)
+    images = generator(torch.randn(6, 64))
+    assert images.shape == (6, 1, 28, 28) and images.abs().max() <= 1
+    scores = discriminator(images)
+    assert scores.shape == (6,) and ((scores > 0) & (scores < 1)).all()
+    assert critic(images).shape == (6,) and any(isinstance(m, nn.LayerNorm) for m in critic.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in critic.modules())
+    convolutions = [m.weight for m in generator.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert all(abs(float(w.detach().std()) - 0.02) < 0.005 for w in convolutions)
+
+
+@pytest.mark.parametrize("nf", [1, 4])
+def test_pair_classifiers(nf):
+    x = torch.randn(5, 1, 28, 28)
+    cnn, mlp = PairClassifierCNN(nf), PairClassifierMLP(nf)
+    assert cnn.embed(x).shape == (5, 98 * nf) and mlp.embed(x).shape == (5, nf)
+    for model in (cnn, mlp):
+        p = model(x)
+        assert p.shape == (5,) and ((p > 0) & (p < 1)).all()
+    assert FeatureCNN()(x).shape == (5, FeatureCNN.num_features)
+
+
+def test_acd_by_hand():
+    # |0.5 - 0.5| = 0, |0.5 - 1| = 0.5, |0.5 - 0.2| = 0.3, |0.5 - 0.6| = 0.1: mean 0.225
+    assert float(average_confusion_distance(torch.tensor([0.5, 1.0, 0.2, 0.6]))) == pytest.approx(0.225)
+
+
+class Identity(nn.Module):
+    num_features = 3
+
+    def forward(self, x):
+        return x
+
+
+def test_frechet_distance_on_gaussians():
+    """Identical samples: 0. The same samples shifted by d (equal covariance): |d|^2."""
+    real = torch.randn(4000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float() * \
+        torch.tensor([1.0, 2.0, 0.5])
+    metric = frechet_metric(Identity(), real)
+    assert frechet_distance(metric, real) == pytest.approx(0, abs=1e-3)
+    shift = torch.tensor([1.0, -2.0, 0.5])
+    assert frechet_distance(metric, real + shift) == pytest.approx(float(shift @ shift), rel=1e-3)   # 5.25
+
+
+def test_frechet_statistics_are_cached(tmp_path):
+    real = torch.randn(500, 3, generator=torch.Generator().manual_seed(1))
+    fake = real[:300] + 1
+    first = frechet_distance(frechet_metric(Identity(), real, tmp_path / "stats.pt"), fake)
+    cached = frechet_distance(frechet_metric(Identity(), torch.zeros(500, 3), tmp_path / "stats.pt"), fake)
+    assert (tmp_path / "stats.pt").is_file() and cached == pytest.approx(first)
+
+
+@pytest.mark.parametrize("g1, g2, expected", [
+    ([1.0, 0.0], [0.0, 1.0], 0.5),      # (g2 - g1) . g2 / |g1 - g2|^2 = 1 / 2
+    ([2.0, 0.0], [-1.0, 0.0], 1 / 3),   # 3 / 9: s g1 + (1 - s) g2 = 0
+    ([1.0, 0.0], [2.0, 0.0], 1.0),      # 2 / 1, clipped
+    ([2.0, 0.0], [1.0, 0.0], 0.0),      # -1 / 1, clipped
+    ([1.0, 1.0], [1.0, 1.0], 0.5),      # equal gradients: any s, 0.5
+])
+def test_mgda_weight_by_hand(g1, g2, expected):
+    assert mgda_weight(torch.tensor(g1), torch.tensor(g2)) == pytest.approx(expected)
+
+
+def test_pareto_efficient_by_hand():
+    points = [[1, 5], [2, 2], [3, 3], [5, 1], [2, 2], [1, 6]]
+    # [3, 3] is beaten by [2, 2]; [1, 6] by [1, 5]; the two [2, 2] tie and are both efficient
+    assert pareto_efficient(points).tolist() == [True, True, False, True, True, False]
+
+
+def test_epoch_folders_find_single_digit_and_padded_names(tmp_path):
+    for name in ("epoch_5", "epoch_10", "epoch_00", "epoch_x"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "generator.pt").write_bytes(b"")
+    (tmp_path / "epoch_7").mkdir()                          # no checkpoint inside
+    assert sorted(epoch_folders(tmp_path)) == [0, 5, 10]
+
+
+def strokes(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 '1's (a slanted bar) and '7's (a top bar and a diagonal), random thickness, slant and place;
+    labels 1 and 7 alternate."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    images, labels = np.zeros((count, 28, 28)), np.where(np.arange(count) % 2 == 0, 1, 7)
+    for i, label in enumerate(labels):
+        thickness, slant, shift = rng.uniform(1.0, 2.5), rng.uniform(-0.3, 0.3), rng.uniform(-3, 3)
+        if label == 1:
+            stroke = np.abs(xx - (14 + shift + slant * (yy - 14))) < thickness
+            stroke &= (yy > 4) & (yy < 24)
+        else:
+            top = (np.abs(yy - (6 + shift / 2)) < thickness) & (xx > 7) & (xx < 21)
+            diagonal = np.abs(xx - (20 - 0.5 * (yy - 6) + slant * 3)) < thickness
+            stroke = top | (diagonal & (yy > 6) & (yy < 24))
+        images[i] = 255 * stroke
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def strokes_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gasten")
+    raw = folder / "data/MNIST/raw"
+    for split, count, seed in (("train", 640, 1), ("t10k", 200, 2)):
+        images, labels = strokes(count, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    done = run(CLASSIFIERS, "--dataset_name", "MNIST", "--pos", "7", "--neg", "1", "--nf", "1", "2", "--epochs", "20",
+               "--lr", "0.01", "--device", "cpu", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    config = folder / "tiny.yaml"
+    config.write_text("dataset: {name: mnist, pos: 7, neg: 1}\ntraining: {batch_size: 16}\n"
+                      "step1: {epochs: 4, checkpoint_every: 2}\n"
+                      "step2: {epochs: 3, checkpoint_every: 2, step1_epochs: [last], weights: [0, 25, mgda],"
+                      " classifiers: [cnn-1-20.0]}\n")
+    done = run(TRAIN, "--config", str(config), "--device", "cpu", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+def test_classifiers_end_to_end(strokes_run):
+    folder = strokes_run / "Results/gasten/classifiers/mnist_7v1"
+    for name in ("cnn-1-20.0", "cnn-2-20.0"):
+        settings = json.loads((folder / name / "settings.json").read_text())
+        assert settings["nf"] == int(name[4]) and 0.9 < settings["test_accuracy"] <= 1   # strokes are easy
+        history = settings["validation_loss"]
+        assert settings["best_epoch"] == int(np.argmin(history)) + 1 and (folder / name / "classifier.pt").is_file()
+        assert len(history) == 20 or len(history) - settings["best_epoch"] == 3          # early stopping, patience 3
+    assert (strokes_run / "Figures/gasten/classifiers_mnist_7v1.png").is_file()
+
+
+def test_gasten_end_to_end_and_confusion_lowers_acd(strokes_run):
+    run_folder = strokes_run / "Results/gasten/tiny"
+    assert sorted(epoch_folders(run_folder / "step1")) == [0, 2, 4]                # every 2 epochs, and epoch 0
+    cells = {path.name for path in (run_folder / "step2").iterdir()}
+    assert cells == {"cnn-1-20.0_0_4", "cnn-1-20.0_25_4", "cnn-1-20.0_mgda_4"}    # step-1 epoch 'last' is 4
+    assert sorted(epoch_folders(run_folder / "step2/cnn-1-20.0_25_4")) == [2, 3]   # every 2 epochs, and the last
+    final = {row["weight"]: row for row in read_metrics_csv(run_folder / "metrics.csv")}
+    assert set(final) == {"0", "25", "mgda"}
+    assert final["25"]["acd"] < final["0"]["acd"] - 0.15            # the confusion term moves G to the boundary
+    assert 0 <= final["mgda"]["mgda_s"] <= 1
+    rows = read_metrics_csv(run_folder / "step2/cnn-1-20.0_25_4/metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and all(r["fid_own_features"] > 0 for r in rows)
+    for name in ("step1_samples", "step2_cnn-1-20.0_25_4_samples", "step2_cnn-1-20.0_25_4_histogram",
+                 "fid_against_acd"):
+        assert (strokes_run / "Figures/gasten/tiny" / f"{name}.png").is_file()
+
+
+def test_an_interrupted_step1_resumes_exactly(strokes_run, tmp_path):
+    """A run stopped after epoch 1 and resumed to epoch 2 ends where the uninterrupted run ended."""
+    config = strokes_run / "tiny.yaml"
+    classifier = strokes_run / "Results/gasten/classifiers/mnist_7v1/cnn-1-20.0"
+    common = ["--config", str(config), "--device", "cpu", "--step", "1", "--results_dir", str(tmp_path / "R"),
+              "--figures_dir", str(tmp_path / "F"), "--data_root", str(strokes_run / "data"),
+              "--set", f"step2.classifiers=[{classifier}]"]
+    first = run(TRAIN, *common, "--set", "step1.epochs=1", "--set", "name=tiny", cwd=strokes_run)
+    assert first.returncode == 0, first.stderr
+    resumed = run(TRAIN, *common, "--set", "step1.epochs=2", "--set", "name=tiny", cwd=strokes_run)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+    ours = torch.load(tmp_path / "R/gasten/tiny/step1/epoch_02/generator.pt", weights_only=True)
+    theirs = torch.load(strokes_run / "Results/gasten/tiny/step1/epoch_02/generator.pt", weights_only=True)
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name])
+
+
+def test_summarize_rebuilds_the_table(strokes_run):
+    done = run(TRAIN, "--summarize", "Results/gasten/tiny", cwd=strokes_run)
+    assert done.returncode == 0 and "3 cells" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "x.yaml", "--step", "2"], "--step 2 runs one cell"),
+    ([], "give --config"),
+])
+def test_flags_are_validated(args, message, capsys):
+    import gasten_train
+    with pytest.raises(SystemExit):
+        gasten_train.parse_args(args)
+    assert message in capsys.readouterr().err
+
+
+def test_bad_config_field_is_named(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("step2: {weights: [0, sometimes]}\n")
+    done = run(TRAIN, "--config", str(config), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 1 and "config field step2.weights" in done.stderr

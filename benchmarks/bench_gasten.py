@@ -50,7 +50,7 @@ def main() -> None:
     device = resolve_device(args.device)
     classifier = PairClassifierCNN(4).to(device).eval().requires_grad_(False)
     print(f"device: {device_name(device)}; torch {torch.__version__}; batch {BATCH}")
-    print(f"{"variant":<46} {'steps/s':>8} {'s/step':>7}")
+    print(f"{'variant':<46} {'steps/s':>8} {'s/step':>7}")
     rates = {}
     for channels_last in (False, True):
         for name, model in (("step 1", None), ("step 2 (with the classifier)", classifier)):

@@ -1,6 +1,7 @@
-"""GASTeN: the networks, ACD, Frechet distances on Gaussians, MGDA by hand, Pareto flags, checkpoint names,
-and both scripts end to end on procedural strokes (a slanted bar for "1", a top bar and a diagonal for "7"),
-where a weight above 0 must bring the generator closer to the classifier's boundary."""
+"""GASTeN and patterns in ambiguity: the networks, ACD, Frechet distances on Gaussians, MGDA by hand, Pareto
+flags, checkpoint names, medoids, noise rejection and filtering by hand, and every script end to end on
+procedural strokes (a slanted bar for "1", a top bar and a diagonal for "7"), where a weight above 0 must
+bring the generator closer to the classifier's boundary."""
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from conftest import REPO, write_idx
+from hardness.ambiguity import ambiguous_samples, medoids, reduced_silhouette
 from hardness.gasten import (average_confusion_distance, epoch_folders, frechet_distance, frechet_metric, mgda_weight,
                              pareto_efficient, read_metrics_csv)
 from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
@@ -210,3 +212,65 @@ def test_bad_config_field_is_named(tmp_path):
     config.write_text("step2: {weights: [0, sometimes]}\n")
     done = run(TRAIN, "--config", str(config), "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 1 and "config field step2.weights" in done.stderr
+
+
+# ----------------------------------------------------------------------------- patterns in ambiguity
+
+def test_medoids_by_hand():
+    # cluster 0: points 0, 1, 2 on a line at 0, 1, 3: summed distances 4, 3, 5 -> point 1; cluster 1: 3 and 5
+    # (4 is noise): both sums 2, the first wins
+    points = np.array([[0.0], [1.0], [3.0], [10.0], [50.0], [12.0]])
+    labels = np.array([0, 0, 0, 1, -1, 1])
+    assert medoids(points, labels) == {0: 1, 1: 3}
+
+
+def test_noisy_or_single_clusterings_are_rejected():
+    reduced = np.array([[0.0, 0], [0, 1], [10, 0], [10, 1], [5, 5]])
+    assert reduced_silhouette(reduced, np.array([0, 0, 1, 1, -1])) > 0.8        # 20% noise: scored without it
+    assert reduced_silhouette(reduced, np.array([0, 0, 1, -1, -1])) == -1       # 40% noise: rejected
+    assert reduced_silhouette(reduced, np.array([0, 0, 0, 0, 0])) == -1         # one cluster
+
+
+class Constant(nn.Module):
+    """A 'generator' whose image is its noise's first value everywhere, and a 'classifier' reading it back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.output = nn.Linear(2, 1)
+
+    def forward(self, z):
+        return z[:, :1, None, None].expand(-1, 1, 28, 28)
+
+    def embed(self, x):
+        return x.flatten(1)[:, :2]
+
+
+def test_ambiguous_samples_are_the_ones_near_one_half():
+    generator, noise = Constant(), torch.randn(40, 64, generator=torch.Generator().manual_seed(3))
+    classifier = Constant()
+    classifier.forward = lambda x: torch.sigmoid(x.flatten(1)[:, 0])          # C = sigmoid(z_0)
+    found = ambiguous_samples(generator, classifier, 40, 0.1, seed=3)
+    expected = (torch.sigmoid(noise[:, 0]) - 0.5).abs() <= 0.1
+    assert torch.equal(found["kept"], expected) and 0 < int(expected.sum()) < 40
+    assert found["embeddings"].shape == (int(expected.sum()), 2)
+
+
+def test_ambiguity_scripts_end_to_end(strokes_run):
+    config = strokes_run / "ambiguity.yaml"
+    config.write_text("gasten_run: Results/gasten/tiny\nclassifier: cnn-1-20.0\nweight: 25\nstep1_epoch: 4\n"
+                      "step2_epoch: 3\nn_samples: 400\nacd: 0.3\nn_trials: 3\noptions: [pca_gmm, pca_hdbscan]\n")
+    for script, device in (("ambiguity_generate_embeddings.py", ["--device", "cpu"]),
+                           ("ambiguity_optimize_clustering.py", []),                # scikit-learn and UMAP: CPU
+                           ("ambiguity_prototypes.py", ["--device", "cpu"])):
+        done = run(REPO / script, "--config", str(config), *device, cwd=strokes_run)
+        assert done.returncode == 0, done.stderr
+    folder = strokes_run / "Results/ambiguity/ambiguity"
+    found, clustering = np.load(folder / "embeddings.npz"), np.load(folder / "clustering.npz")
+    assert np.all(np.abs(found["probabilities"] - 0.5) <= 0.3) and len(found["embeddings"]) == len(found["images"])
+    labels = clustering["labels"]
+    chosen = np.load(folder / "prototypes.npz")
+    assert sorted(chosen["prototype_clusters"].tolist()) == sorted(set(labels.tolist()) - {-1})   # one per cluster
+    assert all(labels[i] == c for i, c in zip(chosen["prototype_indices"], chosen["prototype_clusters"]))
+    for name in ("prototypes_saliency", "prototypes_gradient_shap", "map_2d", "baseline_real", "cluster_0"):
+        assert (strokes_run / "Figures/ambiguity/ambiguity" / f"{name}.png").is_file()

@@ -73,9 +73,10 @@ def test_saved_vog_equals_a_recomputation_from_the_saved_checkpoints(workdir):
             for c in range(10):
                 members = labels == c
                 standardised = (raw[members] - raw[members].mean()) / raw[members].std()
-                np.testing.assert_allclose(saved[f"{part}_vog"][s, 1, members], standardised, rtol=1e-5, atol=1e-9)
+                # float32 gradients summed in other chunks: raw agrees to 1e-5, standardised values near 0 to 1e-4
+                np.testing.assert_allclose(saved[f"{part}_vog"][s, 1, members], standardised, rtol=1e-5, atol=1e-4)
                 np.testing.assert_allclose(saved[f"{part}_vog"][s, 2, members], np.abs(standardised), rtol=1e-5,
-                                           atol=1e-9)
+                                           atol=1e-4)
     network.load_state_dict(states[-1])
     rows = torch.tensor([position[int(i)] for i in saved["held_out_indices"]])
     with torch.no_grad():

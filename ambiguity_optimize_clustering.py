@@ -9,15 +9,12 @@ rejected). Saves the best option's labels and reduced points to <results_dir>/am
 """
 import argparse
 
-from hardness.ambiguity import add_ambiguity_arguments, load_ambiguity_config, optimize_clustering
-from utils import add_output_arguments, run_script, run_settings
+from hardness.ambiguity import ambiguity_parser, load_ambiguity_config, optimize_clustering
+from utils import run_script, run_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_ambiguity_arguments(parser)
-    add_output_arguments(parser)
-    return parser.parse_args(argv)
+    return ambiguity_parser(__doc__, device=False).parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

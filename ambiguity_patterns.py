@@ -10,16 +10,12 @@ import argparse
 import ambiguity_generate_embeddings
 import ambiguity_optimize_clustering
 import ambiguity_prototypes
-from hardness.ambiguity import add_ambiguity_arguments
-from utils import add_device_argument, add_output_arguments, run_script
+from hardness.ambiguity import ambiguity_parser
+from utils import run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_ambiguity_arguments(parser)
-    add_device_argument(parser)
-    add_output_arguments(parser)
-    return parser.parse_args(argv)
+    return ambiguity_parser(__doc__).parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -11,16 +11,12 @@ with C in [0.4, 0.6] as a baseline.
 """
 import argparse
 
-from hardness.ambiguity import add_ambiguity_arguments, load_ambiguity_config, prototypes
-from utils import add_device_argument, add_output_arguments, resolve_device, run_script, run_settings
+from hardness.ambiguity import ambiguity_parser, load_ambiguity_config, prototypes
+from utils import resolve_device, run_script, run_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_ambiguity_arguments(parser)
-    add_device_argument(parser)
-    add_output_arguments(parser)
-    return parser.parse_args(argv)
+    return ambiguity_parser(__doc__).parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

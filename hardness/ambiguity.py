@@ -24,7 +24,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 from sklearn.mixture import GaussianMixture
 from torch import Tensor, nn
 
-from hardness.cli import UserInputError
+from hardness.cli import UserInputError, add_device_argument, add_output_arguments
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (Z_DIM, classifier_folder, epoch_folders, feature_cnn, frechet_distance, frechet_metric,
                              generate, load_classifier, load_pair)
@@ -211,12 +211,18 @@ def attributions(classifier: nn.Module, images: Tensor, seed: int) -> tuple[Tens
 
 # ----------------------------------------------------------------------------- the steps, as the scripts run them
 
-def add_ambiguity_arguments(parser: argparse.ArgumentParser) -> None:
+def ambiguity_parser(description: str, device: bool = True) -> argparse.ArgumentParser:
+    """The flags every ambiguity step takes (and --device where the step runs networks)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="YAML file of the analysis (see configs/ambiguity/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set n_trials=5 (repeatable)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the sampling and the search (default: the config's)")
     parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    if device:
+        add_device_argument(parser)
+    add_output_arguments(parser)
+    return parser
 
 
 def step_paths(config: dict, results_dir: Path, figures_dir: Path) -> dict[str, Path]:

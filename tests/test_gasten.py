@@ -274,3 +274,19 @@ def test_ambiguity_scripts_end_to_end(strokes_run):
     assert all(labels[i] == c for i, c in zip(chosen["prototype_indices"], chosen["prototype_clusters"]))
     for name in ("prototypes_saliency", "prototypes_gradient_shap", "map_2d", "baseline_real", "cluster_0"):
         assert (strokes_run / "Figures/ambiguity/ambiguity" / f"{name}.png").is_file()
+
+
+@pytest.mark.parametrize("module", ["gasten_train_classifiers", "gasten_train", "ambiguity_patterns",
+                                    "ambiguity_generate_embeddings", "ambiguity_optimize_clustering",
+                                    "ambiguity_prototypes"])
+def test_help_explains_every_flag(module, capsys):
+    import importlib
+    import re
+    with pytest.raises(SystemExit) as exit_status:
+        importlib.import_module(module).parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert exit_status.value.code == 0 and "--results_dir" in help_text and "--figures_dir" in help_text
+    entries = re.split(r"\n  (?=-)", help_text.split("options:")[1])[1:]
+    for entry in entries:
+        words = [w for w in entry.split() if not (w.startswith(("-", "{", "[")) or w.rstrip(",]").isupper())]
+        assert len(words) >= 3, entry

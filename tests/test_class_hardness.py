@@ -228,11 +228,20 @@ def test_scripts_end_to_end(tmp_path):
     assert not list((tmp_path / "Results").rglob("*.tmp"))
 
 
-def test_missing_torchvision_data_is_a_one_line_error(tmp_path):
-    config = config_file(tmp_path, dataset={"name": "KMNIST"})
-    done = run(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 1 and "KMNIST" in done.stderr and "raw/" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+def offline(*args, **kwargs):
+    raise RuntimeError("Error downloading:\n<urlopen error offline>")
+
+
+@pytest.mark.parametrize("name, folder", [("KMNIST", "KMNIST/raw"), ("cifar10", "cifar-10-batches-py")])
+def test_missing_torchvision_data_names_the_folder_to_fill(tmp_path, monkeypatch, name, folder):
+    import torchvision
+    from hardness.cli import UserInputError
+    cls = getattr(torchvision.datasets, "CIFAR10" if name == "cifar10" else name)
+    monkeypatch.setattr(cls, "download", offline)                     # never touch the network
+    with pytest.raises(UserInputError) as error:
+        load_simulation_data({**DEFAULTS["dataset"], "name": name.lower()}, tmp_path, CPU)
+    message = str(error.value)
+    assert "\n" not in message and f"{tmp_path}/{folder}/" in message and "could not download" in message
 
 
 def test_mnist_classes_from_torchvision_layout(tmp_path):

@@ -315,7 +315,8 @@ def train_epoch(gan: GAN, images: Tensor, batch_size: int, noise_rng: torch.Gene
     g, device = gan.generator, images.device
     order = torch.randperm(len(images), generator=noise_rng).to(device)
     batches = [b for b in order.split(batch_size) if len(b) == batch_size]
-    totals = {"discriminator_loss": 0.0, "generator_loss": 0.0, "confusion": 0.0, "mgda_s": 0.0}
+    totals = {"discriminator_loss": torch.zeros((), device=device), "generator_loss": torch.zeros((), device=device),
+              "confusion": torch.zeros((), device=device), "mgda_s": torch.zeros((), device=device)}  # no sync per step
     parameters = list(g.parameters())
     for batch in tqdm(batches, desc="GAN steps", disable=not progress, leave=False):
         real = images[batch]
@@ -348,10 +349,10 @@ def train_epoch(gan: GAN, images: Tensor, batch_size: int, noise_rng: torch.Gene
             else:
                 (gan_loss + weight * confusion).backward()
         gan.generator_optimizer.step()
-        totals["discriminator_loss"] += float(d_loss.detach())
-        totals["generator_loss"] += float(gan_loss.detach())
-        totals["confusion"] += float(confusion.detach())
-    return {key: value / max(1, len(batches)) for key, value in totals.items()}
+        totals["discriminator_loss"] += d_loss.detach()
+        totals["generator_loss"] += gan_loss.detach()
+        totals["confusion"] += confusion.detach()
+    return {key: float(value) / max(1, len(batches)) for key, value in totals.items()}
 
 
 @dataclass

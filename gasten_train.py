@@ -174,13 +174,13 @@ class Run:
         self.own_features = frechet_metric(feature_cnn(dataset["name"], args.data_root, args.results_dir, device),
                                            self.data.train_x, stats / f"{self.pair}_own_features.pt")
         self.settings = {**run_settings(args, device), "config": config}
-        self.writer = None
+        self.summary_writer_class = None
         if args.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as error:
                 raise UserInputError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
-            self.writer = SummaryWriter
+            self.summary_writer_class = SummaryWriter
 
     def classifier_path(self, name: str) -> Path:
         dataset = self.config["dataset"]
@@ -222,7 +222,7 @@ class Run:
                          "generator_loss": float("nan"), "confusion": float("nan"), "mgda_s": float("nan")}]
                 save_gan(gan, folder / "epoch_00", {**self.settings, "epoch": 0, "rows": rows,
                                                     "noise_rng": noise_rng.get_state().tolist()})
-        writer = self.writer(log_dir=str(folder / "tensorboard")) if self.writer else None
+        writer = self.summary_writer_class(log_dir=str(folder / "tensorboard")) if self.summary_writer_class else None
 
         def log(row: dict[str, Any]) -> None:
             write_metrics_csv(rows, folder / "metrics.csv")

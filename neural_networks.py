@@ -106,6 +106,13 @@ class BatchedSimpleNN(nn.Module):
         return {f"{name}.{kind}": state[f"{stacked}.{i}"][run].clone()
                 for i, name in enumerate(names) for kind, stacked in (("weight", "weights"), ("bias", "biases"))}
 
+    def stacked_parameters(self) -> dict[str, Tensor]:
+        """The parameters under SimpleNN's names (`hidden.0.weight`, ..., `output.bias`), each stacked over the
+        runs, [runs, ...]: what torch.func.functional_call needs to run one SimpleNN per slice."""
+        names = [f"hidden.{i}" for i in range(len(self.weights) - 1)] + ["output"]
+        return {f"{name}.{kind}": stacked[i] for i, name in enumerate(names)
+                for kind, stacked in (("weight", self.weights), ("bias", self.biases))}
+
     def unstack(self, run: int) -> SimpleNN:
         """A standalone SimpleNN holding a copy of run `run`'s current parameters."""
         width, input_size = self.weights[0].shape[1:]

@@ -13,6 +13,8 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/metrics.py`   | accuracy, precision, recall, F1 of many networks at once; evaluation           |
 | `hardness/results.py`   | result paths, atomic pickles and .npz files with settings, figures             |
 | `hardness/vog.py`       | Variance of Gradients: checkpoints, batched input gradients, the score, stages |
+| `hardness/dynamics.py`  | training-dynamics scores (AUM, forgetting, EL2N, GraNd, data maps, loss)       |
+| `hardness/mislabel.py`  | every score from one run, cleanlab's baseline, the mislabel benchmark, figures |
 """
 from hardness.cli import (UserInputError, add_common_arguments, add_dataset_arguments, add_device_argument,
                           add_output_arguments,
@@ -24,11 +26,15 @@ from hardness.engine import (RadiiRecorder, derived_seed, simple_nn_size, train_
                              train_networks)
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
+from hardness.mislabel import (RANKINGS, SETS, add_scoring_arguments, benchmark_rows, check_scoring_arguments,
+                               detection_scores, hardness_ranking, load_setting_arrays, markdown_table,
+                               plot_correlations, plot_data_map, plot_top_k_classes, plot_trajectory_auroc,
+                               rank_correlations, save_setting, score_setting, trajectory_auroc)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
 from hardness.radii import mean_inversion_epochs
 from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct, existing_f1_results,
                               f1_results_path, identification_key, load_pickle, overlap_results_path,
-                              radii_results_path, run_settings, save_figure, save_npz_with_settings, save_pickle,
+                              radii_results_path, run_settings, scores_results_path, save_figure, save_npz_with_settings, save_pickle,
                               write_atomically)
 from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, checkpoint_epochs, checkpoint_predictions,
                           input_gradients, stage_windows, vog_from_gradients, vog_scores)
@@ -42,9 +48,13 @@ __all__ = [
     "INVERSION_INTERVAL", "INVERSION_START", "STRATEGIES", "StragglerTracker", "class_counts",
     "identify_hard_samples",
     "METRICS", "confusion_matrices", "train_and_evaluate",
+    "RANKINGS", "SETS", "add_scoring_arguments", "benchmark_rows", "check_scoring_arguments", "detection_scores",
+    "hardness_ranking", "load_setting_arrays", "markdown_table", "plot_correlations", "plot_data_map",
+    "plot_top_k_classes", "plot_trajectory_auroc", "rank_correlations", "save_setting", "score_setting",
+    "trajectory_auroc",
     "mean_inversion_epochs",
     "class_accuracies_path", "class_counts_path", "class_grid", "distinct", "existing_f1_results", "f1_results_path",
-    "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "run_settings", "save_figure",
+    "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "run_settings", "scores_results_path", "save_figure",
     "save_npz_with_settings", "save_pickle", "write_atomically",
     "CALIBRATIONS", "STAGES", "CheckpointRecorder", "calibrate", "checkpoint_epochs", "checkpoint_predictions",
     "input_gradients", "stage_windows", "vog_from_gradients", "vog_scores",

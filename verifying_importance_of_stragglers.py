@@ -33,8 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_dataset_arguments(parser)
     parser.add_argument("--strategy", choices=STRATEGIES, default="stragglers",
                         help="how hard samples are found: misclassified at their class's inversion point "
-                             "(stragglers), lowest largest raw logit (confidence), highest energy, or highest "
-                             "late-stage Variance of Gradients over 15 checkpoints (vog) (default stragglers)")
+                             "(stragglers), lowest largest raw logit (confidence), highest energy, highest "
+                             "late-stage Variance of Gradients over 15 checkpoints (vog), lowest area under the "
+                             "margin (aum), most forgetting events (forgetting), highest EL2N or GraNd after the "
+                             "step of epoch 20 (el2n, grand), or lowest data-map confidence (data_map); the "
+                             "training-dynamics scores are recorded after every epoch (default stragglers)")
     parser.add_argument("--runs", type=positive_int, default=3,
                         help="identifications per train ratio, and evaluation networks per remaining ratio (default 3)")
     parser.add_argument("--train_ratios", type=unit_interval(False, False), nargs="+", default=[0.9, 0.5],
@@ -50,12 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "it (paired comparisons, less variance), instead of the original's fresh split per "
                              "remaining ratio")
     parser.add_argument("--level", choices=["class", "dataset"], default="dataset",
-                        help="confidence, energy and vog: pick the hardest samples within each class, or over the "
-                             "whole dataset (vog then normalised within each class) (default dataset); stragglers "
-                             "are always found per class")
+                        help="scored strategies (all but stragglers): pick the hardest samples within each "
+                             "class, or over the whole dataset (vog then normalised within each class) (default "
+                             "dataset); stragglers are always found per class")
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.0,
                         help="share of samples, int(ratio * N), whose label is flipped to another class; "
-                             "stragglers are found on the noisy labels, the confidence, energy and vog budgets on "
+                             "stragglers are found on the noisy labels, the budgets of the scored strategies on "
                              "the clean ones; in [0, 1) (default 0.0)")
     parser.add_argument("--evaluation_network", choices=["SimpleNN", "ResNet"], default="SimpleNN",
                         help="network trained on the reduced training sets and scored on the test sets: SimpleNN "

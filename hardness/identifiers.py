@@ -1,6 +1,6 @@
 """Hard-sample identifiers: stragglers (misclassified at their class's inversion point), the scores of a
-fully trained network (confidence, energy) and its Variance of Gradients over training (vog), with budgets
-set by the stragglers."""
+fully trained network (confidence, energy), its Variance of Gradients over training (vog) and its training
+dynamics (aum, forgetting, el2n, grand, data_map), with budgets set by the stragglers."""
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hardness.cli import UserInputError
+from hardness.dynamics import RANKINGS, DynamicsRecorder
 from hardness.engine import TrainingState, derived_seed, network_logits, train_simple_nns
 from hardness.radii import one_hot_float
 from hardness.vog import CheckpointRecorder, calibrate, checkpoint_epochs, vog_scores
@@ -22,7 +23,9 @@ SCORERS: dict[str, Callable[[Tensor], Tensor]] = {
     "energy": lambda logits: -torch.logsumexp(logits, -1),       # -T logsumexp(logits / T), T = 1, high = hard
 }
 VOG_CHECKPOINTS, VOG_STAGE = 15, "late"      # the vog identifier: checkpoints kept, and the stage scored
-STRATEGIES = ("stragglers", *SCORERS, "vog")
+DYNAMICS_STRATEGIES = ("aum", "forgetting", "el2n", "grand", "data_map")
+DYNAMICS_SCORE_EPOCH = 20                     # EL2N and GraNd are taken after the step of this epoch
+STRATEGIES = ("stragglers", *SCORERS, "vog", *DYNAMICS_STRATEGIES)
 
 
 class IdentificationError(UserInputError):
@@ -155,6 +158,18 @@ def vog_hardness(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes
     return vog if level == "class" else calibrate(vog, labels, "normalize")
 
 
+def dynamics_hardness(strategy: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
+                      epochs: int, progress: bool = True) -> Tensor:
+    """[networks, N] hardness by a training-dynamics `strategy` (a key of DYNAMICS_STRATEGIES, oriented so that
+    higher is harder) of one fresh SimpleNN per seed trained on `labels`, recorded after every epoch."""
+    recorder = DynamicsRecorder(data, labels, num_classes, len(seeds), range(epochs), DYNAMICS_SCORE_EPOCH,
+                                grand=strategy == "grand")
+    train_simple_nns(seeds, data, labels, num_classes, epochs, observers=[recorder], progress=progress,
+                     description=f"{strategy}: {len(seeds)} network(s)")
+    array, sign = RANKINGS[strategy]
+    return sign * recorder.scores()[array].float()
+
+
 def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, clean_labels: Tensor,
                           noisy_labels: Tensor, num_classes: int, epochs: int, level: str = "dataset",
                           noise_ratio: float = 0.0, snapshot: str = "copy",
@@ -166,7 +181,7 @@ def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, cle
     stragglers on the CLEAN labels to set its budget, per class their count plus int(noise_ratio * N / C)
     (capped at the class's size); then fresh SimpleNNs are trained on the noisy labels for all `epochs` and
     the budget's highest-scoring samples are hard: per noisy class, or at `level` 'dataset' the budget's
-    total over the whole dataset. Confidence, energy and vog score the same fresh networks (same seeds).
+    total over the whole dataset. Every scored strategy scores the same fresh networks (same seeds).
     """
     if strategy == "stragglers":
         return identify_stragglers(seeds, data, noisy_labels, num_classes, epochs, snapshot, progress)
@@ -180,6 +195,8 @@ def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, cle
     fresh_seeds = [derived_seed(seed, 1) for seed in seeds]
     if strategy == "vog":
         scores = vog_hardness(fresh_seeds, data, noisy_labels, num_classes, epochs, level, progress)
+    elif strategy in DYNAMICS_STRATEGIES:
+        scores = dynamics_hardness(strategy, fresh_seeds, data, noisy_labels, num_classes, epochs, progress)
     else:
         model = train_simple_nns(fresh_seeds, data, noisy_labels, num_classes, epochs, progress=progress,
                                  description=f"{strategy}: {len(seeds)} network(s)")

@@ -421,7 +421,7 @@ HAND_FLIPS = {10: 1, 11: 1, 40: 2}
 HAND_STRAGGLERS = [10, 11, 40, 70, 71, 72]
 
 
-@pytest.mark.parametrize("strategy", ["stragglers", "confidence", "energy", "vog"])
+@pytest.mark.parametrize("strategy", identifiers.STRATEGIES)
 @pytest.mark.parametrize("level", ["class", "dataset"])
 def test_budgets_under_noise_by_hand(monkeypatch, blobs, strategy, level):
     """As the original: stragglers are searched on the noisy labels; confidence, energy and vog search them on

@@ -1,0 +1,85 @@
+"""Which hardness score finds mislabelled samples? A benchmark of every score on flipped labels.
+
+For each dataset and noise ratio: flip int(noise_ratio * N) labels of the subset (seeded, as Sections 4-5
+flip them), compute every score from `--runs` batched runs exactly as hardness_scores.py does (and save the
+same .npz), and rank the scores by how well they separate flipped from clean labels: AUROC and average
+precision of the score averaged over runs (and the mean and std of each run's), precision at k = the
+number flipped, and the extra seconds the score costs over the plain training. Set-valued identifiers
+(stragglers, cleanlab's flagged set, AUM's threshold verdict) report the precision, recall and F1 of their
+set instead.
+
+Writes <results_dir>/scores/benchmark.csv and benchmark.md (a markdown table), and draws
+<figures_dir>/scores/benchmark_auroc_by_epoch: the AUROC of loss, confidence, EL2N and margin taken at each
+trajectory epoch, against the epoch, with the mean inversion epoch dashed.
+"""
+import argparse
+import csv
+import io
+
+import numpy as np
+
+from utils import (add_scoring_arguments, benchmark_rows, canonical_dataset_name, check_scoring_arguments,
+                   markdown_table, plot_trajectory_auroc, positive_int, resolve_device, run_script, run_settings,
+                   save_figure, save_setting, score_setting, scores_results_path, trajectory_auroc, unit_interval,
+                   write_atomically)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_name", nargs="+", default=["MNIST", "FashionMNIST"],
+                        help="torchvision datasets, any letter case (default MNIST FashionMNIST)")
+    parser.add_argument("--subset_size", type=positive_int, default=20000,
+                        help="samples kept from train+test after the seeded shuffle (default 20000)")
+    parser.add_argument("--noise_ratio", type=unit_interval(False, False), nargs="+", default=[0.05, 0.1, 0.2],
+                        help="shares of labels flipped, each in (0, 1), one setting each (default 0.05 0.1 0.2)")
+    add_scoring_arguments(parser, runs=3)
+    args = parser.parse_args(argv)
+    check_scoring_arguments(parser, args)
+    args.dataset_name = [canonical_dataset_name(name) for name in args.dataset_name]
+    return args
+
+
+def csv_bytes(rows: list[dict]) -> bytes:
+    """The rows as CSV, the union of their columns in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def main(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    settings = run_settings(args, device)
+    rows, curves, epochs, inversion = [], {}, {}, {}
+    for dataset_name in args.dataset_name:
+        for noise_ratio in args.noise_ratio:
+            setting = score_setting(dataset_name, args.subset_size, noise_ratio, args.runs, args.epochs,
+                                    args.score_epoch, args.trajectory_every, args.cleanlab_folds,
+                                    args.aum_threshold_samples, args.seed, args.data_root, device)
+            save_setting(setting, scores_results_path(args.results_dir, dataset_name, args.subset_size, noise_ratio),
+                         {**settings, "dataset_name": dataset_name, "noise_ratio": noise_ratio})
+            rows += benchmark_rows(setting, dataset_name, noise_ratio)
+            key = f"{dataset_name}, {noise_ratio:g} noise"
+            curves[key] = trajectory_auroc(setting.run.scores, setting.flipped)
+            epochs[key] = np.asarray(setting.run.trajectory_epochs)
+            inverted = setting.run.inversion_epochs
+            inversion[key] = float(inverted[inverted >= 0].mean()) if (inverted >= 0).any() else float("nan")
+            print(markdown_table([row for row in rows if row["dataset"] == dataset_name
+                                  and row["noise_ratio"] == noise_ratio]))
+
+    folder = args.results_dir / "scores"
+    write_atomically(folder / "benchmark.csv", csv_bytes(rows))
+    table = markdown_table(rows)
+    write_atomically(folder / "benchmark.md", (f"`{settings['command']}`\n\n" + table).encode())
+    figure = save_figure(plot_trajectory_auroc(curves, epochs, inversion),
+                         args.figures_dir / "scores" / "benchmark_auroc_by_epoch")
+    for key, by_score in curves.items():
+        best = {name: int(epochs[key][values.argmax()]) for name, values in by_score.items()}
+        print(f"{key}: best epoch per score {best}, mean inversion epoch {inversion[key]:.0f}")
+    print(f"saved {folder / 'benchmark.csv'}, {folder / 'benchmark.md'} and {figure[0]}")
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

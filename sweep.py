@@ -1,0 +1,88 @@
+"""Run a grid of experiment-script invocations on this machine or on a SLURM cluster, and resume it.
+
+    python sweep.py --grid configs/sweeps/figure7.yaml --launcher local --max_parallel 2
+    python sweep.py --grid configs/sweeps/figure7.yaml --launcher slurm --slurm_partition gpu --gpus_per_task 1 --timeout_min 120
+    python sweep.py --grid configs/sweeps/figure7.yaml --status          # what is done, running, failed
+
+A grid file (configs/sweeps/*.yaml) lists stages run in order, each a script with the flags common to its
+cells and the flags to cross (lists); every cell is one ordinary invocation of the script with its own
+--results_dir and --figures_dir under <results_dir>/sweeps/<grid name>/<stage>/<cell>/, and its log there.
+The manifest <results_dir>/sweeps/<grid name>/manifest.json records each cell's flags, state, job id,
+host, start, end, exit code and log. Running the same grid again skips the finished cells and runs the
+failed and lost ones again. On SLURM (through submitit) each stage is a job array that starts once the
+previous stage's jobs succeeded (afterok).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from utils import (load_grid, non_negative_int, positive_int, render_flags, run_local, run_script, status_table,
+                   submit_slurm, wait_for_slurm)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=Path, required=True, help="the grid file (YAML; see configs/sweeps/)")
+    parser.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                        help="local: a pool of processes on this machine; slurm: submitit's SLURM executor, one "
+                             "job array per stage (default local)")
+    parser.add_argument("--status", action="store_true",
+                        help="print what is done, running, failed or lost (from the manifest and squeue) and exit")
+    parser.add_argument("--dry_run", action="store_true", help="print the command of every cell that would run, "
+                                                               "and exit")
+    parser.add_argument("--max_parallel", type=positive_int, default=1,
+                        help="local: cells run at once; each gets cores / max_parallel threads (default 1)")
+    parser.add_argument("--retries", type=non_negative_int, default=1,
+                        help="times a failed or lost cell is run again within this call (default 1)")
+    parser.add_argument("--slurm_partition", default=None, help="slurm: the partition (default: the grid's, or "
+                                                                "the cluster's default)")
+    parser.add_argument("--timeout_min", type=positive_int, default=None,
+                        help="slurm: time limit of each job in minutes (default: the grid's, else 60)")
+    parser.add_argument("--cpus_per_task", type=positive_int, default=None,
+                        help="slurm: CPUs of each job (default: the grid's, else 2)")
+    parser.add_argument("--gpus_per_task", type=non_negative_int, default=None,
+                        help="slurm: GPUs of each job (default: the grid's, else 0)")
+    parser.add_argument("--mem_gb", type=positive_int, default=None,
+                        help="slurm: memory of each job in GiB (default: the grid's, else 8)")
+    parser.add_argument("--array_parallelism", type=positive_int, default=None,
+                        help="slurm: jobs of one array running at once (default: the grid's, else 16)")
+    parser.add_argument("--no_wait", action="store_true",
+                        help="slurm: submit and return; --status tells how the jobs are doing (no retries then)")
+    parser.add_argument("--results_dir", type=Path, default=Path("Results"),
+                        help="the sweep lives in <results_dir>/sweeps/<grid name>/ (default Results)")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    grid = load_grid(args.grid, args.results_dir)
+    if args.status:
+        print(status_table(grid))
+        return
+    if args.dry_run:
+        for stage in grid.stages:
+            for cell in stage:
+                print(" ".join(["python", cell.script, *render_flags(cell.flags)]))
+        return
+    if args.launcher == "local":
+        finished = run_local(grid, args.max_parallel, args.retries)
+    else:
+        overrides = {"partition": args.slurm_partition, "timeout_min": args.timeout_min,
+                     "cpus_per_task": args.cpus_per_task, "gpus_per_task": args.gpus_per_task, "mem_gb": args.mem_gb,
+                     "array_parallelism": args.array_parallelism}
+        finished = False
+        for _ in range(args.retries + 1):
+            submitted = submit_slurm(grid, overrides)
+            print("submitted: " + (", ".join(f"{stage} {len(jobs)} job(s)" for stage, jobs in submitted.items())
+                                   or "nothing, every cell is finished or running"), flush=True)
+            if args.no_wait:
+                return
+            finished = wait_for_slurm(grid)
+            if finished or not submitted:
+                break
+    print(status_table(grid))
+    if not finished:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

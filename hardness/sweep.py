@@ -242,7 +242,7 @@ def queued_jobs() -> set[str] | None:
     """Job ids SLURM still knows (pending or running), or None without SLURM."""
     if shutil.which("squeue") is None:
         return None
-    listed = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True)
+    listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%i"], capture_output=True, text=True)
     return {line.strip() for line in listed.stdout.split()} if listed.returncode == 0 else None
 
 
@@ -251,7 +251,7 @@ def cell_status(cell: Cell, queued: set[str] | None) -> dict[str, Any]:
     state = read_state(cell)
     if state["state"] in (RUNNING, SUBMITTED):
         job = state.get("job_id")
-        alive = (job is not None and queued is not None and (job in queued or job.split("_")[0] in queued)) \
+        alive = (job is not None and queued is not None and job in queued) \
             or is_locked(cell)
         if not alive:
             state = {**state, "state": "lost"}

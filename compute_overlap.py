@@ -14,8 +14,8 @@ from itertools import permutations
 import numpy as np
 
 from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, distinct,
-                   existing_f1_results, identification_key, load_pickle, overlap_results_path, run_script,
-                   run_settings, save_pickle)
+                   existing_f1_results, identification_key, load_pickle, overlap_results_path, results_folders,
+                   run_script, run_settings, save_pickle)
 
 PAIRING_SETTINGS = ("seed", "runs", "train_ratios", "noise_ratio", "epochs", "snapshot")  # fix the identifications
 
@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def identifications(args: argparse.Namespace, dataset_name: str, strategy: str,
                     reduce_hard: bool) -> tuple[dict, list[dict]] | None:
     """The settings and the identifications of one results file (None if missing)."""
-    path = existing_f1_results(args.results_dir, dataset_name, strategy, reduce_hard, args.subset_size, "indices")
+    path = existing_f1_results(results_folders(args.results_dir, args.sweep), dataset_name, strategy, reduce_hard,
+                               args.subset_size, "indices")
     if path is None:
         return None
     results = load_pickle(path, "verifying_importance_of_stragglers.py")

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, class_counts_path,
-                   distinct, existing_f1_results, identification_key, load_pickle, run_script, run_settings,
-                   save_figure, save_pickle)
+                   distinct, existing_f1_results, identification_key, load_pickle, results_folders, run_script,
+                   run_settings, save_figure, save_pickle)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,8 +31,8 @@ def distinct_identifications(args: argparse.Namespace, dataset_name: str) -> tup
     the files read."""
     identifications, class_names, read = [], [], []
     for reduce_hard in (False, True):
-        path = existing_f1_results(args.results_dir, dataset_name, args.strategy, reduce_hard, args.subset_size,
-                                   "indices")
+        path = existing_f1_results(results_folders(args.results_dir, args.sweep), dataset_name, args.strategy,
+                                   reduce_hard, args.subset_size, "indices")
         if path is None:
             continue
         results = load_pickle(path, "verifying_importance_of_stragglers.py")

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, existing_f1_results,
-                   load_pickle, run_script, save_figure)
+                   load_pickle, results_folders, run_script, save_figure)
 
 PANELS = {False: [("a", "accuracy"), ("b", "recall"), ("c", "precision"), ("d", "F1")],
           True: [("e", "accuracy"), ("f", "recall"), ("g", "precision"), ("h", "F1")]}
@@ -29,7 +29,8 @@ def load_metrics(args: argparse.Namespace, dataset_name: str, reduce_hard: bool)
     """strategy -> metrics for the strategies whose pickle exists; names each missing file on stderr."""
     found = {}
     for strategy in STRATEGIES:
-        path = existing_f1_results(args.results_dir, dataset_name, strategy, reduce_hard, args.subset_size, "metrics")
+        path = existing_f1_results(results_folders(args.results_dir, args.sweep), dataset_name, strategy, reduce_hard,
+                                   args.subset_size, "metrics")
         if path is not None:
             found[strategy] = load_pickle(path, "verifying_importance_of_stragglers.py")["metrics"]
     return found

@@ -35,7 +35,7 @@ from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
 from hardness.radii import mean_inversion_epochs
 from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct, existing_f1_results,
                               f1_results_path, identification_key, load_pickle, overlap_results_path,
-                              radii_results_path, run_settings, scores_results_path, save_figure, save_npz_with_settings, save_pickle,
+                              radii_results_path, results_folders, run_settings, scores_results_path, save_figure, save_npz_with_settings, save_pickle,
                               write_atomically)
 from hardness.sweep import load_grid, render_flags, run_local, status_table, submit_slurm, wait_for_slurm
 from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, checkpoint_epochs, checkpoint_predictions,
@@ -56,7 +56,7 @@ __all__ = [
     "trajectory_auroc",
     "mean_inversion_epochs",
     "class_accuracies_path", "class_counts_path", "class_grid", "distinct", "existing_f1_results", "f1_results_path",
-    "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "run_settings", "scores_results_path", "save_figure",
+    "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "results_folders", "run_settings", "scores_results_path", "save_figure",
     "save_npz_with_settings", "save_pickle", "write_atomically",
     "load_grid", "render_flags", "run_local", "status_table", "submit_slurm", "wait_for_slurm",
     "CALIBRATIONS", "STAGES", "CheckpointRecorder", "calibrate", "checkpoint_epochs", "checkpoint_predictions",

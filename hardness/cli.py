@@ -85,6 +85,9 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
     parser.add_argument("--subset_size", type=positive_int, default=20000,
                         help="--subset_size of the runs to read; names the results files (default 20000)")
+    parser.add_argument("--sweep", type=Path, default=None,
+                        help="read the runs from every cell of this sweep.py folder (e.g. Results/sweeps/figure7) "
+                             "instead of --results_dir; what this script writes still goes to --results_dir")
     add_output_arguments(parser)
 
 

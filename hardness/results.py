@@ -8,7 +8,7 @@ import pickle
 import platform
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,29 @@ def class_accuracies_path(results_dir: Path, dataset_name: str, subset_size: int
     return Path(results_dir) / "Class_level_accuracies" / f"{dataset_name}_{subset_size}{suffix}.pkl"
 
 
-def existing_f1_results(results_dir: Path, dataset_name: str, strategy: str, reduce_hard: bool, subset_size: int,
-                        kind: str) -> Path | None:
-    """The path of a verifying_importance_of_stragglers.py result if it exists; else None, and a note on
-    stderr naming the file and the command that makes it."""
-    path = f1_results_path(results_dir, dataset_name, strategy, reduce_hard, subset_size, kind)
-    if path.is_file():
-        return path
+def results_folders(results_dir: Path, sweep: Path | None = None) -> list[Path]:
+    """Where results are read from: `results_dir`, or every cell's results folder of a sweep.py folder
+    (<sweep>/<stage>/<cell>/results)."""
+    if sweep is None:
+        return [Path(results_dir)]
+    folders = sorted(Path(sweep).glob("*/*/results"))
+    if not folders:
+        raise UserInputError(f"{sweep} holds no sweep cells (<stage>/<cell>/results/); give a folder that sweep.py "
+                             "made, e.g. Results/sweeps/figure7")
+    return folders
+
+
+def existing_f1_results(folders: Sequence[Path], dataset_name: str, strategy: str, reduce_hard: bool,
+                        subset_size: int, kind: str) -> Path | None:
+    """The path of a verifying_importance_of_stragglers.py result in the first of `folders` that holds it (a note
+    on stderr if several do); else None, and a note on stderr naming the file and the command that makes it."""
+    paths = [path for folder in folders
+             if (path := f1_results_path(folder, dataset_name, strategy, reduce_hard, subset_size, kind)).is_file()]
+    if len(paths) > 1:
+        print(f"{len(paths)} folders hold {paths[0].name}; reading {paths[0]}", file=sys.stderr)
+    if paths:
+        return paths[0]
+    path = f1_results_path(folders[0], dataset_name, strategy, reduce_hard, subset_size, kind)
     print(f"missing {path}: make it with python verifying_importance_of_stragglers.py --dataset_name {dataset_name} "
           f"--strategy {strategy} --subset_size {subset_size}" + (" --reduce_hard" if reduce_hard else ""),
           file=sys.stderr)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -208,7 +209,8 @@ def run_cell(cell: Cell, threads: int | None = None, job_id: str | None = None) 
     with cell_lock(cell) as held:
         if not held:
             return -1
-        job_id = job_id or os.environ.get("SLURM_JOB_ID")
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job_id = job_id or (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID"))
         write_state(cell, state=RUNNING, host=socket.gethostname(), start=now(), end=None, exit_code=None,
                     job_id=job_id, attempts=read_state(cell).get("attempts", 0) + 1, log=str(cell.log))
         env = dict(os.environ)
@@ -231,9 +233,9 @@ def slurm_cell(cell: Cell) -> int:
 
 
 def is_finished(cell: Cell) -> bool:
-    """Done: its state says so and its results folder (or its own results_dir) holds files."""
-    results = Path(cell.flags["results_dir"])
-    return read_state(cell)["state"] == FINISHED and results.is_dir() and any(results.rglob("*"))
+    """Done: its state says so and its results or figures folder holds files."""
+    folders = [Path(cell.flags[key]) for key in ("results_dir", "figures_dir")]
+    return read_state(cell)["state"] == FINISHED and any(f.is_dir() and any(f.rglob("*")) for f in folders)
 
 
 # ----------------------------------------------------------------------------- the manifest
@@ -266,7 +268,7 @@ def write_manifest(grid: Grid) -> dict[str, Any]:
         status = cell_status(cell, queued)
         cells[cell.key] = {"stage": cell.stage, "script": cell.script, "flags": cell.flags, "folder": str(cell.folder),
                            "log": str(cell.log), **{key: status.get(key) for key in (
-                               "state", "job_id", "host", "start", "end", "exit_code", "attempts")}}
+                               "state", "job_id", "host", "start", "end", "exit_code", "attempts", "slurm_log")}}
     manifest = {"grid": grid.name, "updated": now(), "cells": cells}
     write_atomically(grid.folder / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
@@ -326,6 +328,7 @@ def submit_slurm(grid: Grid, overrides: dict[str, Any]) -> dict[str, list[str]]:
         extra = {"dependency": "afterok:" + ":".join(previous)} if previous else {}
         executor.update_parameters(
             name=f"{grid.name}.{stage[0].stage}", timeout_min=settings["timeout_min"],
+            slurm_setup=[f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"],
             cpus_per_task=settings["cpus_per_task"], mem_gb=settings["mem_gb"],
             slurm_array_parallelism=settings["array_parallelism"],
             **({"slurm_partition": settings["partition"]} if settings["partition"] else {}),
@@ -335,7 +338,7 @@ def submit_slurm(grid: Grid, overrides: dict[str, Any]) -> dict[str, list[str]]:
             jobs = [executor.submit(slurm_cell, cell) for cell in pending]
         for cell, job in zip(pending, jobs):
             write_state(cell, state=SUBMITTED, job_id=str(job.job_id), host=None, start=None, end=None,
-                        exit_code=None, log=str(cell.log))
+                        exit_code=None, log=str(cell.log), slurm_log=str(job.paths.stderr))
         submitted[stage[0].stage] = [str(job.job_id) for job in jobs]
         previous = [str(job.job_id) for job in jobs]
     write_manifest(grid)

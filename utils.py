@@ -28,7 +28,7 @@ from hardness.engine import (RadiiRecorder, derived_seed, simple_nn_size, train_
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
 from hardness.mislabel import (RANKINGS, SETS, add_scoring_arguments, benchmark_rows, check_scoring_arguments,
-                               detection_scores, hardness_ranking, load_setting_arrays, markdown_table,
+                               detection_scores, hardness_ranking, load_setting_arrays, load_settings, markdown_table,
                                plot_correlations, plot_data_map, plot_top_k_classes, plot_trajectory_auroc,
                                rank_correlations, save_setting, score_setting, trajectory_auroc)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
@@ -51,7 +51,7 @@ __all__ = [
     "identify_hard_samples",
     "METRICS", "confusion_matrices", "train_and_evaluate",
     "RANKINGS", "SETS", "add_scoring_arguments", "benchmark_rows", "check_scoring_arguments", "detection_scores",
-    "hardness_ranking", "load_setting_arrays", "markdown_table", "plot_correlations", "plot_data_map",
+    "hardness_ranking", "load_setting_arrays", "load_settings", "markdown_table", "plot_correlations", "plot_data_map",
     "plot_top_k_classes", "plot_trajectory_auroc", "rank_correlations", "save_setting", "score_setting",
     "trajectory_auroc",
     "mean_inversion_epochs",

@@ -8,6 +8,7 @@ extra cost over the plain training is known. Cleanlab's confident learning needs
 probabilities: K more networks per run, each trained without one fold (all of them at once as well).
 """
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -305,6 +306,11 @@ def load_setting_arrays(path: Path) -> dict[str, np.ndarray]:
         raise UserInputError(f"scores file {path} not found; make it first with hardness_scores.py")
     with np.load(path) as saved:
         return dict(saved)
+
+
+def load_settings(path: Path) -> dict:
+    """The settings JSON save_setting wrote beside `path`."""
+    return json.loads(Path(path).with_suffix(".json").read_text())
 
 
 COST_KEYS = {"stragglers": "stragglers", "confidence": "confidence/energy", "energy": "confidence/energy",

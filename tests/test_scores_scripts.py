@@ -115,3 +115,14 @@ def test_help_explains_every_flag(module, capsys):
     for entry in entries:
         words = [w for w in entry.split() if not (w.startswith(("-", "{", "[")) or w.rstrip(",]").isupper())]
         assert len(words) >= 3, entry
+
+
+def test_replot_redraws_the_figures_from_the_saved_scores(workdir, tmp_path, capsys):
+    hardness_scores.main(hardness_scores.parse_args([
+        "--subset_size", "300", "--replot", "--results_dir", str(workdir / "Bench"), "--figures_dir", str(tmp_path)]))
+    assert "redrew from" in capsys.readouterr().out
+    assert sorted(p.name.split("0.1_")[1] for p in (tmp_path / "scores").glob("*.png"))[:2] == ["correlations.png",
+                                                                                               "data_map.png"]
+    with pytest.raises(UserInputError, match="not found"):
+        hardness_scores.main(hardness_scores.parse_args(["--subset_size", "301", "--replot", "--results_dir",
+                                                         str(workdir / "Bench")]))

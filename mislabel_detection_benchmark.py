@@ -10,18 +10,21 @@ set instead.
 
 Writes <results_dir>/scores/benchmark.csv and benchmark.md (a markdown table), and draws
 <figures_dir>/scores/benchmark_auroc_by_epoch: the AUROC of loss, confidence, EL2N and margin taken at each
-trajectory epoch, against the epoch, with the mean inversion epoch dashed.
+trajectory epoch, against the epoch, with the mean inversion epoch dashed. With --sweep it trains nothing:
+it merges the benchmark.csv of every cell of a sweep.py folder (e.g. the seeds of
+configs/sweeps/mislabel_benchmark.yaml) into benchmark_sweep.csv and .md, averaged per setting and score.
 """
 import argparse
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 
-from utils import (add_scoring_arguments, benchmark_rows, canonical_dataset_name, check_scoring_arguments,
-                   markdown_table, plot_trajectory_auroc, positive_int, resolve_device, run_script, run_settings,
-                   save_figure, save_setting, score_setting, scores_results_path, trajectory_auroc, unit_interval,
-                   write_atomically)
+from utils import (UserInputError, add_scoring_arguments, benchmark_rows, canonical_dataset_name,
+                   check_scoring_arguments, combine_rows, markdown_table, plot_trajectory_auroc, positive_int,
+                   resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
+                   scores_results_path, trajectory_auroc, unit_interval, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="samples kept from train+test after the seeded shuffle (default 20000)")
     parser.add_argument("--noise_ratio", type=unit_interval(False, False), nargs="+", default=[0.05, 0.1, 0.2],
                         help="shares of labels flipped, each in (0, 1), one setting each (default 0.05 0.1 0.2)")
+    parser.add_argument("--sweep", type=Path, default=None,
+                        help="merge the benchmark tables of every cell of this sweep.py folder (mean over the cells "
+                             "of each setting and score) instead of running")
     add_scoring_arguments(parser, runs=3)
     args = parser.parse_args(argv)
     check_scoring_arguments(parser, args)
@@ -49,7 +55,28 @@ def csv_bytes(rows: list[dict]) -> bytes:
     return text.getvalue().encode()
 
 
+def merge_sweep(args: argparse.Namespace) -> None:
+    """One table from the benchmark.csv of every cell of a sweep folder."""
+    tables = sorted(args.sweep.glob("*/*/results/scores/benchmark.csv"))
+    if not tables:
+        raise UserInputError(f"no <stage>/<cell>/results/scores/benchmark.csv under {args.sweep}; run the sweep first")
+    rows = []
+    for table in tables:
+        with open(table, newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    combined = combine_rows(rows)
+    folder = args.results_dir / "scores"
+    write_atomically(folder / "benchmark_sweep.csv", csv_bytes(combined))
+    write_atomically(folder / "benchmark_sweep.md", (f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n\n"
+                                                     + markdown_table(combined)).encode())
+    print(markdown_table(combined))
+    print(f"merged {len(tables)} tables into {folder / 'benchmark_sweep.csv'} and .md")
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.sweep is not None:
+        merge_sweep(args)
+        return
     device = resolve_device(args.device)
     settings = run_settings(args, device)
     rows, curves, epochs, inversion = [], {}, {}, {}

@@ -28,9 +28,9 @@ from hardness.engine import (RadiiRecorder, derived_seed, simple_nn_size, train_
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
 from hardness.mislabel import (RANKINGS, SETS, add_scoring_arguments, benchmark_rows, check_scoring_arguments,
-                               detection_scores, hardness_ranking, load_setting_arrays, load_settings, markdown_table,
-                               plot_correlations, plot_data_map, plot_top_k_classes, plot_trajectory_auroc,
-                               rank_correlations, save_setting, score_setting, trajectory_auroc)
+                               combine_rows, detection_scores, hardness_ranking, load_setting_arrays, load_settings,
+                               markdown_table, plot_correlations, plot_data_map, plot_top_k_classes,
+                               plot_trajectory_auroc, rank_correlations, save_setting, score_setting, trajectory_auroc)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
 from hardness.radii import mean_inversion_epochs
 from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct, existing_f1_results,
@@ -50,7 +50,7 @@ __all__ = [
     "INVERSION_INTERVAL", "INVERSION_START", "STRATEGIES", "StragglerTracker", "class_counts",
     "identify_hard_samples",
     "METRICS", "confusion_matrices", "train_and_evaluate",
-    "RANKINGS", "SETS", "add_scoring_arguments", "benchmark_rows", "check_scoring_arguments", "detection_scores",
+    "RANKINGS", "SETS", "add_scoring_arguments", "benchmark_rows", "check_scoring_arguments", "combine_rows", "detection_scores",
     "hardness_ranking", "load_setting_arrays", "load_settings", "markdown_table", "plot_correlations", "plot_data_map",
     "plot_top_k_classes", "plot_trajectory_auroc", "rank_correlations", "save_setting", "score_setting",
     "trajectory_auroc",

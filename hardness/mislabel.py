@@ -332,12 +332,30 @@ def benchmark_rows(setting: ScoredSetting, dataset_name: str, noise_ratio: float
     return rows
 
 
+def combine_rows(rows: list[dict]) -> list[dict]:
+    """Rows of several benchmark runs (e.g. the seeds of a sweep) merged per dataset, noise and score: every
+    number averaged, with the number of runs and the std of the AUROC (or F1) over them."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], float(row["noise_ratio"]), row["score"]), []).append(row)
+    combined = []
+    for (dataset, noise_ratio, score), members in groups.items():
+        numbers = {key for row in members for key, value in row.items() if value not in ("", None)} - {
+            "dataset", "noise_ratio", "score"}
+        merged = {"dataset": dataset, "noise_ratio": noise_ratio, "score": score, "benchmark_runs": len(members)}
+        merged.update({key: float(np.mean([float(row[key]) for row in members])) for key in sorted(numbers)})
+        headline = "auroc" if "auroc" in numbers else "f1"
+        merged[f"{headline}_std_over_runs"] = float(np.std([float(row[headline]) for row in members]))
+        combined.append(merged)
+    return combined
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The benchmark as a markdown table: continuous scores by AUROC, AP and precision at k; sets by P / R / F1."""
     lines = ["| dataset | noise | score | AUROC | AP | P@k | AUROC per run | set P / R / F1 | extra s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        if "auroc" in row:
+        if row.get("auroc") not in (None, ""):
             cells = [f"{row['auroc']:.3f}", f"{row['ap']:.3f}", f"{row['precision_at_k']:.3f}",
                      f"{row['auroc_run_mean']:.3f} ± {row['auroc_run_std']:.3f}", "–"]
         else:

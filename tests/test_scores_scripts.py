@@ -126,3 +126,24 @@ def test_replot_redraws_the_figures_from_the_saved_scores(workdir, tmp_path, cap
     with pytest.raises(UserInputError, match="not found"):
         hardness_scores.main(hardness_scores.parse_args(["--subset_size", "301", "--replot", "--results_dir",
                                                          str(workdir / "Bench")]))
+
+
+def test_a_sweep_of_benchmarks_merges_into_one_table(workdir, tmp_path):
+    """Two cells holding the benchmark's table (one with every AUROC 0.1 higher) merge into their means."""
+    with open(workdir / "Bench/scores/benchmark.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for cell, shift in (("seed-0", 0.0), ("seed-1", 0.1)):
+        folder = tmp_path / "sweep/benchmark" / cell / "results/scores"
+        folder.mkdir(parents=True)
+        shifted = [{**row, "auroc": float(row["auroc"]) + shift if row["auroc"] else ""} for row in rows]
+        (folder / "benchmark.csv").write_bytes(mislabel_detection_benchmark.csv_bytes(shifted))
+    mislabel_detection_benchmark.main(mislabel_detection_benchmark.parse_args(
+        ["--sweep", str(tmp_path / "sweep"), "--results_dir", str(tmp_path)]))
+    with open(tmp_path / "scores/benchmark_sweep.csv") as handle:
+        merged = {(row["dataset"], row["score"]): row for row in csv.DictReader(handle)}
+    original = {(row["dataset"], row["score"]): row for row in rows}
+    assert len(merged) == len(rows)
+    key = ("MNIST", "aum")
+    assert float(merged[key]["auroc"]) == pytest.approx(float(original[key]["auroc"]) + 0.05)
+    assert float(merged[key]["auroc_std_over_runs"]) == pytest.approx(0.05) and merged[key]["benchmark_runs"] == "2"
+    assert float(merged[("MNIST", "stragglers")]["f1"]) == pytest.approx(float(original[("MNIST", "stragglers")]["f1"]))

@@ -208,3 +208,29 @@ def test_rankings_point_the_way_their_scores_say():
     assert dynamics.RANKINGS["aum"][1] == -1 and dynamics.RANKINGS["data_map"] == ("data_map_confidence", -1)
     scores = {"aum": np.array([[2.0, -1.0]]), "forgetting": np.array([[0.0, 3.0]])}
     assert mislabel.hardness_ranking(scores, "aum").argmax() == 1 == mislabel.hardness_ranking(scores, "forgetting").argmax()
+
+
+def test_the_recorder_scores_a_users_own_loop_and_model():
+    """The README's example: an ordinary nn.Sequential trained in a plain loop, logits recorded by hand and by the
+    recorder (GraNd through torch.func on the plain module), agree."""
+    torch.manual_seed(0)
+    inputs, labels = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = DynamicsRecorder(inputs, labels, 3, runs=1, epochs=range(12), score_epoch=4)
+    recorded = []
+    for epoch in range(12):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+        with torch.no_grad():
+            recorded.append(model(inputs))
+        recorder.observe(TrainingState(epoch, model, recorded[-1][None], None, labels, 3))
+        if epoch == 4:
+            grand = per_sample_gradient_norms(model, inputs, labels)
+    logits = torch.stack(recorded)
+    scores = recorder.scores()
+    torch.testing.assert_close(scores["aum"][0], area_under_margin(logits, labels))
+    torch.testing.assert_close(scores["forgetting"][0], forgetting_events(correct_predictions(logits, labels)))
+    torch.testing.assert_close(scores["el2n"][0], el2n(logits[4], labels))
+    torch.testing.assert_close(scores["grand"][0], grand)

@@ -181,6 +181,24 @@ def test_figure7_distribution_overlap_and_class_level_scripts(workdir):
     assert (workdir / "Figures/Figure8" / f"class_level_error_MNIST_{SUBSET}.png").is_file()
 
 
+def test_readers_take_a_sweep_folder(workdir, tmp_path):
+    """Each results pickle in a cell folder of its own, as sweep.py lays them out: the overlap table read with
+    --sweep equals the one read from the single results folder."""
+    for pickle_path in (workdir / "Results/F1_results").glob(f"MNIST_*_{SUBSET}_*.pkl"):
+        cell = tmp_path / "sweep/benchmark" / pickle_path.stem / "results/F1_results"
+        cell.mkdir(parents=True)
+        (cell / pickle_path.name).write_bytes(pickle_path.read_bytes())
+    overlap = run(OVERLAP, "--subset_size", str(SUBSET), "--sweep", str(tmp_path / "sweep"), "--results_dir",
+                  str(tmp_path / "out"), cwd=workdir)
+    assert overlap.returncode == 0, overlap.stderr
+    direct = run(OVERLAP, "--subset_size", str(SUBSET), "--results_dir", "Results", cwd=workdir)
+    assert direct.returncode == 0, direct.stderr
+    swept = load(tmp_path / "out/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
+    assert swept == load(workdir / "Results/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
+    missing = run(OVERLAP, "--sweep", str(tmp_path / "nothing"), cwd=workdir)
+    assert missing.returncode == 1 and "holds no sweep cells" in missing.stderr
+
+
 def test_class_level_split_is_disjoint_and_covers_the_subset():
     train, test_rows = script_module(CLASS_LEVEL).train_and_test_rows(70, overfit=False)
     assert train.tolist() == [True] * 60 + [False] * 10 and test_rows.tolist() == list(range(60, 70))  # 6/7 of 70

@@ -226,8 +226,10 @@ class DynamicsRecorder:
         if is_score_epoch:
             self.at_score_epoch = {"el2n": error, "loss": loss}
             if self.grand:
-                self.grand_seconds = seconds_on_device(self.data.device, lambda: self.at_score_epoch.update(
-                    grand=per_sample_gradient_norms(state.model, self.data, self.labels).reshape(-1, len(self.labels))))
+                def grand() -> None:                       # [runs, N]; a plain module gives [N]
+                    norms = per_sample_gradient_norms(state.model, self.data, self.labels)
+                    self.at_score_epoch["grand"] = norms.reshape(-1, len(self.labels))
+                self.grand_seconds = seconds_on_device(self.data.device, grand)
         if in_trajectory:
             t = self.trajectory_epochs.index(state.epoch)
             for name, values in (("margin", margin), ("loss", loss), ("confidence", logits.amax(-1)), ("el2n", error)):

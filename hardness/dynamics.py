@@ -89,9 +89,8 @@ def el2n(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def correct_predictions(logits: Tensor, labels: Tensor) -> Tensor:
-    """[..., N] bool: the largest logit is the label's."""
-    check_logits(logits, labels)
-    return logits.argmax(-1) == labels
+    """[..., N] bool: the label's logit is larger than every other (a positive margin)."""
+    return margins(logits, labels) > 0
 
 
 # ----------------------------------------------------------------------------- scores of a trajectory
@@ -182,6 +181,7 @@ class DynamicsRecorder:
         if score_epoch not in set(epochs):
             raise ValueError(f"the score epoch {score_epoch} is not among the recorded epochs")
         self.data, self.labels, self.score_epoch, self.grand = data, labels, score_epoch, grand
+        self.label_mask = F.one_hot(labels, num_classes).bool()                    # [N, C]
         self.epochs = set(epochs)
         self.trajectory_epochs = list(trajectory_epochs)
         device, shape = labels.device, (runs, len(labels))
@@ -206,11 +206,11 @@ class DynamicsRecorder:
 
     def observe(self, state: TrainingState) -> None:
         logits = state.logits.float()                                               # [runs, N, C]
-        log_probabilities = logits.log_softmax(-1)
-        probability = _assigned(log_probabilities, self.labels).exp()              # [runs, N]
-        margin = _assigned(logits, self.labels) - logits.scatter(
-            -1, self.labels.expand(logits.shape[:-1])[..., None], float("-inf")).amax(-1)
-        correct = logits.argmax(-1) == self.labels
+        log_normaliser = logits.logsumexp(-1)                                      # [runs, N]; no full softmax
+        assigned = _assigned(logits, self.labels)
+        margin = assigned - logits.masked_fill(self.label_mask, float("-inf")).amax(-1)
+        probability = (assigned - log_normaliser).exp()
+        correct = margin > 0
         self.margin_sum += margin
         self.probability_sum += probability
         self.probability_square_sum += probability.double().square()
@@ -221,8 +221,8 @@ class DynamicsRecorder:
         self.recorded += 1
         is_score_epoch, in_trajectory = state.epoch == self.score_epoch, state.epoch in self.trajectory_epochs
         if is_score_epoch or in_trajectory:
-            loss = -_assigned(log_probabilities, self.labels)
-            error = (log_probabilities.exp() - F.one_hot(self.labels, logits.shape[-1])).norm(dim=-1)
+            loss = log_normaliser - assigned
+            error = ((logits - log_normaliser[..., None]).exp() - self.label_mask.float()).norm(dim=-1)
         if is_score_epoch:
             self.at_score_epoch = {"el2n": error, "loss": loss}
             if self.grand:

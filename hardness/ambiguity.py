@@ -281,8 +281,9 @@ def optimize_clustering(config: dict, results_dir: Path, settings: dict) -> dict
 
 
 def plot_images(images: np.ndarray, title: str, columns: int = 10, overlays: list[np.ndarray] | None = None) -> plt.Figure:
+    columns = max(1, min(columns, len(images)))                  # no empty columns for a few images
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.95 + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(columns * 0.9, 4.5), rows * 0.95 + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for i, image in enumerate(images):

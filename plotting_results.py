@@ -53,7 +53,10 @@ def plot_metric(by_strategy: dict[str, dict], metric: str, reduced: str, title: 
         ax.set_title(f"train ratio {train_ratio}")
         ax.set_xlabel(f"share of training {reduced} samples kept")
     axes[0, 0].set_ylabel(metric)
-    axes[0, 0].legend(fontsize=7)
+    if len(by_strategy) <= 4:
+        axes[0, 0].legend(fontsize=7)
+    else:                                   # too many lines to share a panel with the legend
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

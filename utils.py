@@ -17,7 +17,7 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/mislabel.py`  | every score from one run, cleanlab's baseline, the mislabel benchmark, figures |
 | `hardness/sweep.py`     | grids of script runs: cells, manifest, resume, local pool and SLURM launchers  |
 """
-from hardness.cli import (UserInputError, add_common_arguments, add_dataset_arguments, add_device_argument,
+from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_common_arguments, add_dataset_arguments, add_device_argument,
                           add_output_arguments,
                           add_results_arguments, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
@@ -42,7 +42,7 @@ from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, c
                           input_gradients, stage_windows, vog_from_gradients, vog_scores)
 
 __all__ = [
-    "UserInputError", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
+    "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
     "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
     "benchmark_splits", "canonical_dataset_name", "flip_labels", "load_dataset",
     "keep_freed_memory_in_heap", "resolve_device",

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
-from utils import (STRATEGIES, add_device_argument, derived_seed, identify_hard_samples,  # noqa: E402
+from utils import (STRATEGIES, add_benchmark_dataset_arguments, derived_seed, identify_hard_samples,  # noqa: E402
                    keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device, train_and_evaluate)
 
 
@@ -27,12 +27,9 @@ def main() -> None:
                         help="numbers of evaluation networks trained at once, in increasing order (default 1 45 675)")
     parser.add_argument("--epochs", type=positive_int, default=500, help="epochs of every network (default 500)")
     parser.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES),
-                        help="identifications to time; none to time only the evaluation networks (default all three)")
-    parser.add_argument("--subset_size", type=positive_int, default=20000, help="MNIST samples (default 20000)")
-    parser.add_argument("--dataset_name", default="MNIST", help="dataset to identify on (default MNIST)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the networks and the masks (default 0)")
-    add_device_argument(parser)
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+                        help="identifications to time; none to time only the evaluation networks (default: every "
+                             "strategy)")
+    add_benchmark_dataset_arguments(parser)
     args = parser.parse_args()
 
     keep_freed_memory_in_heap()

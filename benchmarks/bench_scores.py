@@ -18,22 +18,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
 from hardness.engine import train_simple_nns  # noqa: E402
 from hardness.mislabel import confident_learning, score_training_run  # noqa: E402
-from utils import (add_device_argument, derived_seed, flip_labels, keep_freed_memory_in_heap, load_dataset,  # noqa: E402
-                   non_negative_int, positive_int, resolve_device)
+from utils import (add_benchmark_dataset_arguments, derived_seed, flip_labels, keep_freed_memory_in_heap,  # noqa: E402
+                   load_dataset, non_negative_int, positive_int, resolve_device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset_size", type=positive_int, default=20000, help="MNIST samples (default 20000)")
     parser.add_argument("--runs", type=positive_int, default=5, help="networks trained at once (default 5)")
     parser.add_argument("--epochs", type=positive_int, default=500, help="full-batch epochs (default 500)")
     parser.add_argument("--cleanlab_folds", type=non_negative_int, default=5,
                         help="folds of the cleanlab baseline, timed apart; 0 skips it (default 5)")
     parser.add_argument("--noise_ratio", type=float, default=0.1, help="share of labels flipped (default 0.1)")
-    parser.add_argument("--dataset_name", default="MNIST", help="dataset (default MNIST)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the flips and the networks (default 0)")
-    add_device_argument(parser)
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_benchmark_dataset_arguments(parser)
     args = parser.parse_args()
 
     keep_freed_memory_in_heap()

@@ -20,21 +20,17 @@ from hardness.device import device_name, peak_memory_gib, seconds_on_device  # n
 from hardness.engine import train_simple_nns  # noqa: E402
 from hardness.identifiers import VOG_CHECKPOINTS  # noqa: E402
 from hardness.vog import STAGES, CheckpointRecorder, checkpoint_epochs, vog_scores  # noqa: E402
-from utils import (add_device_argument, derived_seed, identify_hard_samples, keep_freed_memory_in_heap,  # noqa: E402
+from utils import (add_benchmark_dataset_arguments, derived_seed, identify_hard_samples, keep_freed_memory_in_heap,  # noqa: E402
                    load_dataset, positive_int, resolve_device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset_size", type=positive_int, default=20000, help="MNIST samples (default 20000)")
     parser.add_argument("--epochs", type=positive_int, default=500, help="training epochs of every network (default 500)")
     parser.add_argument("--runs", type=positive_int, default=6,
                         help="networks of the ensemble and of each identification; 6 = the benchmark's default "
                              "2 train ratios x 3 runs (default 6)")
-    parser.add_argument("--dataset_name", default="MNIST", help="dataset (default MNIST)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and the networks (default 0)")
-    add_device_argument(parser)
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_benchmark_dataset_arguments(parser)
     args = parser.parse_args()
 
     keep_freed_memory_in_heap()

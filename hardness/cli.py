@@ -80,6 +80,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser)
 
 
+def add_benchmark_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a benchmark (benchmarks/) timed on a real dataset subset: --subset_size, --dataset_name,
+    --seed, --device and --data_root."""
+    parser.add_argument("--subset_size", type=positive_int, default=20000, help="samples of the subset (default 20000)")
+    parser.add_argument("--dataset_name", default="MNIST", help="dataset (default MNIST)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and of everything drawn after it (default 0)")
+    add_device_argument(parser)
+    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+
+
 def add_results_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset_name, --subset_size and the folders of a script that reads verifying_importance_of_stragglers.py runs."""
     parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")

@@ -9,7 +9,7 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/data.py`      | fetching and loading datasets, label noise, the benchmark's train/test splits  |
 | `hardness/radii.py`     | class-manifold radii                                                           |
 | `hardness/engine.py`    | batched full-batch training with observers, ResNet-18 training, predictions    |
-| `hardness/identifiers.py` | stragglers (inversion points), confidence, energy and vog, budgets         |
+| `hardness/identifiers.py` | stragglers, confidence, energy, vog, the dynamics strategies; budgets       |
 | `hardness/metrics.py`   | accuracy, precision, recall, F1 of many networks at once; evaluation           |
 | `hardness/results.py`   | result paths, atomic pickles and .npz files with settings, figures             |
 | `hardness/vog.py`       | Variance of Gradients: checkpoints, batched input gradients, the score, stages |

@@ -240,11 +240,17 @@ def is_finished(cell: Cell) -> bool:
 
 # ----------------------------------------------------------------------------- the manifest
 
-def queued_jobs() -> set[str] | None:
-    """Job ids SLURM still knows (pending or running), or None without SLURM."""
-    if shutil.which("squeue") is None:
+def queued_jobs(cells: Sequence[Cell]) -> set[str] | None:
+    """Job ids SLURM still knows (pending or running), or None without SLURM. squeue is asked only when one of
+    `cells` says it is running or submitted under a job id: a local sweep never waits on an unreachable controller."""
+    states = [read_state(cell) for cell in cells]
+    if shutil.which("squeue") is None or not any(s["state"] in (RUNNING, SUBMITTED) and s.get("job_id") for s in states):
         return None
-    listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%i"], capture_output=True, text=True)
+    try:
+        listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%i"], capture_output=True, text=True,
+                                timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
     return {line.strip() for line in listed.stdout.split()} if listed.returncode == 0 else None
 
 
@@ -262,7 +268,7 @@ def cell_status(cell: Cell, queued: set[str] | None) -> dict[str, Any]:
 
 def write_manifest(grid: Grid) -> dict[str, Any]:
     """Gather every cell's flags and state into <sweep>/manifest.json (atomically); returns it."""
-    queued = queued_jobs()
+    queued = queued_jobs(grid.cells)
     cells = {}
     for cell in grid.cells:
         status = cell_status(cell, queued)
@@ -276,7 +282,7 @@ def write_manifest(grid: Grid) -> dict[str, Any]:
 
 def to_run(cells: Sequence[Cell]) -> list[Cell]:
     """The cells that need a run: never started, failed or lost; not the finished ones nor those running now."""
-    queued = queued_jobs()
+    queued = queued_jobs(cells)
     return [cell for cell in cells
             if not is_finished(cell) and cell_status(cell, queued)["state"] not in (RUNNING, SUBMITTED)]
 

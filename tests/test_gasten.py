@@ -129,7 +129,7 @@ def strokes(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def strokes_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("gasten")
     raw = folder / "data/MNIST/raw"
-    for split, count, seed in (("train", 640, 1), ("t10k", 200, 2)):
+    for split, count, seed in (("train", 384, 1), ("t10k", 200, 2)):
         images, labels = strokes(count, seed)
         write_idx(raw / f"{split}-images-idx3-ubyte", images)
         write_idx(raw / f"{split}-labels-idx1-ubyte", labels)

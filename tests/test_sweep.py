@@ -154,18 +154,29 @@ def test_sweep_script_dry_run_and_status(tmp_path):
 
 
 def slurm_controller_answers() -> bool:
-    """True where SLURM's client tools are installed and its controller answers a ping."""
-    if shutil.which("scontrol") is None:
-        return False
     try:
         return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=20).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
 
-@pytest.mark.skipif(not slurm_controller_answers(),
-                    reason="no SLURM controller answers here (scripts/local_slurm.sh start runs one)")
-def test_the_same_grid_through_slurm(tmp_path):
+@pytest.fixture(scope="module")
+def local_slurm():
+    """A SLURM controller to submit to: the one already answering, or the local one-node SLURM started for this
+    module and stopped after it. Skipped only where SLURM's client tools (sinfo) are absent."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("sinfo is absent: no SLURM on this machine (scripts/local_slurm.sh start installs one)")
+    if slurm_controller_answers():
+        yield
+        return
+    started = subprocess.run(["bash", str(REPO / "scripts/local_slurm.sh"), "start"], capture_output=True, text=True,
+                             timeout=300)
+    assert started.returncode == 0, "scripts/local_slurm.sh start failed: " + started.stderr
+    yield
+    subprocess.run(["bash", str(REPO / "scripts/local_slurm.sh"), "stop"], capture_output=True, timeout=60)
+
+
+def test_the_same_grid_through_slurm(tmp_path, local_slurm):
     path = two_stage_grid(tmp_path)
     done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--launcher", "slurm",
                            "--cpus_per_task", "1", "--mem_gb", "1", "--timeout_min", "10", "--results_dir",

@@ -50,10 +50,11 @@ def draw_figures(scores: dict[str, np.ndarray], labels: np.ndarray, class_names:
     """The data map, the rank-correlation matrix and the class shares of the top k; returns the ranked names."""
     flipped = scores["flipped"]
     save_figure(plot_data_map(scores, flipped, title), stem.with_name(f"{stem.name}_data_map"))
-    names = ["stragglers", *(n for n in RANKINGS if RANKINGS[n][0] in scores)]
+    names = [*(["stragglers"] if "stragglers" in scores else []), *(n for n in RANKINGS if RANKINGS[n][0] in scores)]
     save_figure(plot_correlations(rank_correlations(scores, names), names, title),
                 stem.with_name(f"{stem.name}_correlations"))
-    top_k = top_k or max(1, round(scores["stragglers"].sum(1).mean()))
+    budget = scores["stragglers"].sum(1).mean() if "stragglers" in scores else flipped.sum()
+    top_k = top_k or max(1, round(budget))
     save_figure(plot_top_k_classes(scores, labels, class_names, top_k, title),
                 stem.with_name(f"{stem.name}_top_{top_k}_classes"))
     return names
@@ -61,26 +62,25 @@ def draw_figures(scores: dict[str, np.ndarray], labels: np.ndarray, class_names:
 
 def main(args: argparse.Namespace) -> None:
     dataset_name = canonical_dataset_name(args.dataset_name)
-    path = scores_results_path(args.results_dir, dataset_name, args.subset_size, args.noise_ratio)
+    path = scores_results_path(args.results_dir, dataset_name, args.subset_size, args.noise_ratio, args.network)
     if args.replot:
         scores, settings = load_setting_arrays(path), load_settings(path)
         class_names, seconds, notes = settings["class_names"], settings["seconds"], settings["notes"]
     else:
         device = resolve_device(args.device)
-        setting = score_setting(dataset_name, args.subset_size, args.noise_ratio, args.runs, args.epochs,
-                                args.score_epoch, args.trajectory_every, args.cleanlab_folds,
-                                args.aum_threshold_samples, args.seed, args.data_root, device)
+        setting = score_setting(dataset_name, args.subset_size, args.noise_ratio, args, device)
         save_setting(setting, path, run_settings(args, device))
         scores, class_names = {**setting.run.scores, "flipped": setting.flipped}, setting.dataset.class_names
         scores["labels"], seconds, notes = setting.labels.cpu().numpy(), setting.run.seconds, setting.run.notes
 
-    runs = scores["stragglers"].shape[0]
-    title = f"{dataset_name}, {args.subset_size} samples, {args.noise_ratio:g} noise, {runs} runs"
+    runs = scores["confidence"].shape[0]
+    title = f"{dataset_name}, {args.subset_size} samples, {args.noise_ratio:g} noise, {runs} {args.network} runs"
     stem = args.figures_dir / "scores" / path.stem
     names = draw_figures(scores, scores["labels"], class_names, title, args.top_k, stem)
     if scores["flipped"].any():
         print("AUROC, flipped against clean labels: " + ", ".join(
-            f"{n} {detection_scores(hardness_ranking(scores, n), scores['flipped'])['auroc']:.3f}" for n in names[1:]))
+            f"{n} {detection_scores(hardness_ranking(scores, n), scores['flipped'])['auroc']:.3f}"
+            for n in names if n != "stragglers"))
     print("seconds: " + ", ".join(f"{key} {value:.1f}" for key, value in seconds.items()))
     for note in notes:
         print(f"note: {note}")

@@ -9,7 +9,7 @@ number flipped, and the extra seconds the score costs over the plain training. S
 set instead.
 
 Writes <results_dir>/scores/benchmark.csv and benchmark.md (a markdown table), and draws
-<figures_dir>/scores/benchmark_auroc_by_epoch: the AUROC of loss, confidence, EL2N and margin taken at each
+<figures_dir>/scores/benchmark_auroc_by_epoch (each name ends in _ResNet with --network ResNet): the AUROC of loss, confidence, EL2N and margin taken at each
 trajectory epoch, against the epoch, with the mean inversion epoch dashed. With --sweep it trains nothing:
 it merges the benchmark.csv of every cell of a sweep.py folder (e.g. the seeds of
 configs/sweeps/mislabel_benchmark.yaml) into benchmark_sweep.csv and .md, averaged per setting and score.
@@ -57,7 +57,7 @@ def csv_bytes(rows: list[dict]) -> bytes:
 
 def merge_sweep(args: argparse.Namespace) -> None:
     """One table from the benchmark.csv of every cell of a sweep folder."""
-    tables = sorted(args.sweep.glob("*/*/results/scores/benchmark.csv"))
+    tables = sorted(args.sweep.glob("*/*/results/scores/benchmark*.csv"))
     if not tables:
         raise UserInputError(f"no <stage>/<cell>/results/scores/benchmark.csv under {args.sweep}; run the sweep first")
     rows = []
@@ -82,12 +82,11 @@ def main(args: argparse.Namespace) -> None:
     rows, curves, epochs, inversion = [], {}, {}, {}
     for dataset_name in args.dataset_name:
         for noise_ratio in args.noise_ratio:
-            setting = score_setting(dataset_name, args.subset_size, noise_ratio, args.runs, args.epochs,
-                                    args.score_epoch, args.trajectory_every, args.cleanlab_folds,
-                                    args.aum_threshold_samples, args.seed, args.data_root, device)
-            save_setting(setting, scores_results_path(args.results_dir, dataset_name, args.subset_size, noise_ratio),
+            setting = score_setting(dataset_name, args.subset_size, noise_ratio, args, device)
+            save_setting(setting, scores_results_path(args.results_dir, dataset_name, args.subset_size, noise_ratio,
+                                                      args.network),
                          {**settings, "dataset_name": dataset_name, "noise_ratio": noise_ratio})
-            rows += benchmark_rows(setting, dataset_name, noise_ratio)
+            rows += benchmark_rows(setting, dataset_name, noise_ratio, args.network)
             key = f"{dataset_name}, {noise_ratio:g} noise"
             curves[key] = trajectory_auroc(setting.run.scores, setting.flipped)
             epochs[key] = np.asarray(setting.run.trajectory_epochs)
@@ -96,16 +95,16 @@ def main(args: argparse.Namespace) -> None:
             print(markdown_table([row for row in rows if row["dataset"] == dataset_name
                                   and row["noise_ratio"] == noise_ratio]))
 
-    folder = args.results_dir / "scores"
-    write_atomically(folder / "benchmark.csv", csv_bytes(rows))
+    folder, suffix = args.results_dir / "scores", "" if args.network == "SimpleNN" else f"_{args.network}"
+    write_atomically(folder / f"benchmark{suffix}.csv", csv_bytes(rows))
     table = markdown_table(rows)
-    write_atomically(folder / "benchmark.md", (f"`{settings['command']}`\n\n" + table).encode())
+    write_atomically(folder / f"benchmark{suffix}.md", (f"`{settings['command']}`\n\n" + table).encode())
     figure = save_figure(plot_trajectory_auroc(curves, epochs, inversion),
-                         args.figures_dir / "scores" / "benchmark_auroc_by_epoch")
+                         args.figures_dir / "scores" / f"benchmark_auroc_by_epoch{suffix}")
     for key, by_score in curves.items():
         best = {name: int(epochs[key][values.argmax()]) for name, values in by_score.items()}
         print(f"{key}: best epoch per score {best}, mean inversion epoch {inversion[key]:.0f}")
-    print(f"saved {folder / 'benchmark.csv'}, {folder / 'benchmark.md'} and {figure[0]}")
+    print(f"saved {folder / f'benchmark{suffix}.csv'}, {folder / f'benchmark{suffix}.md'} and {figure[0]}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Epochs are numbered from 0 as in the original code: epoch e is the (e+1)-th opti
 observer that checks epoch e sees the networks right after that step.
 """
 import functools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -242,6 +243,36 @@ def resnet_logits(model: ResNet18, data: Tensor) -> Tensor:
         logits = torch.cat([model(chunk)[0] for chunk in data.split(RESNET_EVAL_CHUNK)])
     model.train()
     return logits
+
+
+class WholeDataObservers:
+    """Shows `observers` of a ResNet trained on minibatches what a full-batch step shows for free: after each
+    checked epoch, the logits [1, N, C] of the whole `data` in eval mode, with the model in eval mode while they
+    observe (so per-sample gradients are per sample). `seconds` adds up the time of those passes."""
+
+    def __init__(self, observers: Sequence[Observer], data: Tensor) -> None:
+        self.observers, self.data, self.seconds = list(observers), data, 0.0
+
+    def is_check(self, epoch: int) -> bool:
+        return any(observer.is_check(epoch) for observer in self.observers)
+
+    def observe(self, state: TrainingState) -> None:
+        start = time.perf_counter()
+        logits = resnet_logits(state.model, self.data)[None]                                 # [1, N, C]
+        if self.data.device.type == "cuda":
+            torch.cuda.synchronize(self.data.device)
+        self.seconds += time.perf_counter() - start
+        seen = TrainingState(state.epoch, state.model, logits, None, state.labels, state.num_classes)
+        state.model.eval()
+        try:
+            for observer in self.observers:
+                if observer.is_check(state.epoch):
+                    observer.observe(seen)
+        finally:
+            state.model.train()
+
+    def done(self) -> bool:
+        return all(observer.done() for observer in self.observers)
 
 
 # ----------------------------------------------------------------------------- training and predicting

@@ -52,9 +52,12 @@ def class_counts_path(results_dir: Path, dataset_name: str, strategy: str, subse
     return Path(results_dir) / "Hard_sample_distribution" / f"{dataset_name}_{strategy}_{subset_size}_class_counts.pkl"
 
 
-def scores_results_path(results_dir: Path, dataset_name: str, subset_size: int, noise_ratio: float) -> Path:
-    """hardness_scores.py and mislabel_detection_benchmark.py: every score of one setting (.npz, .json beside)."""
-    return Path(results_dir) / "scores" / f"{dataset_name}_{subset_size}_{noise_ratio:g}.npz"
+def scores_results_path(results_dir: Path, dataset_name: str, subset_size: int, noise_ratio: float,
+                        network: str = "SimpleNN") -> Path:
+    """hardness_scores.py and mislabel_detection_benchmark.py: every score of one setting (.npz, .json beside);
+    scores of ResNets end in _ResNet."""
+    suffix = "" if network == "SimpleNN" else f"_{network}"
+    return Path(results_dir) / "scores" / f"{dataset_name}_{subset_size}_{noise_ratio:g}{suffix}.npz"
 
 
 def class_accuracies_path(results_dir: Path, dataset_name: str, subset_size: int, overfit: bool) -> Path:

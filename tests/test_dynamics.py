@@ -12,7 +12,7 @@ from hardness import dynamics, mislabel
 from hardness.dynamics import (AMBIGUOUS, EASY, HARD_TO_LEARN, DynamicsRecorder, area_under_margin,
                                assigned_probabilities, correct_predictions, data_map, data_map_regions, el2n,
                                forgetting_events, margins, per_sample_gradient_norms, sample_losses)
-from hardness.engine import TrainingState, train_simple_nns
+from hardness.engine import TrainingState, resnet_logits, train_resnets, train_simple_nns
 from hardness.mislabel import (confident_learning, detection_scores, precision_at_k, score_training_run, set_scores,
                                trajectory_auroc)
 from neural_networks import BatchedSimpleNN, SimpleNN
@@ -234,3 +234,45 @@ def test_the_recorder_scores_a_users_own_loop_and_model():
     torch.testing.assert_close(scores["forgetting"][0], forgetting_events(correct_predictions(logits, labels)))
     torch.testing.assert_close(scores["el2n"][0], el2n(logits[4], labels))
     torch.testing.assert_close(scores["grand"][0], grand)
+
+
+def test_resnet_scores_come_from_each_networks_whole_data_logits_in_eval_mode():
+    """ResNets on minibatches: each network's recorder sees the logits a plain eval-mode pass over all the data
+    gives after every epoch, so its AUM, forgetting and EL2N equal the functions of those logits; GraNd is taken
+    in eval mode; the networks are stacked in seed order."""
+    data, labels, _ = blobs(per_class=6, flipped_per_class=1)
+    data = data.repeat(1, 1, 2, 2)                                                       # [18, 1, 8, 8]
+    seeds, epochs = [3, 4], 4
+
+    class EvalLogits:                                           # the reference: one eval pass per epoch, by hand
+        def __init__(self):
+            self.logits, self.grand = [], None
+
+        def is_check(self, epoch):
+            return True
+
+        def observe(self, state):
+            self.logits.append(resnet_logits(state.model, data))
+            if state.epoch == 1:
+                self.grand = per_sample_gradient_norms(state.model.eval(), data, labels)
+                state.model.train()
+
+        def done(self):
+            return False
+
+    def make_observers(runs):
+        recorder = DynamicsRecorder(data, labels, 3, runs, range(epochs), score_epoch=1, trajectory_epochs=[2])
+        return {"dynamics": mislabel.TimedObserver(recorder, data.device)}
+    models, sets, pass_seconds = mislabel.train_observed("ResNet", seeds, data, labels, 3, epochs, 8, make_observers,
+                                                         progress=False)
+    assert len(models) == len(sets) == 2 and pass_seconds > 0
+    scores = mislabel.stacked_dynamics(sets)
+    for run, seed in enumerate(seeds):
+        reference = EvalLogits()
+        train_resnets([seed], data, labels, 3, epochs, batch_size=8, observers=[reference], progress=False)
+        logits = torch.stack(reference.logits)                                           # [epochs, N, C]
+        torch.testing.assert_close(scores["aum"][run], area_under_margin(logits, labels))
+        torch.testing.assert_close(scores["forgetting"][run], forgetting_events(correct_predictions(logits, labels)))
+        torch.testing.assert_close(scores["el2n"][run], el2n(logits[1], labels))
+        torch.testing.assert_close(scores["grand"][run], reference.grand)
+        torch.testing.assert_close(scores["margin_trajectory"][run, 0], margins(logits[2], labels))

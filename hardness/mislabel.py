@@ -13,7 +13,7 @@ probabilities: K more networks per run, each trained without one fold (all of th
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +77,8 @@ class ScoredRun:
 
 
 def train_observed(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
-                   batch_size: int | None, make_observers, progress: bool = True,
+                   batch_size: int | None, make_observers: Callable[[int], dict[str, TimedObserver]],
+                   progress: bool = True,
                    description: str = "training") -> tuple[nn.Module, list[dict[str, TimedObserver]], float]:
     """One network per seed, watched by the timed observers `make_observers(runs)` returns (name -> observer):
     one set for the whole batch of SimpleNNs, or one set per ResNet (runs = 1), shown the whole data's logits.

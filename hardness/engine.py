@@ -204,7 +204,8 @@ def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classe
     set), or shuffled minibatches of `batch_size`. Full batch that cannot fit the device is a UserInputError.
     `observers` see each network in turn after the epochs they check (the model only: logits and latent None)."""
     models = nn.ModuleList()
-    for run, seed in enumerate(tqdm(seeds, desc=description, disable=not progress, leave=False)):
+    bar = tqdm(total=len(seeds) * epochs, desc=description, unit="epoch", disable=not progress, leave=False)
+    for run, seed in enumerate(seeds):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = ResNet18(data.shape[1], num_classes).to(data.device)
@@ -229,10 +230,12 @@ def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classe
                 for observer in observers:
                     if observer.is_check(epoch):
                         observer.observe(TrainingState(epoch, model, None, None, labels, num_classes))
+                bar.update()
         except torch.OutOfMemoryError as error:
             raise UserInputError(f"ResNet training ran out of memory on {data.device}; give a smaller "
                                  "--batch_size" + ("" if batch_size else " (e.g. 128)")) from error
         models.append(model)
+    bar.close()
     return models
 
 

@@ -46,11 +46,17 @@ def check_labels(labels: Tensor, size: int, num_classes: int | None = None) -> N
         raise ValueError(f"labels must lie in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}")
 
 
-def check_trajectory(values: Tensor, name: str, dtype: torch.dtype | None = None) -> None:
-    """A clear ValueError unless values is a tensor [E, ..., N] with E >= 1 recorded epochs (of `dtype`)."""
-    if not isinstance(values, Tensor) or values.dim() < 2 or values.shape[0] < 1:
+def check_trajectory(values: Tensor, name: str, dtype: torch.dtype | None = None, per_class: bool = False) -> None:
+    """A clear ValueError unless values is a tensor [E, ..., N] (or [E, ..., N, C] when per_class) with E >= 1
+    recorded epochs, of `dtype` (a floating-point dtype when dtype is None)."""
+    layout = "[epochs, ..., N, C]" if per_class else "[epochs, ..., N]"
+    min_dims = 3 if per_class else 2
+    if not isinstance(values, Tensor) or values.dim() < min_dims or values.shape[0] < 1:
         shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"{name} must be a tensor [epochs, ..., N] with at least one epoch, got {shape}")
+        raise ValueError(f"{name} must be a tensor {layout} with an epoch axis first and at least one epoch, "
+                         f"got {shape}")
+    if dtype is None and not values.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor {layout}, got {values.dtype}")
     if dtype is not None and values.dtype != dtype:
         raise ValueError(f"{name} must have dtype {dtype}, got {values.dtype}")
 
@@ -97,7 +103,7 @@ def correct_predictions(logits: Tensor, labels: Tensor) -> Tensor:
 
 def area_under_margin(logit_trajectory: Tensor, labels: Tensor) -> Tensor:
     """AUM [..., N]: the mean over the recorded epochs of the margin; logits [E, ..., N, C]. Low = suspicious."""
-    check_trajectory(logit_trajectory, "logit_trajectory")
+    check_trajectory(logit_trajectory, "logit_trajectory", per_class=True)
     return margins(logit_trajectory, labels).mean(0)
 
 

@@ -102,6 +102,19 @@ def test_the_functions_reject_bad_shapes_and_dtypes():
         data_map(torch.rand(4, 3), torch.ones(3, 3, dtype=torch.bool))
 
 
+def test_scores_of_a_trajectory_require_the_epoch_axis():
+    """[N, C] logits are one moment, not a trajectory: AUM says what it expected instead of averaging the margins
+    of the samples into one number; integer probabilities get the same kind of message instead of torch's."""
+    with pytest.raises(ValueError, match=r"logit_trajectory must be a tensor \[epochs, \.\.\., N, C\].*got \(3, 3\)"):
+        area_under_margin(HAND_LOGITS[0], HAND_LABELS)
+    with pytest.raises(ValueError, match=r"logit_trajectory must be a floating-point tensor"):
+        area_under_margin(HAND_LOGITS.long(), HAND_LABELS)
+    with pytest.raises(ValueError, match=r"probability_trajectory must be a floating-point tensor \[epochs, \.\.\., N\]"):
+        data_map(torch.ones(4, 3, dtype=torch.int64), torch.ones(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"correct_trajectory must be a tensor \[epochs, \.\.\., N\]"):
+        forgetting_events(torch.ones(3, dtype=torch.bool))
+
+
 # ----------------------------------------------------------------------------- GraNd
 
 def test_grand_chunks_equal_a_per_sample_loop():

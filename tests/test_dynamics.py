@@ -224,7 +224,7 @@ def test_rankings_point_the_way_their_scores_say():
 
 
 def test_the_recorder_scores_a_users_own_loop_and_model():
-    """The README's example: an ordinary nn.Sequential trained in a plain loop, logits recorded by hand and by the
+    """The example of docs/scores.md: an ordinary nn.Sequential trained in a plain loop, logits recorded by hand and by the
     recorder (GraNd through torch.func on the plain module), agree."""
     torch.manual_seed(0)
     inputs, labels = torch.randn(40, 5), torch.randint(0, 3, (40,))

@@ -38,6 +38,7 @@ class Dataset:
     labels: Tensor        # [N] int64
     indices: Tensor       # [N] positions in the train+test concatenation (on the CPU)
     class_names: list[str]
+    sample_ids: list[str]  # [N] each sample's identity in the source: "train/123", "test/45", a file's path, ...
 
     @property
     def num_classes(self) -> int:
@@ -201,7 +202,13 @@ def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: tor
     indices = subset_indices(len(labels), subset_size, seed)
     data, _, _ = standardise(images[indices].float() / 255)
     class_names = [str(c) for c in getattr(splits[0], "classes", [])] or [str(c) for c in range(int(labels.max()) + 1)]
-    return Dataset(cls.__name__, data.to(device), labels[indices].to(device), indices, class_names)
+    return Dataset(cls.__name__, data.to(device), labels[indices].to(device), indices, class_names,
+                   split_sample_ids(indices, len(splits[0])))
+
+
+def split_sample_ids(indices: Tensor, train_size: int) -> list[str]:
+    """Identities of positions in the train+test concatenation: "train/<i>" or "test/<i>" in torchvision's order."""
+    return [f"train/{i}" if i < train_size else f"test/{i - train_size}" for i in indices.tolist()]
 
 
 # ----------------------------------------------------------------------------- label noise and splits

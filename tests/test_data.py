@@ -21,6 +21,8 @@ def test_loader_reads_idx_files_in_torchvision_layout(tmp_path, name, fourth_cla
     assert sorted(dataset.indices.tolist()) == list(range(80))  # train (60) and test (20) concatenated
     assert dataset.labels.tolist() == written["labels"][dataset.indices.numpy()].tolist()
     assert dataset.num_classes == 10 and dataset.class_names[3] == fourth_class
+    # identities in torchvision's order: the 60 train images first, then the 20 test images
+    assert dataset.sample_ids == [f"train/{i}" if i < 60 else f"test/{i - 60}" for i in dataset.indices.tolist()]
     # every sample is its raw image, scaled to [0, 1] and standardised with the subset's statistics
     raw = written["images"][dataset.indices.numpy()].astype(np.float64) / 255
     expected = (raw - raw.mean()) / np.sqrt(raw.var(ddof=1) + 1e-9)

@@ -9,15 +9,21 @@ middle = 6-10, late = 11-15, complete = all; thirds of --steps in general), cali
 is compared with its distance to the trained network's decision boundary (Spearman correlation; the
 paper's claim: the closer to the boundary, the higher the VoG, so the correlation is negative).
 
-Saves <results_dir>/VoG/toy_<split>_<mode>_<vog_cal>.npz (vog, distance, labels, points, accuracies) with
-the settings in a .json beside it, and draws <figures_dir>/VoG/toy_dataset_decision_boundary and
-<figures_dir>/VoG/<split>_<mode>_<vog_cal> (PNG and PDF).
+Every output is named after its run, toy_<split>_<mode>_<vog_cal>_<init>_seed<seed>, followed by _tanh,
+_lr<lr> and _steps<steps> where those differ from the defaults, and _legacy_bugs: saves
+<results_dir>/VoG/<name>.npz (vog, distance, labels, points, accuracies) with the settings in a .json
+beside it, and draws <figures_dir>/VoG/<name>_decision_boundary and <figures_dir>/VoG/<name>_vog_by_distance
+(PNG and PDF).
 
---legacy_bugs reproduces the original code's two bugs, for figure parity, and adds _legacy_bugs to the
-names of the VoG results and figure:
+The scatter draws each point's VoG against its distance to the trained network's own boundary (the
+original: to the line 0.2471 x1 + x2 - 0.0124 = 0 it hard-codes).
+
+--legacy_bugs reproduces the original code's two bugs, for figure parity (with --init original, --mode
+early --vog_cal normalize, the VoG of both splits equals the original script's own outputs to 1e-6):
 1. its input gradients were never zeroed, so the gradient recorded at checkpoint t was the sum of the
-   gradients of checkpoints 1..t; on the training split, whose inputs required gradients during
-   training, each training step's backward pass added the input gradient of the mean loss as well;
+   gradients of checkpoints 1..t; on the training split, whose inputs required gradients from the first
+   checkpoint on, each later training step's backward pass added the input gradient of the mean loss as
+   well (steps 2..t; the first step's never);
 2. each stage's deviations were taken from the sum of all K checkpoints' gradients divided by the
    stage's length (the sum of 15 divided by 5) instead of from the stage's own mean.
 """
@@ -39,13 +45,15 @@ from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, add
                    train_full_batch, vog_from_gradients)
 
 SAMPLES, TRAIN, NUM_CLASSES = 500, 450, 2
+LR, STEPS = 1e-3, 15      # the original's training
 BOUNDARY_GRID = 1201      # points per axis of the grid that finds a tanh network's boundary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=["train", "test"], default="test",
-                        help="points whose VoG is computed: the 450 training or the 50 test points (default test)")
+                        help="points whose VoG is computed: the 450 training or the 50 test points (default test; the "
+                             "original: train)")
     parser.add_argument("--mode", choices=STAGES, default="early",
                         help="checkpoints the VoG is computed from: the first, second or last third of the "
                              "steps, or all of them (default early)")
@@ -58,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the weights with --init normal; the data are always the original's "
                              "(default 0)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="SGD learning rate (default 0.001)")
-    parser.add_argument("--steps", type=positive_int, default=15,
-                        help="full-batch training steps, with a checkpoint after each; at least 3 (default 15)")
+    parser.add_argument("--lr", type=positive_float, default=LR, help=f"SGD learning rate (default {LR:g})")
+    parser.add_argument("--steps", type=positive_int, default=STEPS,
+                        help=f"full-batch training steps, with a checkpoint after each; at least 3 (default {STEPS})")
     parser.add_argument("--tanh", action="store_true", help="put a tanh between the two layers")
     parser.add_argument("--legacy_bugs", action="store_true",
                         help="reproduce the original code's two VoG bugs (accumulated gradients, stages "
@@ -68,6 +76,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_device_argument(parser)
     add_output_arguments(parser)
     return parser.parse_args(argv)
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The name of a run's outputs: every flag that changes what it computes."""
+    name = f"toy_{args.split}_{args.mode}_{args.vog_cal}_{args.init}_seed{args.seed}"
+    name += "_tanh" if args.tanh else ""
+    name += f"_lr{args.lr:g}" if args.lr != LR else ""
+    name += f"_steps{args.steps}" if args.steps != STEPS else ""
+    return name + ("_legacy_bugs" if args.legacy_bugs else "")
 
 
 def toy_data() -> tuple[Tensor, Tensor]:
@@ -79,7 +96,9 @@ def toy_data() -> tuple[Tensor, Tensor]:
 class TrainingInputGradients:
     """Engine observer for the original's first bug on the training split: `data` requires gradients, so
     every training step's backward pass adds the loss's input gradient to `data.grad`; keeps that running
-    sum after every step."""
+    sum after every step. The original made its training points require gradients only after the first
+    step, so the sum starts with the second step: the first step's gradient is dropped (the sum after
+    step 1 is 0)."""
 
     def __init__(self, data: Tensor) -> None:
         self.data = data
@@ -89,7 +108,9 @@ class TrainingInputGradients:
         return True
 
     def observe(self, state: object) -> None:
-        self.sums.append(self.data.grad.clone())
+        if not self.sums:
+            self.data.grad.zero_()
+        self.sums.append(self.data.grad.clone())                                          # [n, 2]
 
     def done(self) -> bool:
         return False
@@ -168,7 +189,7 @@ def experiment(args: argparse.Namespace, device: torch.device) -> tuple[VoGToyNe
                    "test_accuracy": correct[TRAIN:].mean().item(), "spearman": spearmanr(vog, distance).statistic}
 
 
-def plot_decision_boundary(model: VoGToyNet, points: Tensor, labels: Tensor, figures_dir: Path) -> list[Path]:
+def plot_decision_boundary(model: VoGToyNet, points: Tensor, labels: Tensor, path: Path) -> list[Path]:
     """The predicted class on a fine grid as filled contours, with the training and test points."""
     points, labels = points.cpu().numpy(), labels.cpu().numpy()
     (x_low, y_low), (x_high, y_high) = points.min(0) - 2, points.max(0) + 2
@@ -185,11 +206,11 @@ def plot_decision_boundary(model: VoGToyNet, points: Tensor, labels: Tensor, fig
                        edgecolors="black" if name == "test" else "none", linewidths=0.5, label=f"{name}, class {c}")
     ax.set(xlabel="$x_1$", ylabel="$x_2$", title="Toy data and the trained network's decision regions")
     ax.legend(fontsize=8)
-    return save_figure(fig, figures_dir / "VoG" / "toy_dataset_decision_boundary")
+    return save_figure(fig, path)
 
 
-def plot_vog_against_distance(results: dict[str, np.ndarray | float], args: argparse.Namespace, name: str,
-                              figures_dir: Path) -> list[Path]:
+def plot_vog_against_distance(results: dict[str, np.ndarray | float], args: argparse.Namespace,
+                              path: Path) -> list[Path]:
     """VoG of every point of the split against its distance to the decision boundary, coloured by class."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for c, colour in enumerate(["tab:blue", "tab:orange"]):
@@ -199,19 +220,19 @@ def plot_vog_against_distance(results: dict[str, np.ndarray | float], args: argp
            title=f"{args.split} split, {args.mode} checkpoints: Spearman {results['spearman']:.2f}"
                  + (" (legacy bugs)" if args.legacy_bugs else ""))
     ax.legend(fontsize=8)
-    return save_figure(fig, figures_dir / "VoG" / name)
+    return save_figure(fig, path)
 
 
 def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model, results = experiment(args, device)
-    name = f"{args.split}_{args.mode}_{args.vog_cal}" + ("_legacy_bugs" if args.legacy_bugs else "")
-    path = args.results_dir / "VoG" / f"toy_{name}.npz"
+    name = run_name(args)
+    path = args.results_dir / "VoG" / f"{name}.npz"
     save_npz_with_settings(results, path, run_settings(args, device))
 
     points, labels = toy_data()
-    figures = plot_decision_boundary(model, points, labels, args.figures_dir)
-    figures += plot_vog_against_distance(results, args, name, args.figures_dir)
+    figures = plot_decision_boundary(model, points, labels, args.figures_dir / "VoG" / f"{name}_decision_boundary")
+    figures += plot_vog_against_distance(results, args, args.figures_dir / "VoG" / f"{name}_vog_by_distance")
     print(f"train accuracy {results['train_accuracy']:.1%}, test accuracy {results['test_accuracy']:.1%}")
     print(f"Spearman correlation of VoG with the distance to the decision boundary ({args.split} split, "
           f"{args.mode} checkpoints, {args.vog_cal}): {results['spearman']:.3f}")

@@ -21,13 +21,15 @@ from hardness.vog import (STAGES, CheckpointRecorder, calibrate, checkpoint_epoc
                           input_gradients, stage_windows, vog_from_gradients, vog_scores)
 from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN, VoGToyNet
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared/fixtures/vog_imagenet_resnet50_10.npz"  # ../shared, beside the repo
+FIXTURES = Path(__file__).resolve().parent / "fixtures"                    # where they come from: README there
+GOLDEN = FIXTURES / "vog_imagenet_resnet50_3.npz"
+ORIGINAL_TOY = FIXTURES / "vog_toy_original_early_normalize.npz"
 TOY = REPO / "variance_of_gradients_toy.py"
 
 
 def test_vog_matches_the_authors_on_imagenet_resnet50_gradients():
     golden = np.load(GOLDEN)
-    vog = vog_from_gradients(torch.from_numpy(golden["input_gradients"]))                 # [3, 10, 224, 224]
+    vog = vog_from_gradients(torch.from_numpy(golden["input_gradients"]))                  # [3, 3, 224, 224]
     np.testing.assert_allclose(vog.numpy(), golden["expected_vog"], rtol=1e-6, atol=0)
 
 
@@ -277,12 +279,13 @@ def test_boundary_distance_by_hand():
 
 
 def original_buggy_loop(split: str, lr: float = 1e-3, steps: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
-    """The original toy code's recipe with its first bug: one input tensor per split that requires
-    gradients and is never zeroed, training on the training one; returns its .grad after every step
+    """The original toy code's recipe with its first bug: one input tensor per split whose gradient is
+    never zeroed, training on the training one, which requires gradients from the first checkpoint on (so
+    the loss's input gradient of every step but the first adds to it); returns its .grad after every step
     [steps, n, 2] and the split's labels."""
     points, labels = toy.toy_data()
-    train = points[:450].clone().requires_grad_()
-    inputs = train if split == "train" else points[450:].clone().requires_grad_()
+    train = points[:450].clone()
+    inputs = train if split == "train" else points[450:].clone()
     split_labels = labels[:450] if split == "train" else labels[450:]
     model = VoGToyNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -291,6 +294,7 @@ def original_buggy_loop(split: str, lr: float = 1e-3, steps: int = 15) -> tuple[
         optimizer.zero_grad()
         F.cross_entropy(model(train)[0][0], labels[:450]).backward()
         optimizer.step()
+        inputs.requires_grad_()
         model.eval()
         probabilities = model(inputs)[0][0].softmax(1)
         probabilities[torch.arange(len(inputs)), split_labels].backward(torch.ones(len(inputs)))
@@ -311,22 +315,34 @@ def test_legacy_bugs_reproduce_the_original_loop(split):
     assert np.array_equal(results["labels"], labels.numpy())
 
 
+@pytest.mark.parametrize("split, count", [("train", 450), ("test", 50)])
+def test_legacy_bugs_reproduce_the_original_scripts_outputs(split, count):
+    """The original toy script's own normalised early-stage VoG (tests/fixtures/README.md), to 1e-5."""
+    expected = np.load(ORIGINAL_TOY)[f"vog_{split}_early_normalize"]
+    args = toy.parse_args(["--split", split, "--mode", "early", "--vog_cal", "normalize", "--init", "original",
+                           "--legacy_bugs", "--device", "cpu"])
+    _, results = toy.experiment(args, torch.device("cpu"))
+    assert results["vog"].shape == expected.shape == (count,)
+    np.testing.assert_allclose(results["vog"], expected, rtol=0, atol=1e-5)
+
+
 def test_toy_end_to_end(tmp_path):
     done = subprocess.run([sys.executable, str(TOY), "--split", "test", "--mode", "early", "--vog_cal", "normalize",
                            "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "train accuracy 100.0%" in done.stdout
-    results = np.load(tmp_path / "Results/VoG/toy_test_early_normalize.npz")
+    results = np.load(tmp_path / "Results/VoG/toy_test_early_normalize_original_seed0.npz")
     assert results["train_accuracy"] == 1 and results["vog"].shape == results["distance"].shape == (50,)
     assert results["points"].shape == (50, 2) and set(results["labels"].tolist()) == {0, 1}
     assert spearmanr(results["vog"], results["distance"]).statistic <= -0.7
     for c in (0, 1):                                        # normalised within each class: mean 0, std 1
         np.testing.assert_allclose(results["vog"][results["labels"] == c].mean(), 0, atol=1e-9)
         np.testing.assert_allclose(results["vog"][results["labels"] == c].std(), 1, rtol=1e-9)
-    settings = json.loads((tmp_path / "Results/VoG/toy_test_early_normalize.json").read_text())
+    settings = json.loads((tmp_path / "Results/VoG/toy_test_early_normalize_original_seed0.json").read_text())
     assert (settings["split"], settings["mode"], settings["vog_cal"], settings["init"]) == \
         ("test", "early", "normalize", "original")
-    for name in ["toy_dataset_decision_boundary", "test_early_normalize"]:
+    for name in ["toy_test_early_normalize_original_seed0_decision_boundary",
+                 "toy_test_early_normalize_original_seed0_vog_by_distance"]:
         for suffix in [".png", ".pdf"]:
             assert (tmp_path / "Figures/VoG" / f"{name}{suffix}").stat().st_size > 0
 
@@ -352,7 +368,31 @@ def test_toy_with_normal_initialisations():
     assert fitted >= 2
 
 
-def test_too_few_steps_is_a_user_error():
+@pytest.mark.parametrize("flags, name", [
+    ([], "toy_test_early_normalize_original_seed0"),
+    (["--split", "train", "--mode", "late", "--vog_cal", "raw", "--init", "normal", "--seed", "12"],
+     "toy_train_late_raw_normal_seed12"),
+    (["--tanh", "--lr", "0.01", "--steps", "30", "--legacy_bugs"],
+     "toy_test_early_normalize_original_seed0_tanh_lr0.01_steps30_legacy_bugs"),
+])
+def test_run_names(flags, name):
+    assert toy.run_name(toy.parse_args(flags)) == name
+
+
+def test_runs_differing_in_init_or_seed_write_different_files(tmp_path):
+    """The default run, then --init normal, then --seed 1: three sets of files, and the default run's
+    files untouched by the later runs."""
+    written = []
+    for flags in ([], ["--init", "normal"], ["--seed", "1"]):
+        toy.main(toy.parse_args([*flags, "--device", "cpu", "--results_dir", str(tmp_path / "R"),
+                                 "--figures_dir", str(tmp_path / "F")]))
+        files = {path: path.read_bytes() for path in tmp_path.rglob("*")
+                 if path.is_file() and not any(path in before for before in written)}
+        assert len(files) == 6, sorted(files)             # .npz, .json and two figures as .png and .pdf
+        written.append(files)
+    for path, content in written[0].items():
+        assert path.read_bytes() == content, path
+
     args = toy.parse_args(["--steps", "2", "--device", "cpu"])
     with pytest.raises(UserInputError, match="--steps 2: .*at least 3 checkpoints"):
         toy.experiment(args, torch.device("cpu"))

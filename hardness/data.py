@@ -213,14 +213,30 @@ def split_sample_ids(indices: Tensor, train_size: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- label noise and splits
 
-def flip_labels(labels: Tensor, ratio: float, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Give int(ratio * N) samples, chosen uniformly without replacement, a label drawn uniformly from the
-    other classes. Returns the new labels and the positions of the flipped samples (on labels' device)."""
+def flip_labels(labels: Tensor, ratio: float, num_classes: int, generator: torch.Generator,
+                pairs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Give int(ratio * N) samples, chosen uniformly without replacement, another label: drawn uniformly from the
+    other classes, or with `pairs` ([C] int64, pairs[c] != c) the one confusable class pairs[c] of their class.
+    Returns the new labels and the positions of the flipped samples (on labels' device)."""
     chosen = torch.randperm(len(labels), generator=generator)[:int(ratio * len(labels))]
-    offsets = torch.randint(1, num_classes, (len(chosen),), generator=generator)
     noisy = labels.cpu().clone()
-    noisy[chosen] = (noisy[chosen] + offsets) % num_classes
+    if pairs is None:
+        offsets = torch.randint(1, num_classes, (len(chosen),), generator=generator)
+        noisy[chosen] = (noisy[chosen] + offsets) % num_classes
+    else:
+        noisy[chosen] = pairs.cpu()[noisy[chosen]]
     return noisy.to(labels.device), chosen.to(labels.device)
+
+
+def confusable_classes(data: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """[C] int64: for every class, the other class whose mean input is nearest (Euclidean) to its own, the
+    class its samples are moved into by pair noise (`--noise_type pairs`)."""
+    flat = data.reshape(len(data), -1).double()                                           # [N, D]
+    means = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64, device=data.device)
+    means.index_add_(0, labels, flat)
+    means /= torch.bincount(labels, minlength=num_classes).clamp(min=1)[:, None]         # [C, D]
+    distances = torch.cdist(means, means).fill_diagonal_(float("inf"))                    # [C, C]
+    return distances.argmin(1).cpu()
 
 
 def split_train_test(hard: Tensor, train_ratio: float, generator: torch.Generator) -> Tensor:

@@ -12,7 +12,7 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
                                                     multiclass_precision, multiclass_recall)
 
 from hardness import engine, identifiers
-from hardness.data import benchmark_splits, flip_labels, reduction_masks, split_train_test
+from hardness.data import benchmark_splits, confusable_classes, flip_labels, reduction_masks, split_train_test
 from hardness.engine import (RadiiRecorder, derived_seed, network_logits, resnet_logits, train_full_batch,
                              train_networks)
 from hardness.identifiers import (MAX_INVERSION_ATTEMPTS, IdentificationError, StragglerTracker, class_counts,
@@ -545,6 +545,24 @@ def test_flip_labels_changes_exactly_the_chosen_labels():
     assert torch.equal(labels, torch.arange(1000) % 10)  # the input is left alone
     again, flipped_again = flip_labels(labels, 0.3, 10, torch.Generator().manual_seed(5))
     assert torch.equal(noisy, again) and torch.equal(flipped, flipped_again)
+
+
+def test_pair_noise_moves_each_chosen_sample_into_its_class_pair():
+    labels = torch.arange(40) % 4
+    pairs = torch.tensor([2, 3, 0, 0])
+    noisy, flipped = flip_labels(labels, 0.5, 4, torch.Generator().manual_seed(3), pairs=pairs)
+    assert len(flipped) == 20
+    expected = labels.clone()
+    expected[flipped] = torch.tensor([2, 3, 0, 0])[labels[flipped]]
+    assert noisy.tolist() == expected.tolist()
+
+
+def test_confusable_classes_are_the_nearest_class_means():
+    # class means at 0, 1, 5 and 11 on a line (two samples each, symmetric around the mean): 0 <-> 1, 5 -> 1, 11 -> 5
+    centres = torch.tensor([0.0, 1.0, 5.0, 11.0])
+    data = torch.stack([centres - 0.1, centres + 0.1], 1).reshape(8, 1, 1, 1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert confusable_classes(data, labels, 4).tolist() == [1, 0, 1, 2]
 
 
 def test_flip_labels_floors_the_count_and_zero_flips_nothing():

@@ -111,6 +111,9 @@ def cell_name(crossed: dict[str, Any]) -> str:
 
 def load_grid(path: Path, results_root: Path = Path("Results")) -> Grid:
     """Read and check a grid file; expand every stage's product of crossed flags into cells."""
+    if not (REPO / "sweep.py").is_file():
+        raise UserInputError(f"sweeps run the repository's scripts, and this copy of hardness ({REPO}) is an "
+                             "installed one without them: run sweep.py from a clone of the repository")
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file {path} not found")

@@ -14,7 +14,10 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/results.py`   | result paths, atomic pickles and .npz files with settings, figures             |
 | `hardness/vog.py`       | Variance of Gradients: checkpoints, batched input gradients, the score, stages |
 | `hardness/dynamics.py`  | training-dynamics scores (AUM, forgetting, EL2N, GraNd, data maps, loss)       |
-| `hardness/mislabel.py`  | every score from one run, cleanlab's baseline, the mislabel benchmark, figures |
+| `hardness/scoring.py`   | every score from one batched run, cleanlab's baseline, AUM's threshold verdict |
+| `hardness/setting.py`   | the scoring flags; one subset with flipped labels scored, saved and loaded     |
+| `hardness/mislabel.py`  | the mislabel benchmark: detection metrics, rank correlations, its tables       |
+| `hardness/score_figures.py` | the data map, correlations, top-k class shares, AUROC against the epoch    |
 | `hardness/sweep.py`     | grids of script runs: cells, manifest, resume, local pool and SLURM launchers  |
 """
 from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_common_arguments, add_dataset_arguments, add_device_argument,
@@ -27,10 +30,12 @@ from hardness.engine import (RadiiRecorder, derived_seed, simple_nn_size, train_
                              train_networks)
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
-from hardness.mislabel import (RANKINGS, SETS, add_scoring_arguments, benchmark_rows, check_scoring_arguments,
-                               combine_rows, detection_scores, hardness_ranking, load_setting_arrays, load_settings,
-                               markdown_table, plot_correlations, plot_data_map, plot_top_k_classes,
-                               plot_trajectory_auroc, rank_correlations, save_setting, score_setting, trajectory_auroc)
+from hardness.mislabel import (benchmark_rows, combine_rows, detection_scores, markdown_table, rank_correlations,
+                               trajectory_auroc)
+from hardness.score_figures import plot_correlations, plot_data_map, plot_top_k_classes, plot_trajectory_auroc
+from hardness.scoring import RANKINGS, SETS, hardness_ranking
+from hardness.setting import (add_scoring_arguments, check_scoring_arguments, load_setting_arrays, load_settings,
+                              save_setting, score_setting)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
 from hardness.radii import mean_inversion_epochs
 from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct, existing_f1_results,

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
 from hardness.engine import train_simple_nns  # noqa: E402
-from hardness.mislabel import confident_learning, score_training_run  # noqa: E402
+from hardness.scoring import confident_learning, score_training_run  # noqa: E402
 from utils import (add_benchmark_dataset_arguments, derived_seed, flip_labels, keep_freed_memory_in_heap,  # noqa: E402
                    load_dataset, non_negative_int, positive_int, resolve_device)
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hardness import dynamics, mislabel
+from hardness import dynamics, mislabel, scoring
 from hardness.dynamics import (AMBIGUOUS, EASY, HARD_TO_LEARN, DynamicsRecorder, area_under_margin,
                                assigned_probabilities, correct_predictions, data_map, data_map_regions, el2n,
                                forgetting_events, margins, per_sample_gradient_norms, sample_losses)
 from hardness.engine import TrainingState, resnet_logits, train_resnets, train_simple_nns
-from hardness.mislabel import (confident_learning, detection_scores, precision_at_k, score_training_run, set_scores,
-                               trajectory_auroc)
+from hardness.mislabel import detection_scores, precision_at_k, set_scores, trajectory_auroc
+from hardness.scoring import confident_learning, score_training_run
 from neural_networks import BatchedSimpleNN, SimpleNN
 
 L3 = math.log(3)
@@ -204,13 +204,13 @@ def test_score_training_run_finds_the_flipped_blobs_and_times_every_score():
     run = score_training_run([5, 6], data, labels, 3, 150, score_epoch=20, trajectory_every=50, cleanlab_folds=2,
                              aum_threshold=True, progress=False)
     assert run.trajectory_epochs == [49, 99, 149]
-    for name in mislabel.RANKINGS:
-        assert run.scores[mislabel.RANKINGS[name][0]].shape == (2, len(labels)), name
+    for name in scoring.RANKINGS:
+        assert run.scores[scoring.RANKINGS[name][0]].shape == (2, len(labels)), name
     assert run.scores["loss_trajectory"].shape == (2, 3, len(labels))
     for name in ("aum", "data_map", "forgetting", "cleanlab"):
-        assert detection_scores(mislabel.hardness_ranking(run.scores, name), flipped)["auroc"] > 0.9, name
+        assert detection_scores(scoring.hardness_ranking(run.scores, name), flipped)["auroc"] > 0.9, name
     assert set_scores(run.scores["aum_flagged"], flipped)["recall"] > 0.8
-    assert set(run.seconds) == {"training", "stragglers", "confidence/energy", "vog", "grand", mislabel.SHARED_COST,
+    assert set(run.seconds) == {"training", "stragglers", "confidence/energy", "vog", "grand", scoring.SHARED_COST,
                                 "cleanlab", "aum_flagged"} and all(v >= 0 for v in run.seconds.values())
     curves = trajectory_auroc(run.scores, flipped)
     assert set(curves) == {"loss", "confidence", "el2n", "margin"} and all(len(c) == 3 for c in curves.values())
@@ -220,7 +220,7 @@ def test_rankings_point_the_way_their_scores_say():
     """sign * array is higher for harder samples: AUM and data-map confidence low, forgetting high."""
     assert dynamics.RANKINGS["aum"][1] == -1 and dynamics.RANKINGS["data_map"] == ("data_map_confidence", -1)
     scores = {"aum": np.array([[2.0, -1.0]]), "forgetting": np.array([[0.0, 3.0]])}
-    assert mislabel.hardness_ranking(scores, "aum").argmax() == 1 == mislabel.hardness_ranking(scores, "forgetting").argmax()
+    assert scoring.hardness_ranking(scores, "aum").argmax() == 1 == scoring.hardness_ranking(scores, "forgetting").argmax()
 
 
 def test_the_recorder_scores_a_users_own_loop_and_model():
@@ -275,11 +275,11 @@ def test_resnet_scores_come_from_each_networks_whole_data_logits_in_eval_mode():
 
     def make_observers(runs):
         recorder = DynamicsRecorder(data, labels, 3, runs, range(epochs), score_epoch=1, trajectory_epochs=[2])
-        return {"dynamics": mislabel.TimedObserver(recorder, data.device)}
-    models, sets, pass_seconds = mislabel.train_observed("ResNet", seeds, data, labels, 3, epochs, 8, make_observers,
-                                                         progress=False)
+        return {"dynamics": scoring.TimedObserver(recorder, data.device)}
+    models, sets, pass_seconds = scoring.train_observed("ResNet", seeds, data, labels, 3, epochs, 8, make_observers,
+                                                        progress=False)
     assert len(models) == len(sets) == 2 and pass_seconds > 0
-    scores = mislabel.stacked_dynamics(sets)
+    scores = scoring.stacked_dynamics(sets)
     for run, seed in enumerate(seeds):
         reference = EvalLogits()
         train_resnets([seed], data, labels, 3, epochs, batch_size=8, observers=[reference], progress=False)

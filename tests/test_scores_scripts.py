@@ -13,7 +13,8 @@ import hardness_scores
 import mislabel_detection_benchmark
 from conftest import REPO, synthetic_blobs, write_mnist_layout
 from hardness.cli import UserInputError
-from hardness.mislabel import RANKINGS, SETS, detection_scores, hardness_ranking
+from hardness.mislabel import detection_scores
+from hardness.scoring import RANKINGS, SETS, hardness_ranking
 
 SCORES, BENCHMARK = REPO / "hardness_scores.py", REPO / "mislabel_detection_benchmark.py"
 TINY = ["--subset_size", "300", "--epochs", "120", "--cleanlab_folds", "2", "--seed", "3", "--device", "cpu"]

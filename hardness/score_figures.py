@@ -1,0 +1,79 @@
+"""Figures of the scores: the data map, the rank-correlation matrix, each class's share of each score's top k,
+and the benchmark's AUROC of per-epoch scores against the epoch."""
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from hardness.scoring import RANKINGS, hardness_ranking
+
+
+def plot_data_map(scores: dict[str, np.ndarray], flipped: np.ndarray, title: str) -> plt.Figure:
+    """Confidence against variability (means over runs), coloured by correctness, flipped labels marked."""
+    confidence, variability = scores["data_map_confidence"].mean(0), scores["data_map_variability"].mean(0)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    points = ax.scatter(variability, confidence, c=scores["data_map_correctness"].mean(0), cmap="viridis", s=2,
+                        vmin=0, vmax=1, rasterized=True)
+    ax.scatter(variability[flipped], confidence[flipped], facecolors="none", edgecolors="red", s=8, linewidths=0.5,
+               label=f"flipped label ({int(flipped.sum())})", rasterized=True)
+    fig.colorbar(points, ax=ax, label="correctness (share of epochs correct)")
+    ax.set_xlabel("variability (std of the label's probability over epochs)")
+    ax.set_ylabel("confidence (mean probability of the label)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_correlations(matrix: np.ndarray, names: Sequence[str], title: str) -> plt.Figure:
+    """The Spearman correlation matrix of the scores' run-averaged hardness."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="Spearman correlation")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_k_classes(scores: dict[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str], k: int,
+                       title: str) -> plt.Figure:
+    """Share of each class among each score's k hardest samples (run-averaged hardness), and in the data."""
+    rows, names = [], []
+    for name in RANKINGS:
+        if RANKINGS[name][0] in scores:
+            top = np.argsort(-hardness_ranking(scores, name).mean(0), kind="stable")[:k]
+            rows.append(np.bincount(labels[top], minlength=len(class_names)) / k)
+            names.append(name)
+    rows.append(np.bincount(labels, minlength=len(class_names)) / len(labels))
+    names.append("all samples")
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
+    image = ax.imshow(np.stack(rows), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    fig.colorbar(image, ax=ax, label=f"share of the top {k}")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_trajectory_auroc(curves: dict[str, dict[str, np.ndarray]], epochs: dict[str, np.ndarray],
+                          inversion: dict[str, float]) -> plt.Figure:
+    """AUROC of each trajectory score against the epoch it is taken at, one panel per setting, the mean
+    inversion epoch dashed."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), sharey=True, squeeze=False)
+    for ax, (setting, by_score) in zip(axes[0], curves.items()):
+        for name, values in by_score.items():
+            ax.plot(epochs[setting] + 1, values, label=name)
+        if not np.isnan(inversion[setting]):
+            ax.axvline(inversion[setting] + 1, color="black", linestyle="--", linewidth=1,
+                       label=f"mean inversion point ({inversion[setting] + 1:.0f})")
+        ax.set_xscale("log")
+        ax.set_title(setting, fontsize=10)
+        ax.set_xlabel("epochs trained (log scale)")
+    axes[0, 0].set_ylabel("AUROC, flipped vs clean labels")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

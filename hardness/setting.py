@@ -1,0 +1,111 @@
+"""One scored setting: the flags of a scoring run, the subset with its flipped labels scored, and the .npz
+and settings JSON it is saved to (hardness_scores.py and mislabel_detection_benchmark.py share these)."""
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hardness.cli import UserInputError, add_common_arguments, non_negative_int, positive_int
+from hardness.data import Dataset, flip_labels, load_dataset
+from hardness.engine import derived_seed
+from hardness.identifiers import VOG_CHECKPOINTS
+from hardness.results import save_npz_with_settings
+from hardness.scoring import RANKINGS, ScoredRun, score_training_run
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser, runs: int) -> None:
+    """The flags of the scoring run that hardness_scores.py and mislabel_detection_benchmark.py share."""
+    parser.add_argument("--runs", type=positive_int, default=runs,
+                        help=f"independent networks (seeds); SimpleNNs are trained as one batched computation "
+                             f"(default {runs})")
+    parser.add_argument("--network", choices=["SimpleNN", "ResNet"], default="SimpleNN",
+                        help="the network scored: SimpleNN (full batch, SGD lr 0.1, as Section 3) or the evaluation "
+                             "ResNet-18 (Adam lr 1e-3, wd 1e-2, full batch unless --batch_size; no stragglers) "
+                             "(default SimpleNN)")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help="--network ResNet only: shuffled minibatches of this size instead of full batch")
+    parser.add_argument("--epochs", type=positive_int, default=500,
+                        help="training epochs: full-batch steps of the SimpleNN, passes of the ResNet (default 500)")
+    parser.add_argument("--score_epoch", type=non_negative_int, default=20,
+                        help="EL2N, GraNd and loss are taken after the step of this 0-based epoch (default 20)")
+    parser.add_argument("--trajectory_every", type=positive_int, default=10,
+                        help="margin, loss, largest logit and EL2N are kept after every this many epochs, for the "
+                             "AUROC-against-epoch figure (default 10)")
+    parser.add_argument("--cleanlab_folds", type=non_negative_int, default=5,
+                        help="folds of cleanlab's out-of-sample probabilities: this many more networks per run; "
+                             "0 skips the baseline (default 5)")
+    parser.add_argument("--aum_threshold_samples", action="store_true",
+                        help="also AUM's own verdict: two more trainings in which N // (C + 1) samples get a fake "
+                             "extra class; flag the samples whose AUM is at most the 99th percentile of theirs")
+    add_common_arguments(parser)
+
+
+def check_scoring_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.epochs < VOG_CHECKPOINTS:
+        parser.error(f"--epochs must be at least {VOG_CHECKPOINTS}: VoG takes a checkpoint after each of "
+                     f"{VOG_CHECKPOINTS} epochs, got {args.epochs}")
+    if args.score_epoch >= args.epochs:
+        parser.error(f"--score_epoch must be below --epochs ({args.epochs}), got {args.score_epoch}")
+    if args.cleanlab_folds == 1:
+        parser.error("--cleanlab_folds must be 0 (no baseline) or at least 2")
+    if args.batch_size is not None and args.network != "ResNet":
+        parser.error("--batch_size applies to --network ResNet only; SimpleNNs train full batch")
+
+
+NOISE, SCORE = 0, 4      # seed stages: the label noise as verifying_importance_of_stragglers.py flips it; the runs
+
+
+@dataclass
+class ScoredSetting:
+    """One dataset subset with flipped labels and every score of its runs."""
+    dataset: Dataset
+    labels: Tensor               # [N] the labels trained on, after flipping
+    flipped: np.ndarray          # [N] bool
+    run: ScoredRun
+
+
+def score_setting(dataset_name: str, subset_size: int, noise_ratio: float, args: argparse.Namespace,
+                  device: torch.device) -> ScoredSetting:
+    """Load the subset, flip int(noise_ratio * N) labels (seeded, as Sections 4-5 do) and score `args.runs` runs
+    with the scoring flags of `args` (add_scoring_arguments)."""
+    seed = args.seed
+    dataset = load_dataset(dataset_name, args.data_root, subset_size, seed, device)
+    labels, flipped_rows = flip_labels(dataset.labels, noise_ratio, dataset.num_classes,
+                                       torch.Generator().manual_seed(derived_seed(seed, NOISE)))
+    flipped = np.zeros(len(labels), dtype=bool)
+    flipped[flipped_rows.cpu().numpy()] = True
+    run = score_training_run([derived_seed(seed, SCORE, i) for i in range(args.runs)], dataset.data, labels,
+                             dataset.num_classes, args.epochs, args.score_epoch, args.trajectory_every,
+                             args.cleanlab_folds, args.aum_threshold_samples, args.network, args.batch_size)
+    return ScoredSetting(dataset, labels, flipped, run)
+
+
+def save_setting(setting: ScoredSetting, path: Path, settings: dict) -> None:
+    """Every score [runs, N] (trajectories [runs, T, N]), the flipped mask, the labels and where the samples come
+    from to `path` (.npz); the settings, seconds and score orientations to the .json beside it."""
+    arrays = {**setting.run.scores, "flipped": setting.flipped, "labels": setting.labels.cpu().numpy(),
+              "clean_labels": setting.dataset.labels.cpu().numpy(), "subset_indices": setting.dataset.indices.numpy(),
+              "inversion_epochs": setting.run.inversion_epochs,
+              "trajectory_epochs": np.asarray(setting.run.trajectory_epochs)}
+    save_npz_with_settings(arrays, path, {**settings, "class_names": setting.dataset.class_names,
+                                          "seconds": setting.run.seconds, "notes": setting.run.notes,
+                                          "rankings": {name: {"array": array, "harder_when": "high" if sign > 0 else "low"}
+                                                       for name, (array, sign) in RANKINGS.items()}})
+
+
+def load_setting_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays save_setting wrote."""
+    if not Path(path).is_file():
+        raise UserInputError(f"scores file {path} not found; make it first with hardness_scores.py")
+    with np.load(path) as saved:
+        return dict(saved)
+
+
+def load_settings(path: Path) -> dict:
+    """The settings JSON save_setting wrote beside `path`."""
+    return json.loads(Path(path).with_suffix(".json").read_text())
+

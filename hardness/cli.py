@@ -47,12 +47,37 @@ def unit_interval(include_zero: bool, include_one: bool) -> Callable[[str], floa
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, subset_size: int = 20000) -> None:
-    """--dataset_name and --subset_size of a script that trains on a dataset."""
+    """--dataset_name, --subset_size and the flags of the user's own data sources (docs/your_data.md)."""
     parser.add_argument("--dataset_name", default="MNIST",
-                        help="torchvision dataset, any letter case: MNIST, FashionMNIST, KMNIST, ... (default MNIST)")
+                        help="torchvision dataset, any letter case: MNIST, FashionMNIST, KMNIST, ...; or your own data: "
+                             "folder:PATH (class folders of images), npz:PATH (arrays x, y) or csv:PATH (a table); "
+                             "see docs/your_data.md (default MNIST)")
     parser.add_argument("--subset_size", type=positive_int, default=subset_size,
-                        help=f"samples kept from train+test after the seeded shuffle; 70000 = all of MNIST "
-                             f"(default {subset_size})")
+                        help=f"samples kept from train+test after the seeded shuffle; 70000 = all of MNIST; your own "
+                             f"data smaller than this is used whole (default {subset_size})")
+    parser.add_argument("--dataset_label", default=None,
+                        help="your own data: the name its result files and figures carry, letters, digits and . _ + - "
+                             "(default: the folder's or file's name)")
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                        help="folder: convert every image to greyscale (1) or RGB (3) (default: what most files are)")
+    parser.add_argument("--image_size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
+                        help="folder: resize every image to H x W pixels (default: the most common size)")
+    parser.add_argument("--label_column", default="label",
+                        help="csv: the column holding each row's class, as names or integers (default label)")
+    parser.add_argument("--id_column", default=None,
+                        help="csv: a column naming the rows, kept as their sample ids (default: the row numbers)")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help="folder: drop images that cannot be decoded and say how many, instead of stopping")
+
+
+def budget_share_or_count(text: str) -> float | int:
+    """argparse type: a per-class budget, a share of each class in (0, 1) or a count of samples >= 1."""
+    value = float(text)
+    if 0 < value < 1:
+        return value
+    if value >= 1 and value.is_integer():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"must be a share in (0, 1) or a whole count >= 1, got {text}")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +101,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "results (default 0)")
     add_device_argument(parser)
     parser.add_argument("--data_root", type=Path, default=Path("./data"),
-                        help="folder holding torchvision's dataset layout, e.g. <root>/MNIST/raw (default ./data)")
+                        help="folder holding torchvision's dataset layout, e.g. <root>/MNIST/raw, and the decoded image folders' "
+                             "cache (default ./data)")
     add_output_arguments(parser)
 
 
@@ -92,7 +118,9 @@ def add_benchmark_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_results_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset_name, --subset_size and the folders of a script that reads verifying_importance_of_stragglers.py runs."""
-    parser.add_argument("--dataset_name", default="MNIST", help="dataset whose results to read (default MNIST)")
+    parser.add_argument("--dataset_name", default="MNIST",
+                        help="dataset whose results to read: a built-in name, or your own data's label (or its "
+                             "folder:/npz:/csv: source, which gives the default label) (default MNIST)")
     parser.add_argument("--subset_size", type=positive_int, default=20000,
                         help="--subset_size of the runs to read; names the results files (default 20000)")
     parser.add_argument("--sweep", type=Path, default=None,

@@ -1,9 +1,12 @@
 """Data: fetching a torchvision dataset (with registry fallbacks offline), loading the seeded, standardised
-subset as tensors on the device, label noise, and the train/test splits of the hard-sample benchmark."""
+subset of it or of the user's own data (hardness.user_data) as tensors on the device after a memory estimate,
+label noise, and the train/test splits of the hard-sample benchmark."""
+import argparse
 import contextlib
 import fcntl
 import gzip
 import inspect
+import math
 import subprocess
 import sys
 import tarfile
@@ -18,12 +21,19 @@ import torchvision
 from torch import Tensor
 
 from hardness.cli import UserInputError
+from hardness.device import free_memory_bytes
+from hardness.engine import simple_nn_size
 from hardness.results import write_atomically
+from hardness.user_data import MemoryCheck, UserData, check_label, default_label, load_csv, load_folder, load_npz, parse_source
 
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 STD_EPS = 1e-9
 DATA_HELP = "see 'Set up and run' in the README"
+RESNET_BYTES_PER_PIXEL = 7300        # autograd's saved activations of ResNet-18 per sample and input pixel (measured
+                                     # with engine.activation_bytes_per_sample: 7.2 kB from 8x8 to 64x64 inputs)
+RESNET_STATE_BYTES = 16 * 11_200_000   # ResNet-18's weights, gradients and Adam's two moments, float32
+SIMPLE_NN_LOGIT_ALLOWANCE = 64         # per network and sample: logits, their gradients and the observers' copies
 
 
 class DataUnavailableError(UserInputError):
@@ -33,16 +43,21 @@ class DataUnavailableError(UserInputError):
 @dataclass
 class Dataset:
     """A standardised dataset held as tensors on one device."""
-    name: str             # torchvision's spelling
-    data: Tensor          # [N, C, H, W] float32, standardised per channel
+    name: str             # torchvision's spelling, or the label of the user's data (names result files)
+    data: Tensor          # [N, C, H, W] float32 images standardised per channel, or [N, D] features per column
     labels: Tensor        # [N] int64
-    indices: Tensor       # [N] positions in the train+test concatenation (on the CPU)
+    indices: Tensor       # [N] positions in the train+test concatenation, or in the user's source (on the CPU)
     class_names: list[str]
     sample_ids: list[str]  # [N] each sample's identity in the source: "train/123", "test/45", a file's path, ...
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def is_table(self) -> bool:
+        """Whether the samples are feature vectors [N, D] rather than images."""
+        return self.data.dim() == 2
 
 
 def canonical_dataset_name(name: str) -> str:
@@ -190,20 +205,137 @@ def subset_indices(size: int, subset_size: int, seed: int) -> Tensor:
     return torch.from_numpy(np.random.RandomState(seed).permutation(size)[:subset_size]).long()
 
 
-def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: torch.device) -> Dataset:
+def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: torch.device,
+                 check_memory: MemoryCheck | None = None) -> Dataset:
     """Train and test splits concatenated, shuffled with `seed`, the first `subset_size` kept,
-    scaled to [0, 1], standardised per channel with the subset's statistics, and moved to `device`."""
+    scaled to [0, 1], standardised per channel with the subset's statistics, and moved to `device`
+    (after `check_memory(samples, sample shape)`, if given, found that they fit)."""
     cls = dataset_class(name)
     splits = torchvision_splits(name, Path(root))
     images = torch.cat([as_nchw_uint8(split.data) for split in splits])
     labels = torch.cat([torch.as_tensor(split.targets, dtype=torch.int64) for split in splits])
     if not 1 <= subset_size <= len(labels):
         raise UserInputError(f"--subset_size must be between 1 and {len(labels)} for {cls.__name__}, got {subset_size}")
+    if check_memory is not None:
+        check_memory(len(labels), tuple(images.shape[1:]))
     indices = subset_indices(len(labels), subset_size, seed)
     data, _, _ = standardise(images[indices].float() / 255)
     class_names = [str(c) for c in getattr(splits[0], "classes", [])] or [str(c) for c in range(int(labels.max()) + 1)]
     return Dataset(cls.__name__, data.to(device), labels[indices].to(device), indices, class_names,
                    split_sample_ids(indices, len(splits[0])))
+
+
+def is_builtin_name(label: str) -> bool:
+    """Whether `label` is, in any letter case, the name of a torchvision dataset."""
+    cls = getattr(torchvision.datasets, canonical_dataset_name(label), None)
+    return isinstance(cls, type) and issubclass(cls, torchvision.datasets.VisionDataset)
+
+
+def dataset_label(name: str, label: str | None = None) -> str:
+    """The name result files and figures carry: torchvision's spelling of a built-in dataset, or for a user
+    source ('folder:PATH', 'npz:PATH', 'csv:PATH') `label` (--dataset_label), by default the folder's or file's
+    name. A label given alone (no source) is returned as it is."""
+    source = parse_source(name)
+    if source is None:
+        if label is not None:
+            raise UserInputError("--dataset_label names your own data (folder:, npz:, csv:); the built-in datasets "
+                                 "keep their names")
+        return canonical_dataset_name(name)
+    chosen = check_label(label) if label is not None else default_label(source[1])
+    if is_builtin_name(chosen):
+        raise UserInputError(f"the label {chosen!r} of {name} is a built-in dataset's name, and its result files would "
+                             "mix with that dataset's; give another with --dataset_label")
+    return chosen
+
+
+def estimated_bytes(source_samples: int, sample_shape: tuple[int, ...], used: int, device: torch.device,
+                    network: str, networks: int, batch_size: int | None) -> int:
+    """Memory that loading `used` of `source_samples` samples of `sample_shape` and training on them needs on
+    `device`: an estimate (the float32 data, on the CPU also the raw source and the float64 standardisation;
+    a SimpleNN's activations and first layer per network, or a ResNet-18's state and activations per sample)."""
+    values = math.prod(sample_shape)
+    needed = used * values * 4
+    if device.type == "cpu":
+        needed += source_samples * values + used * values * 8
+    if network == "ResNet":
+        pixels = math.prod(sample_shape[1:])
+        return needed + RESNET_STATE_BYTES + RESNET_BYTES_PER_PIXEL * pixels * (batch_size or used)
+    depth, width = simple_nn_size(sample_shape[0] if len(sample_shape) == 3 else 1)
+    return needed + networks * used * (3 * depth * width + SIMPLE_NN_LOGIT_ALLOWANCE) * 4 + networks * values * width * 12
+
+
+def memory_check(args: argparse.Namespace, device: torch.device, subset_size: int, name: str) -> MemoryCheck:
+    """check(samples in the source, shape of one sample): a one-line UserInputError naming --subset_size (and
+    --batch_size for ResNets) when the estimate is more than the free memory, or for a ResNet on a table."""
+    network = getattr(args, "network", None) or getattr(args, "evaluation_network", None) or "SimpleNN"
+    batch_size = getattr(args, "batch_size", None)
+    runs = getattr(args, "runs", None) or getattr(args, "number_of_runs", None) or 1
+    networks = runs * len(getattr(args, "train_ratios", None) or [1])
+
+    def check(source_samples: int, sample_shape: tuple[int, ...]) -> None:
+        if network == "ResNet" and len(sample_shape) == 1:
+            raise UserInputError(f"{name} is a table of {sample_shape[0]} features, and a ResNet needs images; "
+                                 "score it with the SimpleNN")
+        used = min(subset_size, source_samples)
+        needed = estimated_bytes(source_samples, sample_shape, used, device, network, networks, batch_size)
+        free = free_memory_bytes(device)
+        if needed > free:
+            fix = ("a smaller --subset_size or --batch_size" if batch_size else
+                   "a smaller --subset_size or a --batch_size (e.g. 128)") if network == "ResNet" else \
+                "a smaller --subset_size"
+            raise UserInputError(f"{used} samples of {name} shaped {list(sample_shape)} and the run need about "
+                                 f"{needed / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device}; "
+                                 f"give {fix}")
+    return check
+
+
+def standardise_columns(table: Tensor) -> Tensor:
+    """Per-column standardisation of [N, D] features with their own mean and std: sqrt(unbiased variance + 1e-9)."""
+    stats = table.double()
+    return ((stats - stats.mean(0)) / torch.sqrt(stats.var(0, unbiased=True) + STD_EPS)).float()
+
+
+def user_dataset(source: UserData, label: str, subset_size: int, seed: int, device: torch.device) -> Dataset:
+    """The seeded subset of a user source (all of it when `subset_size` is larger, said on stderr), images scaled
+    to [0, 1] if stored as uint8, standardised per channel (images) or per column (tables), on `device`."""
+    total = len(source.labels)
+    if subset_size > total:
+        print(f"{label}: --subset_size {subset_size} is more than its {total} samples; using all {total}",
+              file=sys.stderr)
+        subset_size = total
+    indices = subset_indices(total, subset_size, seed)
+    values = torch.from_numpy(source.values[indices.numpy()])
+    values = values.float() / 255 if values.dtype == torch.uint8 else values
+    data = standardise_columns(values) if values.dim() == 2 else standardise(values)[0]
+    return Dataset(label, data.to(device), torch.from_numpy(source.labels[indices.numpy()]).to(device), indices,
+                   list(source.class_names), [source.sample_ids[i] for i in indices.tolist()])
+
+
+def load_dataset_from_args(args: argparse.Namespace, device: torch.device, subset_size: int | None = None,
+                           seed: int | None = None) -> Dataset:
+    """The dataset a script's flags name (add_dataset_arguments and --data_root, --seed): a built-in one exactly as
+    load_dataset loads it, or the user's folder:, npz: or csv: source, after a memory estimate for the run that
+    the flags describe (--network or --evaluation_network, --batch_size, --runs or --number_of_runs). `subset_size`
+    and `seed` replace the flags' when given. The Dataset's name is the label result files carry."""
+    subset_size = args.subset_size if subset_size is None else subset_size
+    seed = args.seed if seed is None else seed
+    label = dataset_label(args.dataset_name, getattr(args, "dataset_label", None))
+    check = memory_check(args, device, subset_size, label)
+    source = parse_source(args.dataset_name)
+    if source is None:
+        return load_dataset(args.dataset_name, args.data_root, subset_size, seed, device, check)
+    kind, path = source
+    if kind != "folder" and not path.is_file():
+        raise UserInputError(f"{args.dataset_name}: no such file")
+    if kind == "folder":
+        image_size = getattr(args, "image_size", None)
+        loaded = load_folder(path, args.data_root, label, getattr(args, "channels", None),
+                             tuple(image_size) if image_size else None, getattr(args, "skip_unreadable", False), check)
+    elif kind == "npz":
+        loaded = load_npz(path, check)
+    else:
+        loaded = load_csv(path, getattr(args, "label_column", "label"), getattr(args, "id_column", None), check)
+    return user_dataset(loaded, label, subset_size, seed, device)
 
 
 def split_sample_ids(indices: Tensor, train_size: int) -> list[str]:

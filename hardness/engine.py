@@ -148,8 +148,13 @@ def train_full_batch(model: nn.Module, optimizer: torch.optim.Optimizer, data: T
 
 
 def simple_nn_size(channels: int) -> tuple[int, int]:
-    """SimpleNN's (depth, width): 2 x 20 for greyscale images, 8 x 30 for 3-channel ones."""
+    """SimpleNN's (depth, width): 2 x 20 for greyscale images (and tables), 8 x 30 for 3-channel ones."""
     return (8, 30) if channels == 3 else (2, 20)
+
+
+def input_channels(data: Tensor) -> int:
+    """Channels of [N, C, H, W] images; 1 for [N, D] features (a table is sized as a greyscale image)."""
+    return data.shape[1] if data.dim() == 4 else 1
 
 
 def train_simple_nns(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
@@ -157,7 +162,7 @@ def train_simple_nns(seeds: Sequence[int], data: Tensor, labels: Tensor, num_cla
                      description: str = "training") -> BatchedSimpleNN:
     """One SimpleNN per seed, all at once, full batch, SGD lr 0.1, each on its row of `train_masks`
     [networks, N] (all samples if None)."""
-    depth, width = simple_nn_size(data.shape[1])
+    depth, width = simple_nn_size(input_channels(data))
     model = BatchedSimpleNN.from_seeds(seeds, input_size=data[0].numel(), width=width, depth=depth,
                                        num_classes=num_classes).to(data.device)
     weights = None if train_masks is None else train_masks / train_masks.sum(1, keepdim=True).clamp_min(1)
@@ -203,6 +208,9 @@ def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classe
     training samples: full batch by default, as the original (BatchNorm statistics over the whole training
     set), or shuffled minibatches of `batch_size`. Full batch that cannot fit the device is a UserInputError.
     `observers` see each network in turn after the epochs they check (the model only: logits and latent None)."""
+    if data.dim() != 4:
+        raise UserInputError(f"a ResNet needs images [N, C, H, W], got samples shaped {list(data.shape[1:])} (a "
+                             "table); use the SimpleNN")
     models = nn.ModuleList()
     bar = tqdm(total=len(seeds) * epochs, desc=description, unit="epoch", disable=not progress, leave=False)
     for run, seed in enumerate(seeds):

@@ -10,29 +10,45 @@ class); confidence (largest logit) and energy come from the trained networks. Cl
 out-of-sample probabilities of --cleanlab_folds more SimpleNNs per run.
 
 Saves <results_dir>/scores/<dataset>_<subset_size>_<noise_ratio>.npz (one array per score, [runs, N]; the
-trajectories [runs, T, N]; the flipped mask, the labels) with a settings JSON beside it (the seconds each
-score cost, which way each is hard), and draws to <figures_dir>/scores/: the data map, the Spearman
-correlation matrix of all scores, and each class's share of each score's top k. --replot draws them again
-from the saved file.
+trajectories [runs, T, N]; the flipped mask, the labels, the runs' majority prediction, the sample ids) with a
+settings JSON beside it (the seconds each score cost, which way each is hard), and beside them the answer:
+<name>_ranking.csv, every sample from most to least suspicious (sample_id, given_label, predicted_label, every
+score with its rank, consensus_rank: the mean rank of AUM, data-map confidence, forgetting and cleanlab), and
+<name>_report.html, one self-contained page of the most suspicious samples as thumbnails (rows for tables), each
+class's hardest samples by every family of scores, the data map and the per-class counts. Figures go to
+<figures_dir>/scores/: the data map, the Spearman correlation matrix of all scores, and each class's share of
+each score's top k. --replot draws them, the ranking and the report again from the saved file.
+
+Your own data (folder:PATH, npz:PATH, csv:PATH; docs/your_data.md) is scored with the labels as given
+(--noise_ratio defaults to 0 for it).
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
 
-from utils import (RANKINGS, add_dataset_arguments, add_scoring_arguments, canonical_dataset_name,
-                   check_scoring_arguments, detection_scores, hardness_ranking, load_setting_arrays, load_settings,
-                   plot_correlations, plot_data_map, plot_top_k_classes, positive_int, rank_correlations,
-                   resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
-                   scores_results_path, unit_interval)
+import torch
+
+from hardness.data import dataset_label, load_dataset_from_args
+from hardness.ranking import Ranking, build_ranking, write_ranking
+from hardness.report import render_report, write_report
+from hardness.score_figures import plot_class_counts
+from hardness.setting import setting_path
+from hardness.user_data import parse_source
+from utils import (RANKINGS, UserInputError, add_dataset_arguments, add_scoring_arguments, check_scoring_arguments,
+                   detection_scores, hardness_ranking, load_setting_arrays, load_settings, plot_correlations,
+                   plot_data_map, plot_top_k_classes, positive_int, rank_correlations, resolve_device, run_script,
+                   run_settings, save_figure, save_setting, score_setting, unit_interval)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(parser)
-    parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.1,
+    parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=None,
                         help="share of samples, int(ratio * N), whose label is flipped to another class, in [0, 1) "
-                             "(default 0.1)")
+                             "(default 0.1 for the built-in datasets, 0 for your own data: its labels as given)")
+    parser.add_argument("--report_top", type=positive_int, default=60,
+                        help="how many of the most suspicious samples the report shows (default 60)")
     parser.add_argument("--top_k", type=positive_int, default=None,
                         help="how many of each score's hardest samples the class-share figure counts (default: the "
                              "mean number of stragglers, the budget Figure 7 gives every strategy)")
@@ -42,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_scoring_arguments(parser, runs=5)
     args = parser.parse_args(argv)
     check_scoring_arguments(parser, args)
+    if args.noise_ratio is None:
+        args.noise_ratio = 0.0 if parse_source(args.dataset_name) else 0.1
     return args
 
 
@@ -60,31 +78,59 @@ def draw_figures(scores: dict[str, np.ndarray], labels: np.ndarray, class_names:
     return names
 
 
+def write_answer(scores: dict[str, np.ndarray], data: torch.Tensor, class_names: list[str], noise_ratio: float,
+                 title: str, settings: dict, top: int, path: Path) -> Ranking:
+    """The ranking CSV and the report beside the scores file `path`."""
+    labels, flipped = scores["labels"], scores["flipped"] if noise_ratio > 0 else None
+    ranking = build_ranking(scores, labels, scores["predicted_labels"], class_names, scores["sample_ids"].tolist(),
+                            flipped)
+    csv_path = path.with_name(f"{path.stem}_ranking.csv")
+    write_ranking(ranking, csv_path)
+    figures = {"data map: confidence against variability": plot_data_map(scores, scores["flipped"], title),
+               "samples per class": plot_class_counts(labels, scores["predicted_labels"], ranking.order[:top],
+                                                      class_names, title)}
+    write_report(path.with_name(f"{path.stem}_report.html"),
+                 render_report(ranking, scores, data, labels, class_names, title, settings, csv_path.name, figures, top))
+    return ranking
+
+
 def main(args: argparse.Namespace) -> None:
-    dataset_name = canonical_dataset_name(args.dataset_name)
-    path = scores_results_path(args.results_dir, dataset_name, args.subset_size, args.noise_ratio, args.network)
+    label = dataset_label(args.dataset_name, args.dataset_label)
+    path = setting_path(args.results_dir, label, args.subset_size, args.noise_ratio, args.network, args.noise_type)
     if args.replot:
         scores, settings = load_setting_arrays(path), load_settings(path)
         class_names, seconds, notes = settings["class_names"], settings["seconds"], settings["notes"]
+        dataset = load_dataset_from_args(args, torch.device("cpu"), seed=settings["seed"])
+        if "sample_ids" not in scores or scores["sample_ids"].tolist() != dataset.sample_ids:
+            raise UserInputError(f"the samples of {args.dataset_name} are not those {path} scored (changed data, or a "
+                                 "file of an older version); score them again without --replot")
     else:
         device = resolve_device(args.device)
-        setting = score_setting(dataset_name, args.subset_size, args.noise_ratio, args, device)
-        save_setting(setting, path, run_settings(args, device))
-        scores, class_names = {**setting.run.scores, "flipped": setting.flipped}, setting.dataset.class_names
-        scores["labels"], seconds, notes = setting.labels.cpu().numpy(), setting.run.seconds, setting.run.notes
+        setting = score_setting(args.dataset_name, args.subset_size, args.noise_ratio, args, device)
+        settings = run_settings(args, device)
+        save_setting(setting, path, settings)
+        dataset, class_names = setting.dataset, setting.dataset.class_names
+        scores = {**setting.run.scores, "flipped": setting.flipped, "labels": setting.labels.cpu().numpy(),
+                  "predicted_labels": setting.run.predicted_labels,
+                  "sample_ids": np.asarray(setting.dataset.sample_ids, dtype=str)}
+        seconds, notes = setting.run.seconds, setting.run.notes
 
     runs = scores["confidence"].shape[0]
-    title = f"{dataset_name}, {args.subset_size} samples, {args.noise_ratio:g} noise, {runs} {args.network} runs"
+    title = f"{label}, {len(scores['labels'])} samples, {args.noise_ratio:g} noise, {runs} {args.network} runs"
     stem = args.figures_dir / "scores" / path.stem
     names = draw_figures(scores, scores["labels"], class_names, title, args.top_k, stem)
     if scores["flipped"].any():
         print("AUROC, flipped against clean labels: " + ", ".join(
             f"{n} {detection_scores(hardness_ranking(scores, n), scores['flipped'])['auroc']:.3f}"
             for n in names if n != "stragglers"))
+    ranking = write_answer(scores, dataset.data, class_names, args.noise_ratio, title, settings, args.report_top, path)
+    print("most suspicious: " + ", ".join(f"{row['sample_id']} ({row['given_label']} -> {row['predicted_label']})"
+                                          for row in ranking.rows()[:5]))
     print("seconds: " + ", ".join(f"{key} {value:.1f}" for key, value in seconds.items()))
     for note in notes:
         print(f"note: {note}")
-    print(("redrew from" if args.replot else "saved") + f" {path} and its .json; figures in {stem.parent}")
+    print(("redrew from" if args.replot else "saved") + f" {path} and its .json, {path.stem}_ranking.csv and "
+          f"{path.stem}_report.html; figures in {stem.parent}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """Which hardness score finds mislabelled samples? A benchmark of every score on flipped labels.
 
 For each dataset and noise ratio: flip int(noise_ratio * N) labels of the subset (seeded, as Sections 4-5
-flip them), compute every score from `--runs` batched runs exactly as hardness_scores.py does (and save the
-same .npz), and rank the scores by how well they separate flipped from clean labels: AUROC and average
-precision of the score averaged over runs (and the mean and std of each run's), precision at k = the
-number flipped, and the extra seconds the score costs over the plain training. Set-valued identifiers
-(stragglers, cleanlab's flagged set, AUM's threshold verdict) report the precision, recall and F1 of their
-set instead.
+flip them; with --noise_type pairs every class into its confusable class), compute every score from `--runs`
+batched runs exactly as hardness_scores.py does (and save the same .npz), and rank the scores by how well they
+separate flipped from clean labels: AUROC and average precision of the score averaged over runs (and the mean
+and std of each run's), precision at k = the number flipped, and the extra seconds the score costs over the
+plain training. The consensus of hardness_scores.py's ranking (the mean rank of AUM, data-map confidence,
+forgetting and cleanlab) follows its members. Set-valued identifiers (stragglers, cleanlab's flagged set,
+AUM's threshold verdict) report the precision, recall and F1 of their set instead. With --moved_list it scores
+one folder:PATH as it is, against the list of files moved into a wrong class folder
+(scripts/export_noisy_folder.py writes one).
 
 Writes <results_dir>/scores/benchmark.csv and benchmark.md (a markdown table), and draws
-<figures_dir>/scores/benchmark_auroc_by_epoch (each name ends in _ResNet with --network ResNet): the AUROC of loss, confidence, EL2N and margin taken at each
+<figures_dir>/scores/benchmark_auroc_by_epoch (each name ends in _ResNet with --network ResNet, then _pairs with
+pair noise, _moved with --moved_list): the AUROC of loss, confidence, EL2N and margin taken at each
 trajectory epoch, against the epoch, with the mean inversion epoch dashed. With --sweep it trains nothing:
 it merges the benchmark.csv of every cell of a sweep.py folder (e.g. the seeds of
 configs/sweeps/mislabel_benchmark.yaml) into benchmark_sweep.csv and .md, averaged per setting and score.
@@ -17,32 +21,76 @@ configs/sweeps/mislabel_benchmark.yaml) into benchmark_sweep.csv and .md, averag
 import argparse
 import csv
 import io
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from utils import (UserInputError, add_scoring_arguments, benchmark_rows, canonical_dataset_name,
-                   check_scoring_arguments, combine_rows, markdown_table, plot_trajectory_auroc, positive_int,
-                   resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
-                   scores_results_path, trajectory_auroc, unit_interval, write_atomically)
+import torch
+
+from hardness.setting import ScoredSetting, setting_path
+from utils import (UserInputError, add_dataset_arguments, add_scoring_arguments, benchmark_rows,
+                   canonical_dataset_name, check_scoring_arguments, combine_rows, markdown_table, plot_trajectory_auroc,
+                   positive_int, resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
+                   trajectory_auroc, unit_interval, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     conflict_handler="resolve")
+    add_dataset_arguments(parser)                 # the flags of your own data; --dataset_name and --subset_size follow
     parser.add_argument("--dataset_name", nargs="+", default=["MNIST", "FashionMNIST"],
-                        help="torchvision datasets, any letter case (default MNIST FashionMNIST)")
+                        help="torchvision datasets, any letter case, or your own data (folder:PATH, npz:PATH, "
+                             "csv:PATH; docs/your_data.md) (default MNIST FashionMNIST)")
     parser.add_argument("--subset_size", type=positive_int, default=20000,
-                        help="samples kept from train+test after the seeded shuffle (default 20000)")
-    parser.add_argument("--noise_ratio", type=unit_interval(False, False), nargs="+", default=[0.05, 0.1, 0.2],
-                        help="shares of labels flipped, each in (0, 1), one setting each (default 0.05 0.1 0.2)")
+                        help="samples kept from train+test after the seeded shuffle; your own data smaller than this "
+                             "is used whole (default 20000)")
+    parser.add_argument("--noise_ratio", type=unit_interval(False, False), nargs="+", default=None,
+                        help="shares of labels flipped, each in (0, 1), one setting each (default 0.05 0.1 0.2; none "
+                             "with --moved_list)")
+    parser.add_argument("--moved_list", type=Path, default=None,
+                        help="score one folder:PATH whose labels are already wrong: this file names the moved files, "
+                             "one path per line relative to the folder (as scripts/export_noisy_folder.py writes "
+                             "it), and nothing more is flipped")
     parser.add_argument("--sweep", type=Path, default=None,
                         help="merge the benchmark tables of every cell of this sweep.py folder (mean over the cells "
                              "of each setting and score) instead of running")
     add_scoring_arguments(parser, runs=3)
     args = parser.parse_args(argv)
     check_scoring_arguments(parser, args)
+    if args.moved_list is not None:
+        if len(args.dataset_name) != 1 or not args.dataset_name[0].startswith("folder:"):
+            parser.error("--moved_list scores one folder: give --dataset_name folder:PATH alone")
+        if args.noise_ratio is not None:
+            parser.error("--moved_list takes no --noise_ratio: the moved files are the label noise")
+        if args.noise_type != "uniform":
+            parser.error("--moved_list takes no --noise_type: the moved files are the label noise")
+    elif args.dataset_label is not None and len(args.dataset_name) > 1:
+        parser.error("--dataset_label names one dataset; give one --dataset_name with it")
+    args.noise_ratio = args.noise_ratio or ([] if args.moved_list else [0.05, 0.1, 0.2])
     args.dataset_name = [canonical_dataset_name(name) for name in args.dataset_name]
     return args
+
+
+def read_moved_list(path: Path, sample_ids: list[str]) -> np.ndarray:
+    """[N] bool: the samples whose id (path relative to the folder) the list names; one path per line, blank lines
+    ignored. A list that names none of the samples is a one-line error."""
+    if not path.is_file():
+        raise UserInputError(f"--moved_list {path}: no such file")
+    moved = {PurePosixPath(line.strip()).as_posix() for line in path.read_text().splitlines() if line.strip()}
+    mask = np.array([sample_id in moved for sample_id in sample_ids])
+    if not mask.any():
+        raise UserInputError(f"--moved_list {path} names {len(moved)} file(s), none of them a sample of the folder; "
+                             "it must hold paths relative to the folder, after the move, e.g. "
+                             f"{sample_ids[0]!r}")
+    return mask
+
+
+def moved_setting(args: argparse.Namespace, device: torch.device) -> ScoredSetting:
+    """The folder scored as it is, its moved files taken as the flipped labels."""
+    setting = score_setting(args.dataset_name[0], args.subset_size, 0.0, args, device)
+    setting.flipped = read_moved_list(args.moved_list, setting.dataset.sample_ids)
+    print(f"{int(setting.flipped.sum())} of the subset's {len(setting.flipped)} samples are in {args.moved_list}")
+    return setting
 
 
 def csv_bytes(rows: list[dict]) -> bytes:
@@ -80,22 +128,26 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     settings = run_settings(args, device)
     rows, curves, epochs, inversion = [], {}, {}, {}
-    for dataset_name in args.dataset_name:
-        for noise_ratio in args.noise_ratio:
-            setting = score_setting(dataset_name, args.subset_size, noise_ratio, args, device)
-            save_setting(setting, scores_results_path(args.results_dir, dataset_name, args.subset_size, noise_ratio,
-                                                      args.network),
-                         {**settings, "dataset_name": dataset_name, "noise_ratio": noise_ratio})
-            rows += benchmark_rows(setting, dataset_name, noise_ratio, args.network)
-            key = f"{dataset_name}, {noise_ratio:g} noise"
-            curves[key] = trajectory_auroc(setting.run.scores, setting.flipped)
-            epochs[key] = np.asarray(setting.run.trajectory_epochs)
-            inverted = setting.run.inversion_epochs
-            inversion[key] = float(inverted[inverted >= 0].mean()) if (inverted >= 0).any() else float("nan")
-            print(markdown_table([row for row in rows if row["dataset"] == dataset_name
-                                  and row["noise_ratio"] == noise_ratio]))
+    noise_type = "moved" if args.moved_list else args.noise_type
+    runs = [(name, ratio) for name in args.dataset_name for ratio in args.noise_ratio] or [(args.dataset_name[0], None)]
+    for dataset_name, noise_ratio in runs:
+        setting = (moved_setting(args, device) if noise_ratio is None
+                   else score_setting(dataset_name, args.subset_size, noise_ratio, args, device))
+        label, noise_ratio = setting.dataset.name, noise_ratio if noise_ratio is not None else float(setting.flipped.mean())
+        save_setting(setting, setting_path(args.results_dir, label, args.subset_size, noise_ratio, args.network,
+                                           noise_type),
+                     {**settings, "dataset_name": dataset_name, "noise_ratio": noise_ratio, "noise_type": noise_type})
+        rows += benchmark_rows(setting, label, noise_ratio, args.network, noise_type)
+        key = f"{label}, {noise_ratio:g} noise"
+        curves[key] = trajectory_auroc(setting.run.scores, setting.flipped)
+        epochs[key] = np.asarray(setting.run.trajectory_epochs)
+        inverted = setting.run.inversion_epochs
+        inversion[key] = float(inverted[inverted >= 0].mean()) if (inverted >= 0).any() else float("nan")
+        print(markdown_table([row for row in rows if row["dataset"] == label and row["noise_ratio"] == noise_ratio]))
 
-    folder, suffix = args.results_dir / "scores", "" if args.network == "SimpleNN" else f"_{args.network}"
+    folder = args.results_dir / "scores"
+    suffix = ("" if args.network == "SimpleNN" else f"_{args.network}") + ("" if noise_type == "uniform"
+                                                                          else f"_{noise_type}")
     write_atomically(folder / f"benchmark{suffix}.csv", csv_bytes(rows))
     table = markdown_table(rows)
     write_atomically(folder / f"benchmark{suffix}.md", (f"`{settings['command']}`\n\n" + table).encode())

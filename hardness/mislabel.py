@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hardness.ranking import CONSENSUS, available, consensus_hardness
 from hardness.scoring import RANKINGS, SETS, SHARED_COST, TRAJECTORY_SCORES, hardness_ranking
 from hardness.setting import ScoredSetting
 
@@ -58,22 +59,28 @@ def rank_correlations(scores: dict[str, np.ndarray], names: Sequence[str]) -> np
     return np.atleast_2d(spearmanr(np.stack(columns, 1)).statistic)
 
 
-
+CONSENSUS_ROW = "consensus"
 COST_KEYS = {"stragglers": "stragglers", "confidence": "confidence/energy", "energy": "confidence/energy",
              "vog": "vog", "grand": "grand", "cleanlab": "cleanlab", "cleanlab_flagged": "cleanlab",
              "aum_flagged": "aum_flagged", **{name: SHARED_COST for name in ("aum", "forgetting", "el2n", "data_map", "loss")}}
 
 
-def benchmark_rows(setting: ScoredSetting, dataset_name: str, noise_ratio: float, network: str) -> list[dict]:
-    """One row per score: its detection scores (continuous) or set scores (set-valued), and its extra seconds."""
+def benchmark_rows(setting: ScoredSetting, dataset_name: str, noise_ratio: float, network: str,
+                   noise_type: str = "uniform") -> list[dict]:
+    """One row per score: its detection scores (continuous) or set scores (set-valued), and its extra seconds; the
+    consensus (hardness/ranking.py) follows the continuous scores, its seconds those of its members together."""
     scores, seconds, rows = setting.run.scores, setting.run.seconds, []
-    for name in [*RANKINGS, *SETS]:
-        if name not in scores and RANKINGS.get(name, (name,))[0] not in scores:
-            continue
-        row = {"dataset": dataset_name, "noise_ratio": noise_ratio, "network": network, "score": name,
-               "extra_seconds": seconds[COST_KEYS[name]], "training_seconds": seconds["training"]}
-        row.update(set_scores(scores[name], setting.flipped) if name in SETS
-                   else detection_scores(hardness_ranking(scores, name), setting.flipped))
+    members = available(scores, CONSENSUS)
+    for name in [*available(scores, list(RANKINGS)), CONSENSUS_ROW, *available(scores, SETS)]:
+        cost = (sum(seconds[key] for key in {COST_KEYS[member] for member in members}) if name == CONSENSUS_ROW
+                else seconds[COST_KEYS[name]])
+        row = {"dataset": dataset_name, "noise_ratio": noise_ratio, "noise_type": noise_type, "network": network,
+               "score": name, "extra_seconds": cost, "training_seconds": seconds["training"]}
+        if name in SETS:
+            row.update(set_scores(scores[name], setting.flipped))
+        else:
+            hardness = consensus_hardness(scores) if name == CONSENSUS_ROW else hardness_ranking(scores, name)
+            row.update(detection_scores(hardness, setting.flipped))
         rows.append(row)
     return rows
 
@@ -83,14 +90,15 @@ def combine_rows(rows: list[dict]) -> list[dict]:
     every number averaged, with the number of runs and the std of the AUROC (or F1) over them."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row["dataset"], float(row["noise_ratio"]), row.get("network") or "SimpleNN", row["score"])
+        key = (row["dataset"], float(row["noise_ratio"]), row.get("noise_type") or "uniform",
+               row.get("network") or "SimpleNN", row["score"])
         groups.setdefault(key, []).append(row)
     combined = []
-    for (dataset, noise_ratio, network, score), members in groups.items():
+    for (dataset, noise_ratio, noise_type, network, score), members in groups.items():
         numbers = {key for row in members for key, value in row.items() if value not in ("", None)} - {
-            "dataset", "noise_ratio", "network", "score"}
-        merged = {"dataset": dataset, "noise_ratio": noise_ratio, "network": network, "score": score,
-                  "benchmark_runs": len(members)}
+            "dataset", "noise_ratio", "noise_type", "network", "score"}
+        merged = {"dataset": dataset, "noise_ratio": noise_ratio, "noise_type": noise_type, "network": network,
+                  "score": score, "benchmark_runs": len(members)}
         merged.update({key: float(np.mean([float(row[key]) for row in members])) for key in sorted(numbers)})
         headline = "auroc" if "auroc" in numbers else "f1"
         merged[f"{headline}_std_over_runs"] = float(np.std([float(row[headline]) for row in members]))
@@ -100,19 +108,21 @@ def combine_rows(rows: list[dict]) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     """The benchmark as a markdown table: continuous scores by AUROC, AP and precision at k; sets by P / R / F1.
-    The network is named in the dataset column where it is not the SimpleNN."""
+    The network is named in the dataset column where it is not the SimpleNN, pair noise in the noise column."""
     lines = ["| dataset | noise | score | AUROC | AP | P@k | AUROC per run | set P / R / F1 | extra s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         network = row.get("network") or "SimpleNN"
         dataset = row["dataset"] + ("" if network == "SimpleNN" else f" ({network})")
+        noise = f"{float(row['noise_ratio']):g}" + (" pairs" if row.get("noise_type") == "pairs" else "")
         if row.get("auroc") not in (None, ""):
             cells = [f"{row['auroc']:.3f}", f"{row['ap']:.3f}", f"{row['precision_at_k']:.3f}",
                      f"{row['auroc_run_mean']:.3f} ± {row['auroc_run_std']:.3f}", "–"]
         else:
             cells = ["–", "–", "–", "–", f"{row['precision']:.3f} / {row['recall']:.3f} / {row['f1']:.3f}"]
-        cost = f"{row['extra_seconds']:.1f}" + (" *" if COST_KEYS[row["score"]] == SHARED_COST else "")
-        lines.append(f"| {dataset} | {row['noise_ratio']:g} | {row['score']} | " + " | ".join(cells) + f" | {cost} |")
+        mark = " †" if row["score"] == CONSENSUS_ROW else " *" if COST_KEYS[row["score"]] == SHARED_COST else ""
+        lines.append(f"| {dataset} | {noise} | {row['score']} | " + " | ".join(cells)
+                     + f" | {row['extra_seconds']:.1f}{mark} |")
     return "\n".join(lines) + ("\n\n* one observer records aum, forgetting, data_map, el2n and loss together; the "
-                               "seconds are theirs jointly.\n")
-
+                               "seconds are theirs jointly.\n† the consensus: the mean rank of "
+                               f"{', '.join(CONSENSUS)} (each where computed); the seconds of its members together.\n")

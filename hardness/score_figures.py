@@ -77,3 +77,22 @@ def plot_trajectory_auroc(curves: dict[str, dict[str, np.ndarray]], epochs: dict
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_class_counts(labels: np.ndarray, predicted: np.ndarray, top: np.ndarray, class_names: Sequence[str],
+                      title: str) -> plt.Figure:
+    """Per class: its samples by given label and by the runs' prediction, and how many of the most suspicious
+    samples `top` (positions) carry its label."""
+    classes = np.arange(len(class_names))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.25 * len(class_names) + 1.8), sharey=True)
+    axes[0].barh(classes - 0.2, np.bincount(labels, minlength=len(classes)), height=0.4, label="given label")
+    axes[0].barh(classes + 0.2, np.bincount(predicted, minlength=len(classes)), height=0.4, label="predicted label")
+    axes[0].set_xlabel("samples")
+    axes[0].legend(fontsize=8)
+    axes[1].barh(classes, np.bincount(labels[top], minlength=len(classes)), color="tab:red")
+    axes[1].set_xlabel(f"among the {len(top)} most suspicious (given label)")
+    axes[0].set_yticks(classes, class_names)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

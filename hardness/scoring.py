@@ -71,7 +71,16 @@ class ScoredRun:
     seconds: dict[str, float]
     trajectory_epochs: list[int]
     inversion_epochs: np.ndarray                      # [runs, C], -1 where a class never inverted
+    predicted_labels: np.ndarray                      # [N] the runs' majority prediction after the last epoch
     notes: list[str] = field(default_factory=list)
+
+
+def majority_labels(logits: Tensor) -> Tensor:
+    """[N] the class most runs predict from logits [runs, N, C]; a tie goes to the tied class of the highest mean
+    probability (half of it, in [0, 0.5], is added to the integer votes, so it never outweighs one vote)."""
+    num_classes = logits.shape[-1]
+    votes = nn.functional.one_hot(logits.argmax(-1), num_classes).sum(0).double()          # [N, C]
+    return (votes + logits.double().softmax(-1).mean(0) / 2).argmax(-1)
 
 
 def train_observed(network: str, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
@@ -192,10 +201,13 @@ def score_training_run(seeds: Sequence[int], data: Tensor, labels: Tensor, num_c
     else:
         inversion = np.zeros((runs, 0), dtype=np.int64)                  # no inversion point without stragglers
 
+    predicted: list[Tensor] = []                                                             # [N], once
+
     def final_scores() -> None:
         logits = network_logits(model, data)                                                 # [runs, N, C]
         scores["confidence"] = -SCORERS["confidence"](logits)                                # the largest logit
         scores["energy"] = SCORERS["energy"](logits)
+        predicted.append(majority_labels(logits))
     seconds["confidence/energy"] = seconds_on_device(device, final_scores)
 
     def vog() -> None:
@@ -229,4 +241,4 @@ def score_training_run(seeds: Sequence[int], data: Tensor, labels: Tensor, num_c
                      "those classes have no stragglers")
     if network != "SimpleNN":
         notes.append("ResNet runs: no stragglers (they are found in the SimpleNN's latent space)")
-    return ScoredRun(arrays, seconds, trajectory_epochs, inversion, notes)
+    return ScoredRun(arrays, seconds, trajectory_epochs, inversion, predicted[0].cpu().numpy(), notes)

@@ -10,11 +10,14 @@ import torch
 from torch import Tensor
 
 from hardness.cli import UserInputError, add_common_arguments, non_negative_int, positive_int
-from hardness.data import Dataset, flip_labels, load_dataset
+from hardness.data import Dataset, confusable_classes, flip_labels, load_dataset_from_args
 from hardness.engine import derived_seed
 from hardness.identifiers import VOG_CHECKPOINTS
-from hardness.results import save_npz_with_settings
+from hardness.results import save_npz_with_settings, scores_results_path
 from hardness.scoring import RANKINGS, ScoredRun, score_training_run
+
+
+NOISE_TYPES = ("uniform", "pairs")
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser, runs: int) -> None:
@@ -38,6 +41,10 @@ def add_scoring_arguments(parser: argparse.ArgumentParser, runs: int) -> None:
     parser.add_argument("--cleanlab_folds", type=non_negative_int, default=5,
                         help="folds of cleanlab's out-of-sample probabilities: this many more networks per run; "
                              "0 skips the baseline (default 5)")
+    parser.add_argument("--noise_type", choices=NOISE_TYPES, default="uniform",
+                        help="how a flipped label is chosen: uniform (another class, drawn uniformly) or pairs (every "
+                             "class into its one confusable class, the class whose mean input is nearest, as real "
+                             "label noise is not uniform) (default uniform)")
     parser.add_argument("--aum_threshold_samples", action="store_true",
                         help="also AUM's own verdict: two more trainings in which N // (C + 1) samples get a fake "
                              "extra class; flag the samples whose AUM is at most the 99th percentile of theirs")
@@ -66,31 +73,48 @@ class ScoredSetting:
     labels: Tensor               # [N] the labels trained on, after flipping
     flipped: np.ndarray          # [N] bool
     run: ScoredRun
+    pairs: Tensor | None = None  # [C] the class each class was flipped into (pair noise)
+
+
+def setting_path(results_dir: Path, dataset_label: str, subset_size: int, noise_ratio: float, network: str,
+                 noise_type: str = "uniform") -> Path:
+    """The .npz of one scored setting: scores_results_path's, ending in _pairs for pair noise and _moved for a
+    folder scored against its list of moved files."""
+    path = scores_results_path(results_dir, dataset_label, subset_size, noise_ratio, network)
+    return path if noise_type == "uniform" else path.with_name(f"{path.stem}_{noise_type}{path.suffix}")
 
 
 def score_setting(dataset_name: str, subset_size: int, noise_ratio: float, args: argparse.Namespace,
                   device: torch.device) -> ScoredSetting:
-    """Load the subset, flip int(noise_ratio * N) labels (seeded, as Sections 4-5 do) and score `args.runs` runs
-    with the scoring flags of `args` (add_scoring_arguments)."""
+    """Load the subset (load_dataset_from_args with `dataset_name` and `subset_size`), flip int(noise_ratio * N)
+    labels (seeded, as Sections 4-5 do; pair noise with args.noise_type 'pairs') and score `args.runs` runs with
+    the scoring flags of `args` (add_scoring_arguments)."""
     seed = args.seed
-    dataset = load_dataset(dataset_name, args.data_root, subset_size, seed, device)
+    dataset = load_dataset_from_args(argparse.Namespace(**{**vars(args), "dataset_name": dataset_name}), device,
+                                     subset_size=subset_size)
+    pairs = (confusable_classes(dataset.data, dataset.labels, dataset.num_classes)
+             if getattr(args, "noise_type", "uniform") == "pairs" else None)
     labels, flipped_rows = flip_labels(dataset.labels, noise_ratio, dataset.num_classes,
-                                       torch.Generator().manual_seed(derived_seed(seed, NOISE)))
+                                       torch.Generator().manual_seed(derived_seed(seed, NOISE)), pairs)
     flipped = np.zeros(len(labels), dtype=bool)
     flipped[flipped_rows.cpu().numpy()] = True
     run = score_training_run([derived_seed(seed, SCORE, i) for i in range(args.runs)], dataset.data, labels,
                              dataset.num_classes, args.epochs, args.score_epoch, args.trajectory_every,
                              args.cleanlab_folds, args.aum_threshold_samples, args.network, args.batch_size)
-    return ScoredSetting(dataset, labels, flipped, run)
+    return ScoredSetting(dataset, labels, flipped, run, pairs)
 
 
 def save_setting(setting: ScoredSetting, path: Path, settings: dict) -> None:
-    """Every score [runs, N] (trajectories [runs, T, N]), the flipped mask, the labels and where the samples come
-    from to `path` (.npz); the settings, seconds and score orientations to the .json beside it."""
+    """Every score [runs, N] (trajectories [runs, T, N]), the flipped mask, the labels, the runs' majority
+    prediction, the samples' identities and where they come from to `path` (.npz); the settings, class names,
+    seconds and score orientations to the .json beside it."""
     arrays = {**setting.run.scores, "flipped": setting.flipped, "labels": setting.labels.cpu().numpy(),
               "clean_labels": setting.dataset.labels.cpu().numpy(), "subset_indices": setting.dataset.indices.numpy(),
-              "inversion_epochs": setting.run.inversion_epochs,
+              "sample_ids": np.asarray(setting.dataset.sample_ids, dtype=str),
+              "predicted_labels": setting.run.predicted_labels, "inversion_epochs": setting.run.inversion_epochs,
               "trajectory_epochs": np.asarray(setting.run.trajectory_epochs)}
+    if setting.pairs is not None:
+        arrays["noise_pairs"] = setting.pairs.cpu().numpy()
     save_npz_with_settings(arrays, path, {**settings, "class_names": setting.dataset.class_names,
                                           "seconds": setting.run.seconds, "notes": setting.run.notes,
                                           "rankings": {name: {"array": array, "harder_when": "high" if sign > 0 else "low"}

@@ -1,0 +1,128 @@
+"""The visual answer: one self-contained HTML page of the most suspicious samples, each class's hardest samples by
+every family of scores, the data map and the per-class counts, the settings and a link to the ranking CSV.
+
+The page is rendered from hardness/templates/report.html.j2 by Jinja2 with autoescaping on: sample ids, class
+names and file names come from the user's data and are text, never markup. Every image is inline (a data: URI
+of a PNG), and a Content-Security-Policy forbids scripts and any load from outside the page, so it opens
+offline and loads nothing. Images [N, C, H, W] are shown as thumbnails, each stretched to its own minimum and
+maximum (the data are standardised, so the original scale is gone); tables [N, D] show their rows instead.
+"""
+import base64
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import jinja2
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from hardness.ranking import CONSENSUS, Ranking, available, rank_aggregate, suspicion_order
+from hardness.results import write_atomically
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+FAMILIES = {"training dynamics": ("aum", "forgetting", "data_map", "el2n", "loss"),
+            "gradients": ("vog", "grand"),
+            "output uncertainty": ("confidence", "energy"),
+            "latent geometry (stragglers)": ("stragglers",),
+            "confident learning": ("cleanlab",)}          # family -> member scores (rankings or sets)
+TABLE_COLUMNS = 12                                         # features shown of a table's row
+
+
+def png_data_uri(image: Image.Image) -> str:
+    """A PIL image as a data: URI of a PNG."""
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(encoded.getvalue()).decode("ascii")
+
+
+def figure_data_uri(fig: plt.Figure) -> str:
+    """A matplotlib figure as a data: URI of a PNG; closes the figure."""
+    encoded = io.BytesIO()
+    fig.savefig(encoded, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(encoded.getvalue()).decode("ascii")
+
+
+def thumbnail(sample: np.ndarray) -> Image.Image:
+    """One standardised image [C, H, W] as a picture, stretched to its own minimum and maximum: greyscale for one
+    channel, RGB for three, the mean of the channels for any other number."""
+    low, high = float(sample.min()), float(sample.max())
+    scaled = np.round(255 * (sample - low) / (high - low)) if high > low else np.zeros_like(sample)   # [C, H, W]
+    if scaled.shape[0] == 3:
+        return Image.fromarray(np.ascontiguousarray(scaled.transpose(1, 2, 0)).astype(np.uint8))    # RGB
+    return Image.fromarray(scaled.mean(0).round().astype(np.uint8))                                 # greyscale
+
+
+class SampleView:
+    """What the page shows of samples: a thumbnail (images) or the first TABLE_COLUMNS values (tables), each made
+    once however often the sample appears."""
+
+    def __init__(self, data: Tensor) -> None:
+        self.data, self.cache = data, {}                    # data: [N, C, H, W] or [N, D]
+        self.is_table = data.dim() == 2
+
+    def __call__(self, position: int) -> str | list[str]:
+        if position not in self.cache:
+            sample = self.data[position].detach().cpu().numpy()
+            self.cache[position] = ([f"{value:.3g}" for value in sample[:TABLE_COLUMNS]] if self.is_table
+                                    else png_data_uri(thumbnail(sample)))
+        return self.cache[position]
+
+    def header(self) -> list[str]:
+        """Column names of a table's shown values, with the number left out."""
+        if not self.is_table:
+            return []
+        width = self.data.shape[1]
+        return [f"x{j}" for j in range(min(width, TABLE_COLUMNS))] + ([f"(+{width - TABLE_COLUMNS})"]
+                                                                       if width > TABLE_COLUMNS else [])
+
+
+def family_orders(scores: dict[str, np.ndarray], labels: np.ndarray, num_classes: int,
+                  per_class: int) -> dict[str, list[list[int]]]:
+    """Each family present (the consensus first) -> for every class, the positions of its `per_class` hardest
+    samples by the family's rank aggregate, most suspicious first."""
+    families = {"likely mislabelled (consensus)": available(scores, CONSENSUS),
+                **{family: available(scores, members) for family, members in FAMILIES.items()}}
+    orders = {}
+    for family, members in families.items():
+        if members:
+            order = suspicion_order(rank_aggregate(scores, members))                   # [N]
+            orders[family] = [order[labels[order] == c][:per_class].tolist() for c in range(num_classes)]
+    return orders
+
+
+def render_report(ranking: Ranking, scores: dict[str, np.ndarray], data: Tensor, labels: np.ndarray,
+                  class_names: Sequence[str], title: str, settings: dict, csv_name: str,
+                  figures: dict[str, plt.Figure], top: int = 60, per_class: int = 6) -> str:
+    """The page as HTML text: the `top` most suspicious samples, each class's `per_class` hardest by every family,
+    the figures (title -> figure, closed here), the settings and a relative link to `csv_name`."""
+    view = SampleView(data)
+    columns = ranking.columns
+    member_ranks = [name for name in ranking.members if f"{name}_rank" in columns]
+
+    def card(position: int) -> dict:
+        return {"id": columns["sample_id"][position], "given": columns["given_label"][position],
+                "predicted": columns["predicted_label"][position], "rank": columns["consensus_rank"][position],
+                "flipped": columns["flipped"][position] if "flipped" in columns else None,
+                "ranks": [(name, columns[f"{name}_rank"][position]) for name in member_ranks],
+                "view": view(position)}
+    orders = family_orders(scores, labels, len(class_names), per_class)
+    classes = [{"name": name, "count": int((labels == c).sum()),
+                "families": [{"family": family, "cards": [card(p) for p in by_class[c]]}
+                             for family, by_class in orders.items()]} for c, name in enumerate(class_names)]
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined)
+    return environment.get_template("report.html.j2").render(
+        title=title, is_table=view.is_table, header=view.header(), members=ranking.members,
+        top=[card(p) for p in ranking.order[:top].tolist()], classes=classes, families=list(orders),
+        figures=[{"title": name, "uri": figure_data_uri(fig)} for name, fig in figures.items()],
+        settings=[(key, value if isinstance(value, str) else repr(value)) for key, value in settings.items()],
+        csv_name=csv_name, csv_href="./" + quote(csv_name, safe=""), samples=len(labels))
+
+
+def write_report(path: Path, html: str) -> None:
+    """The page to `path`, atomically."""
+    write_atomically(path, html.encode())

@@ -197,7 +197,8 @@ class VoGToyNet(nn.Module):
 
 # ----------------------------------------------------------------------------- class-hardness simulations
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
+               "leaky_relu": nn.LeakyReLU}   # LeakyReLU's default negative slope: 0.01
 
 
 class HardnessMLP(nn.Module):
@@ -221,7 +222,8 @@ class HardnessMLP(nn.Module):
 
 class HardnessCNN(nn.Module):
     """`depth` x [Conv3x3 padding 1 (-> width channels), activation, 2x2 pooling], Flatten, then
-    Linear(width * floor(H / 2^depth) * floor(W / 2^depth) -> classes). The feature is the flattened last block."""
+    Linear(width * floor(H / 2^depth) * floor(W / 2^depth) -> classes). The feature is the flattened last block
+    (the flattened input when depth is 0)."""
 
     def __init__(self, input_shape: Sequence[int], depth: int, width: int, num_classes: int,
                  activation: str = "relu", pooling: str = "max") -> None:
@@ -233,7 +235,7 @@ class HardnessCNN(nn.Module):
             layers += [nn.Conv2d(channels, width, 3, padding=1), ACTIVATIONS[activation](), pool(2)]
             channels = width
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(width * (height // 2 ** depth) * (width_pixels // 2 ** depth), num_classes)
+        self.head = nn.Linear(channels * (height // 2 ** depth) * (width_pixels // 2 ** depth), num_classes)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.features(x)
@@ -242,23 +244,35 @@ class HardnessCNN(nn.Module):
 
 class HardnessResNet50(nn.Module):
     """torchvision's ResNet-50 (no pretrained weights) with a `num_classes`-way head and a stem for
-    `in_channels`; `small_input` swaps the stem for a 3x3 stride-1 conv and drops the max-pool. The feature
-    is the globally pooled output of the last stage."""
+    `in_channels`. `cifar_stem`: a 3x3 stride-1 stem conv and no max-pool, for small images as they are;
+    otherwise the 7x7 stride-2 ImageNet stem, with inputs resized (bilinear) to 224x224. Every ReLU becomes
+    `activation` (see ACTIVATIONS) and the global pool is `pooling` ('avg' or 'max'). The feature is the
+    globally pooled output of the last stage, [N, 2048]."""
 
-    def __init__(self, in_channels: int, num_classes: int, small_input: bool = False) -> None:
+    def __init__(self, in_channels: int, num_classes: int, cifar_stem: bool = True, activation: str = "relu",
+                 pooling: str = "avg") -> None:
         super().__init__()
+        self.cifar_stem = cifar_stem
         self.net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
-        if small_input:
+        if cifar_stem:
             self.net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
             self.net.maxpool = nn.Identity()
         elif in_channels != 3:
             self.net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        pool = nn.AdaptiveAvgPool2d(1) if pooling == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.net.avgpool = pool   # torchvision's name for the global pool, whichever it is
+        for name, module in list(self.net.named_modules()):
+            if isinstance(module, nn.ReLU):
+                parent, _, attribute = name.rpartition(".")
+                setattr(self.net.get_submodule(parent), attribute, ACTIVATIONS[activation]())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         net = self.net
+        if not self.cifar_stem:
+            x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)   # [N, C, 224, 224]
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-        features = torch.flatten(net.avgpool(x), 1)
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))                              # [N, 2048, h, w]
+        features = torch.flatten(net.avgpool(x), 1)                                        # [N, 2048]
         return net.fc(features), features
 
 
@@ -378,3 +392,39 @@ class FeatureCNN(nn.Module):
 
     def classify(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
+
+
+# ----------------------------------------------------------------------------- networks that memorise
+
+class MemorisationNet(nn.Module):
+    """Hidden blocks, then a linear head; the latent representation is the flattened output of hidden block
+    `latent` (1-based, 1 = the first), as Section 3 measures radii in the first hidden layer."""
+
+    def __init__(self, blocks: Sequence[nn.Module], head: nn.Module, latent: int = 1) -> None:
+        super().__init__()
+        if not 1 <= latent <= len(blocks):
+            raise ValueError(f"latent layer {latent} must be between 1 and {len(blocks)}")
+        self.hidden, self.head, self.latent = nn.ModuleList(blocks), head, latent
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        latent = x
+        for index, block in enumerate(self.hidden, start=1):
+            x = block(x)
+            if index == self.latent:
+                latent = x
+        return self.head(x.flatten(1)), latent.flatten(1)
+
+
+def memorisation_mlp(input_shape: Sequence[int], num_classes: int, width: int = 512, latent: int = 1) -> MemorisationNet:
+    """Flatten, two hidden layers of `width` ReLUs, a linear head."""
+    blocks = [nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU()),
+              nn.Sequential(nn.Linear(width, width), nn.ReLU())]
+    return MemorisationNet(blocks, nn.Linear(width, num_classes), latent)
+
+
+def memorisation_cnn(input_shape: Sequence[int], num_classes: int, latent: int = 1) -> MemorisationNet:
+    """Two 3x3 convolutions (16 and 32 channels, padding 1), each followed by ReLU and 2x2 max-pooling; a linear head."""
+    channels, height, width = input_shape
+    blocks = [nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+              nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))]
+    return MemorisationNet(blocks, nn.Linear(32 * (height // 4) * (width // 4), num_classes), latent)

@@ -11,8 +11,10 @@ Saves <results_dir>/VoG/<dataset>_<subset_size>_vog.npz with its settings in a .
 README documents the arrays). --mode and --vog_cal choose what the figures draw, under <figures_dir>/VoG/
 as <dataset>_<subset_size>_<mode>_<vog_cal>_<figure> (PNG and PDF): error_by_vog (held-out error per VoG
 decile, and the original's two bins below and above the median), accuracy_kept (held-out accuracy when
-only the lowest-VoG x% are kept), extremes (the 10 lowest- and 10 highest-VoG training images of every
-class, each with its mean input-gradient map over the stage's checkpoints) and histograms (every stage).
+only the lowest-VoG x% are kept), both with the predictions of the stage's last checkpoint (as the
+original; the final one for late and complete), extremes (the 10 lowest- and 10 highest-VoG training
+images of every class, each with its mean input-gradient map over the stage's checkpoints) and histograms
+(every stage).
 Prints whether the paper's claims hold: top-decile error above bottom-decile error, and with --noise_ratio
 the AUROC with which late-stage VoG separates the flipped training labels from the clean ones.
 """
@@ -109,12 +111,19 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def load_checkpoints(folder: Path, skeleton: nn.Module, device: torch.device) -> list[dict[str, Tensor]]:
-    """The *.pt state dicts in `folder`, in file-name order, checked against the network they are for."""
-    paths = sorted(folder.glob("*.pt"), key=natural_key) if folder.is_dir() else []
+def checkpoint_paths(folder: Path) -> list[Path]:
+    """The *.pt files in `folder`, in file-name order; a user error unless there are at least 3."""
+    if not folder.is_dir():
+        raise UserInputError(f"--checkpoint_dir {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
+    paths = sorted(folder.glob("*.pt"), key=natural_key)
     if len(paths) < 3:
         raise UserInputError(f"--checkpoint_dir {folder} holds {len(paths)} *.pt checkpoint(s); VoG's stages need "
                              "at least 3")
+    return paths
+
+
+def load_checkpoints(paths: list[Path], skeleton: nn.Module, device: torch.device) -> list[dict[str, Tensor]]:
+    """The state dicts at `paths`, in order, checked against the network they are for."""
     states = []
     for path in paths:
         state = torch.load(path, map_location=device, weights_only=True)
@@ -152,7 +161,8 @@ def equal_groups(values: np.ndarray, groups: int) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- figures
 
 def plot_error_by_vog(vog: np.ndarray, wrong: np.ndarray, title: str) -> plt.Figure:
-    """Held-out error per VoG decile, and below/above the median (strictly, as the original plotted)."""
+    """Held-out error per VoG decile, and below/above the median (strictly, as the original plotted; the
+    original also left out the lowest- and the highest-VoG sample, kept here)."""
     fig, (deciles, halves) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1]})
     errors = [100 * wrong[group].mean() for group in equal_groups(vog, 10)]
     deciles.bar(np.arange(1, 11), errors, color="tab:blue")
@@ -235,6 +245,7 @@ def extremes_of_each_class(vog: np.ndarray, labels: np.ndarray, num_classes: int
 
 
 def main(args: argparse.Namespace) -> None:
+    paths = None if args.checkpoint_dir is None else checkpoint_paths(args.checkpoint_dir)    # before the data
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
@@ -249,8 +260,8 @@ def main(args: argparse.Namespace) -> None:
     is_flipped[flipped.cpu()] = True
 
     model = network_for(args, data, num_classes)
-    if args.checkpoint_dir is not None:
-        checkpoints, epochs = load_checkpoints(args.checkpoint_dir, model, device), []
+    if paths is not None:
+        checkpoints, epochs = load_checkpoints(paths, model, device), []
     else:
         checkpoints, epochs = trained_checkpoints(args, train_data, train_labels, num_classes)
     if args.save_checkpoints:
@@ -274,9 +285,12 @@ def main(args: argparse.Namespace) -> None:
 
     stage, cal = STAGES.index(args.mode), CALIBRATIONS.index(args.vog_cal)
     held = held_vog[stage, cal]
-    wrong = held_predictions[-1] != held_labels.cpu().numpy()                   # the trained network's errors
-    groups = equal_groups(held, 100)
-    kept_accuracy = np.array([1 - wrong[np.concatenate(groups[:share])].mean() for share in KEPT_SHARES])
+    window = stage_windows(len(checkpoints))[args.mode]
+    last = range(len(checkpoints))[window][-1]                                  # the stage's last checkpoint
+    wrong = held_predictions[last] != held_labels.cpu().numpy()                 # its errors, as the original
+    order = np.argsort(held, kind="stable")
+    kept_accuracy = np.array([1 - wrong[order[:-(-share * len(held) // 100)]].mean()   # the lowest ceil(x% of n)
+                              for share in KEPT_SHARES])
     title = f"{dataset.name} {args.subset_size}, {args.evaluation_network}, {args.mode} VoG ({args.vog_cal})"
     figures = args.figures_dir / "VoG" / f"{name}_{args.mode}_{args.vog_cal}"
     saved = save_figure(plot_error_by_vog(held, wrong, title), Path(f"{figures}_error_by_vog"))
@@ -286,15 +300,18 @@ def main(args: argparse.Namespace) -> None:
     extremes = extremes_of_each_class(train_vog[stage, cal], train_labels.cpu().numpy(), num_classes)  # [C, 20]
     places = torch.from_numpy(extremes.reshape(-1))
     rows = places.clamp_min(0).to(device)                     # an empty place (-1) reads sample 0, never drawn
-    window = checkpoints[stage_windows(len(checkpoints))[args.mode]]
-    gradients = input_gradients(model, window, train_data[rows], train_labels[rows], args.target, args.predicted_class)
+    gradients = input_gradients(model, checkpoints[window], train_data[rows], train_labels[rows], args.target,
+                                args.predicted_class)
     maps = gradients.mean(0).mean(1).cpu()                    # over the stage's checkpoints, then channels: [C * 20, H, W]
     saved += save_figure(plot_extremes(train_data[rows].cpu(), maps, places >= 0, extremes.shape,
                                        dataset.class_names, title), Path(f"{figures}_extremes"))
 
     train_accuracy = (train_predictions[-1] == train_labels.cpu().numpy()).mean()
+    held_accuracy = (held_predictions[-1] == held_labels.cpu().numpy()).mean()
     print(f"final checkpoint: training accuracy {100 * train_accuracy:.1f}% (on the labels trained on), "
-          f"held-out accuracy {100 * (1 - wrong.mean()):.1f}%")
+          f"held-out accuracy {100 * held_accuracy:.1f}%")
+    print(f"the figures and the claims below use the predictions of the {args.mode} stage's last checkpoint "
+          f"({last + 1} of {len(checkpoints)}): held-out accuracy {100 * (1 - wrong.mean()):.1f}%")
     deciles = equal_groups(held, 10)
     bottom, top = 100 * wrong[deciles[0]].mean(), 100 * wrong[deciles[-1]].mean()
     print(f"held-out error in the lowest VoG decile {bottom:.2f}%, highest {top:.2f}%: the paper's claim (error "

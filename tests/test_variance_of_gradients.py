@@ -104,16 +104,44 @@ def test_printed_claims_and_figures(workdir):
     assert not list(folder.rglob("*.tmp"))
 
 
-def test_checkpoint_dir_reproduces_the_run(workdir):
+@pytest.fixture(scope="module")
+def early_run(workdir) -> subprocess.CompletedProcess:
+    """The first run again from its saved checkpoints, drawing the early stage's raw VoG."""
     folder, _ = workdir
-    first = np.load(folder / "Results/VoG/MNIST_300_vog.npz")
-    train_vog = first["train_vog"].copy()
     done = run(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--results_dir", "Again",
                "--figures_dir", "AgainFigures", "--mode", "early", "--vog_cal", "raw", cwd=folder)
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_checkpoint_dir_reproduces_the_run(workdir, early_run):
+    folder, _ = workdir
+    first = np.load(folder / "Results/VoG/MNIST_300_vog.npz")
     again = np.load(folder / "Again/VoG/MNIST_300_vog.npz")
-    np.testing.assert_array_equal(again["train_vog"], train_vog)
+    np.testing.assert_array_equal(again["train_vog"], first["train_vog"])
     assert (folder / "AgainFigures/VoG/MNIST_300_early_raw_extremes.png").is_file()
+
+
+def claims(vog: np.ndarray, wrong: np.ndarray) -> tuple[str, str]:
+    """The printed decile errors and the accuracy keeping the lowest-VoG half, of 60 held-out samples."""
+    order = np.argsort(vog, kind="stable")
+    bottom, top = wrong[order[:6]].mean(), wrong[order[-6:]].mean()          # deciles of 6
+    return (f"lowest VoG decile {100 * bottom:.2f}%, highest {100 * top:.2f}%",
+            f"50% {100 * (1 - wrong[order[:30]].mean()):.2f}")
+
+
+def test_early_mode_uses_the_early_stage_last_checkpoint(workdir, early_run):
+    """7 checkpoints: the early stage is the first 7 // 3 = 2, so its last is the 2nd (index 1)."""
+    folder, _ = workdir
+    saved = np.load(folder / "Again/VoG/MNIST_300_vog.npz")
+    held = saved["held_out_vog"][STAGES.index("early"), CALIBRATIONS.index("raw")]
+    predictions, labels = saved["held_out_predictions"], saved["held_out_labels"]
+    stage_last, final = claims(held, predictions[1] != labels), claims(held, predictions[-1] != labels)
+    assert stage_last != final                                # the two checkpoints tell apart
+    for claim in stage_last:
+        assert claim in early_run.stdout
+    accuracy = 100 * (predictions[1] == labels).mean()
+    assert f"early stage's last checkpoint (2 of 7): held-out accuracy {accuracy:.1f}%" in early_run.stdout
 
 
 def test_seeded_runs_are_reproducible(workdir, tmp_path):
@@ -134,6 +162,20 @@ def test_checkpoint_dir_errors_are_one_line(workdir, tmp_path):
                "--batch_size", "8", cwd=folder)
     assert done.returncode == 1 and "is not a state dict of this --evaluation_network" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_dir_is_named_before_the_data_are_read(tmp_path, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were read before --checkpoint_dir was checked")
+    monkeypatch.setattr(vog_script, "load_dataset", no_data)
+    (tmp_path / "file.pt").touch()
+    for folder, problem in [(tmp_path / "nowhere", "does not exist"), (tmp_path / "file.pt", "is not a folder"),
+                            (tmp_path, "holds 1 \\*\\.pt checkpoint")]:
+        args = vog_script.parse_args(["--checkpoint_dir", str(folder), "--data_root", str(tmp_path / "no_data"),
+                                      "--device", "cpu", "--results_dir", str(tmp_path / "R")])
+        with pytest.raises(vog_script.UserInputError, match=f"^--checkpoint_dir {re.escape(str(folder))} {problem}"):
+            vog_script.main(args)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file.pt"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,8 +1,11 @@
 """The sweep runner: grid files, the local launcher end to end, resume after a failure, the manifest, one run of a
-cell at a time, the data-fetch lock, and the same grid through a real SLURM where one runs here."""
+cell at a time, the data-fetch lock, stopping a local sweep, SLURM's answers read with stand-in commands, and the
+same grids through a real one-node SLURM (which CI starts; HARDNESS_REQUIRE_SLURM=1 makes its absence a failure)."""
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +16,8 @@ import pytest
 
 from conftest import REPO, write_mnist_layout
 from hardness import data, sweep
-from hardness.sweep import GridError, cell_lock, cell_status, load_grid, read_state, render_flags, run_cell, run_local
+from hardness.sweep import (GridError, SlurmQueue, cell_lock, cell_status, load_grid, read_state, render_flags, run_cell,
+                            run_local, slurm_cell, status_table, to_run, write_manifest, write_state)
 
 FAKE = "tests/sweep_fake_experiment.py"
 
@@ -69,6 +73,16 @@ stages:
     (f"stages: [{{script: {FAKE}, typo: 1}}]", "stages[0]"),
     (f"stages: [{{name: a, script: {FAKE}}}, {{name: a, script: {FAKE}}}]", "used twice"),
     (f"slurm: {{partitions: x}}\nstages: [{{script: {FAKE}}}]", "unknown slurm field"),
+    (f"stages: [{{script: {FAKE}, common: [sleep, 1]}}]", "stages[0].common: must be a mapping"),
+    (f"stages: [{{script: {FAKE}, cross: [value, 1]}}]", "stages[0].cross: must be a mapping"),
+    (f"stages: [{{script: [{FAKE}]}}]", "stages[0].script: must be the path of one script"),
+    ("stages: [{script: /etc/hostname}]", "stages[0].script: '/etc/hostname' is outside the repository"),
+    ("stages: [{script: ../outside.py}]", "stages[0].script: '../outside.py' is outside the repository"),
+    (f"slurm: {{mem_gb: 8G}}\nstages: [{{script: {FAKE}}}]", "slurm.mem_gb: must be a positive integer, got '8G'"),
+    (f"slurm: {{cpus_per_task: true}}\nstages: [{{script: {FAKE}}}]", "slurm.cpus_per_task: must be a positive"),
+    (f"slurm: {{setup: module load x}}\nstages: [{{script: {FAKE}}}]", "slurm.setup: must be a list of shell lines"),
+    (f"slurm: {{extra: [comment]}}\nstages: [{{script: {FAKE}}}]", "slurm.extra: must be a mapping"),
+    (f"slurm: [account]\nstages: [{{script: {FAKE}}}]", "slurm: must be a mapping"),
 ])
 def test_bad_grids_name_the_field(tmp_path, text, message):
     with pytest.raises(GridError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -107,10 +121,10 @@ def test_a_cell_never_runs_twice_at_once(tmp_path):
     with cell_lock(cell) as held:
         assert held
         assert run_cell(cell) == -1 and read_state(cell)["state"] == "pending"
-        sweep.write_state(cell, state="running")
-        assert cell_status(cell, queued=None)["state"] == "running"         # the lock is held: alive
-    assert cell_status(cell, queued=None)["state"] == "lost"                # nobody holds it: lost, run again
-    assert cell in sweep.to_run(grid.stages[0])
+        write_state(cell, state="running")
+        assert cell_status(cell, SlurmQueue())["state"] == "running"        # the lock is held: alive
+    assert cell_status(cell, SlurmQueue())["state"] == "lost"               # nobody holds it: lost, run again
+    assert cell in to_run(grid, grid.stages[0])
 
 
 def test_concurrent_fetches_of_one_dataset_fetch_it_once(tmp_path, monkeypatch):
@@ -151,6 +165,118 @@ def test_sweep_script_dry_run_and_status(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(tmp_path / "none.yaml")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0 and "not found" in done.stderr
+
+
+def test_dry_run_reports_the_cells_whose_flags_their_script_rejects(tmp_path):
+    """The script's own parser, without running it: an unknown flag and a value its type refuses, each named by
+    its cell, on one line; the cells that parse are not named."""
+    path = write_grid(tmp_path, f"""
+name: flags
+stages:
+  - name: values
+    script: {FAKE}
+    cross: {{value: [1, x]}}
+  - name: typo
+    script: {FAKE}
+    common: {{valeu: 2}}
+""")
+    done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--dry_run", "--results_dir",
+                           str(tmp_path / "R")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "2 cell(s) have flags their script rejects" in done.stderr
+    assert "values/value-x: sweep_fake_experiment.py: error: argument --value: invalid int value: 'x'" in done.stderr
+    assert "typo/single: sweep_fake_experiment.py: error: unrecognized arguments: --valeu 2" in done.stderr
+    assert "values/value-1" not in done.stderr
+    assert not (tmp_path / "fail_x").exists() and not (tmp_path / "R/sweeps/flags/values").exists()  # nothing ran
+
+
+def running_keys(manifest_path: Path) -> set[str]:
+    try:
+        cells = json.loads(manifest_path.read_text())["cells"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    return {key for key, cell in cells.items() if cell["state"] == "running" and cell["start"] and not cell["end"]}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def wait_until(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.2)
+
+
+def test_sigterm_stops_a_local_sweep_and_its_cells_and_a_rerun_runs_each_unfinished_cell_once(tmp_path):
+    """Cells 2 and 3 wait on their hold markers while cell 1 finishes: the manifest says running for 2 and 3 while
+    they run; SIGTERM to the sweep stops them (no process left), marks them interrupted and exits with one line;
+    the rerun runs 2 and 3 once each and not 1. (Before the fix the cells went on running after the sweep died.)"""
+    runs = tmp_path / "runs.txt"
+    path = write_grid(tmp_path, f"""
+name: stop
+stages:
+  - name: values
+    script: {FAKE}
+    common: {{fail_markers: "{tmp_path}", runs_log: "{runs}"}}
+    cross: {{value: [1, 2, 3]}}
+""")
+    for value in (2, 3):
+        (tmp_path / f"hold_{value}").touch()
+    command = [sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--max_parallel", "3", "--results_dir",
+               str(tmp_path / "R")]
+    sweep_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    manifest = tmp_path / "R/sweeps/stop/manifest.json"
+    wait_until(lambda: running_keys(manifest) == {"values/value-2", "values/value-3"})
+    cell_pids = [int(line.split()[1]) for line in runs.read_text().splitlines() if line.split()[0] in ("2", "3")]
+    assert len(cell_pids) == 2 and all(alive(pid) for pid in cell_pids)
+    sweep_process.send_signal(signal.SIGTERM)
+    _, stderr = sweep_process.communicate(timeout=60)
+    assert sweep_process.returncode == 1 and stderr.strip().count("\n") == 0, stderr
+    assert stderr.startswith("error: SIGTERM stopped the sweep: 2 running cell(s) stopped and marked interrupted")
+    assert not any(alive(pid) for pid in cell_pids)                         # no cell process left behind
+    cells = json.loads(manifest.read_text())["cells"]
+    assert [cells[f"values/value-{v}"]["state"] for v in (1, 2, 3)] == ["done", "interrupted", "interrupted"]
+
+    for value in (2, 3):
+        (tmp_path / f"hold_{value}").unlink()
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    started = sorted(line.split()[0] for line in runs.read_text().splitlines())
+    assert started == ["1", "2", "2", "3", "3"]                             # 2 and 3 once more each, 1 not again
+    cells = json.loads(manifest.read_text())["cells"]
+    assert all(cell["state"] == "done" for cell in cells.values())
+
+
+def test_the_process_running_a_cell_holds_its_lock_after_its_runner_is_killed(tmp_path):
+    """SIGKILL to the local sweep (no chance to clean up): the cell's own process still holds the lock, so the
+    cell reads running, not lost, and is not run again beside itself."""
+    runs = tmp_path / "runs.txt"
+    path = write_grid(tmp_path, f"""
+name: orphan
+stages:
+  - name: values
+    script: {FAKE}
+    common: {{fail_markers: "{tmp_path}", runs_log: "{runs}", value: 4}}
+""")
+    (tmp_path / "hold_4").touch()
+    command = [sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--results_dir", str(tmp_path / "R")]
+    sweep_process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    wait_until(lambda: running_keys(tmp_path / "R/sweeps/orphan/manifest.json") == {"values/single"})
+    sweep_process.kill()
+    sweep_process.wait()
+    grid = load_grid(path, tmp_path / "R")
+    cell = grid.stages[0][0]
+    pid = int(runs.read_text().split()[1])
+    assert alive(pid) and cell_status(cell, SlurmQueue())["state"] == "running" and to_run(grid, grid.stages[0]) == []
+    (tmp_path / "hold_4").unlink()
+    wait_until(lambda: not alive(pid))
+    assert cell_status(cell, SlurmQueue())["state"] == "lost"               # gone without its runner: run again
 
 
 def slurm_controller_answers() -> bool:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+import sweep as sweep_script
 from conftest import REPO, write_mnist_layout
-from hardness import data, sweep
+from hardness import data
+from hardness.cli import UserInputError
 from hardness.sweep import (GridError, SlurmQueue, cell_lock, cell_status, load_grid, read_state, render_flags, run_cell,
                             run_local, slurm_cell, status_table, to_run, write_manifest, write_state)
 
@@ -277,6 +279,164 @@ stages:
     (tmp_path / "hold_4").unlink()
     wait_until(lambda: not alive(pid))
     assert cell_status(cell, SlurmQueue())["state"] == "lost"               # gone without its runner: run again
+
+
+def stand_ins(folder: Path, **scripts: str) -> Path:
+    """A folder of stand-in commands (name -> sh body) to put first on PATH; each logs '<name> <args>' to
+    <folder>/calls.txt."""
+    folder.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (folder / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {folder}/calls.txt\n{body}\n')
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def submitted_grid(tmp_path: Path, job_ids: list[str], poll_s: float = 30.0):
+    """The `values` stage of the two-stage grid, its three cells recorded as submitted under these job ids."""
+    grid = load_grid(two_stage_grid(tmp_path), tmp_path / "Results", poll_s)
+    for cell, job in zip(grid.stages[0], job_ids):
+        write_state(cell, state="submitted", job_id=job)
+    return grid
+
+
+@pytest.mark.parametrize("squeue", ["echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1", "exit 0"])
+def test_a_failing_or_empty_squeue_makes_queued_cells_unknown_never_lost(tmp_path, monkeypatch, squeue):
+    """squeue fails, or answers nothing while scontrol cannot confirm the jobs are gone: the queued cells are
+    unknown, none is run or submitted again, and --status shows them. (Before the fix all three counted as lost
+    and a rerun submitted three duplicate jobs.)"""
+    fake = stand_ins(tmp_path / "bin", squeue=squeue, scontrol="echo 'Unable to contact slurm controller' >&2; exit 1")
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    grid = submitted_grid(tmp_path, ["71_0", "71_1", "71_2"])
+    assert to_run(grid, grid.stages[0]) == []
+    assert [cell_status(cell, grid.queue)["state"] for cell in grid.stages[0]] == ["unknown"] * 3
+    table = status_table(grid)
+    assert "3 unknown" in table and "unknown   values/value-1  job 71_0" in table
+
+
+def test_squeue_answers_are_read_per_job_and_asked_only_about_the_sweep_at_most_once_per_poll(tmp_path, monkeypatch):
+    """A stand-in squeue lists 71_0 pending and 71_1 ended by its time limit, and not 71_2: queued, timeout (kept in
+    its state file), lost. Over 2.5 s of manifest writes with poll_s 1 it is asked at most 3 times, always with
+    --jobs=71 (this sweep's only job) and never about all users' jobs."""
+    fake = stand_ins(tmp_path / "bin", squeue='printf "71_0 PENDING\\n71_1 TIMEOUT\\n"')
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    grid = submitted_grid(tmp_path, ["71_0", "71_1", "71_2"], poll_s=1.0)
+    start = time.monotonic()
+    while time.monotonic() - start < 2.5:
+        cells = write_manifest(grid)["cells"]
+        time.sleep(0.05)
+    assert [cells[f"values/value-{v}"]["state"] for v in (1, 2, 3)] == ["submitted", "timeout", "lost"]
+    assert cells["values/value-2"]["slurm_state"] == "TIMEOUT" and read_state(grid.stages[0][1])["state"] == "timeout"
+    assert [cell.name for cell in to_run(grid, grid.stages[0])] == ["value-2", "value-3"]
+    calls = (fake / "calls.txt").read_text().splitlines()
+    assert 2 <= len(calls) <= 3
+    assert all(call.startswith("squeue ") and "--jobs=71" in call.split() for call in calls)
+
+
+def test_a_job_for_a_finished_or_held_cell_does_not_run_it_again(tmp_path):
+    """A job that starts for a finished cell succeeds without running it; one that finds the cell held waits for
+    the holder and ends with the cell's result: success when it finished, failure when it failed."""
+    runs = tmp_path / "runs.txt"
+    path = write_grid(tmp_path, f"""
+stages:
+  - name: values
+    script: {FAKE}
+    common: {{runs_log: "{runs}"}}
+    cross: {{value: [1, 2]}}
+""")
+    grid = load_grid(path, tmp_path / "Results")
+    done, failing = grid.stages[0]
+    assert slurm_cell(done) == 0 and runs.read_text().split()[0] == "1"
+    assert slurm_cell(done) == 0 and len(runs.read_text().splitlines()) == 1      # finished: not run again
+
+    for outcome in ("done", "failed"):
+        released = threading.Event()
+
+        def holder():
+            with cell_lock(failing) as held:
+                assert held
+                released.set()
+                time.sleep(1.0)
+                write_state(failing, state=outcome, exit_code=0 if outcome == "done" else 3, job_id="5_1")
+                if outcome == "done":
+                    Path(failing.flags["results_dir"]).mkdir(parents=True, exist_ok=True)
+                    (Path(failing.flags["results_dir"]) / "value.json").write_text("{}")
+        thread = threading.Thread(target=holder)
+        thread.start()
+        released.wait()
+        start = time.monotonic()
+        if outcome == "done":
+            assert slurm_cell(failing) == 0
+        else:
+            with pytest.raises(RuntimeError, match="ran in job 5_1 and ended failed"):
+                slurm_cell(failing)
+        assert time.monotonic() - start >= 0.9                               # it waited for the holder
+        thread.join()
+        shutil.rmtree(Path(failing.flags["results_dir"]), ignore_errors=True)
+    assert len(runs.read_text().splitlines()) == 1                           # cell 2 never ran here
+
+
+def fake_cluster(folder: Path, sbatch: str | None = None, ping: str = "echo 'Slurmctld(primary) at fake is UP'") -> Path:
+    """Stand-ins for SLURM's commands: sbatch keeps each script it is given (sbatch_<job id>.sh) and answers job ids
+    from 101 on; scontrol says MaxArraySize = 2; squeue fails."""
+    counter = folder / "count"
+    return stand_ins(folder, srun="exit 0", squeue="exit 1",
+                     scontrol=f'case "$1" in ping) {ping};; *) echo "MaxArraySize            = 2";; esac',
+                     sbatch=sbatch or f'n=$(( $(/bin/cat {counter} 2>/dev/null || echo 100) + 1 )); echo $n > {counter}; '
+                                      f'/bin/cp "$1" {folder}/sbatch_$n.sh; echo "Submitted batch job $n"')
+
+
+def run_sweep(arguments: list[str], monkeypatch, path: Path) -> None:
+    """sweep.py in this process with only `path` on PATH (its one-line errors are its UserInputErrors)."""
+    monkeypatch.setenv("PATH", str(path))
+    sweep_script.main(sweep_script.parse_args(arguments))
+
+
+def test_the_sbatch_scripts_carry_the_cluster_options_and_split_at_max_array_size(tmp_path, monkeypatch, capsys):
+    """The submitit scripts sbatch would get, with stand-in SLURM commands: the grid's and the flags' account, QoS,
+    constraint, GRES, GPUs, pass-through options and setup lines; the 3 cells of `values` as two arrays (MaxArraySize
+    2) and `after` depending on all three."""
+    fake = fake_cluster(tmp_path / "bin")
+    text = two_stage_grid(tmp_path).read_text().replace("name: tiny", "name: tiny\nslurm: {extra: {mail_type: FAIL}, "
+                                                         "setup: [module load python/3.11]}")
+    path = write_grid(tmp_path, text.split("  - name: toy")[0])
+    run_sweep(["--grid", str(path), "--launcher", "slurm", "--no_wait", "--slurm_account", "proj42", "--slurm_qos",
+               "short", "--slurm_constraint", "a100|v100", "--gres", "gpu:2", "--gpus_per_task", "1", "--slurm_extra",
+               "reservation=course", "--slurm_extra", "exclusive", "--slurm_setup", "source /opt/env/bin/activate",
+               "--results_dir", str(tmp_path / "R")], monkeypatch, fake)
+    assert "submitted: values 3 job(s), after 1 job(s)" in capsys.readouterr().out
+    scripts = {n: (fake / f"sbatch_{n}.sh").read_text() for n in (101, 102, 103)}
+    for script in scripts.values():
+        for line in ("#SBATCH --account=proj42", "#SBATCH --qos=short", "#SBATCH --constraint='a100|v100'",
+                     "#SBATCH --gres=gpu:2", "#SBATCH --gpus-per-task=1", "#SBATCH --reservation=course",
+                     "#SBATCH --exclusive", "#SBATCH --mail-type=FAIL", "module load python/3.11",
+                     "source /opt/env/bin/activate"):
+            assert line in script.splitlines(), line
+    assert "#SBATCH --array=0-1%2" in scripts[101] and "--array" not in scripts[102]      # 2 + 1: MaxArraySize 2
+    assert "#SBATCH --dependency=afterok:101_0:101_1:102" in scripts[103].splitlines()
+    states = json.loads((tmp_path / "R/sweeps/tiny/manifest.json").read_text())["cells"]
+    assert [states[key]["job_id"] for key in ("values/value-1", "values/value-2", "values/value-3", "after/single")] \
+        == ["101_0", "101_1", "102", "103"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no sbatch", "--launcher slurm needs SLURM's sbatch, not on the PATH"),
+    ("controller down", "SLURM's controller does not answer (scontrol ping: Slurmctld(primary) at fake is DOWN)"),
+    ("sbatch refuses", "sbatch refused stage values's jobs (sbatch: error: Batch job submission failed: Invalid "
+                       "account or account/partition combination specified)"),
+])
+def test_slurm_that_cannot_take_the_jobs_is_one_line(tmp_path, monkeypatch, capsys, case, message):
+    fake = fake_cluster(tmp_path / "bin", ping="echo 'Slurmctld(primary) at fake is DOWN'; exit 1"
+                        if case == "controller down" else "echo 'Slurmctld(primary) at fake is UP'",
+                        sbatch="echo 'sbatch: error: Batch job submission failed: Invalid account or account/partition "
+                               "combination specified' >&2; exit 1" if case == "sbatch refuses" else None)
+    if case == "no sbatch":
+        (fake / "sbatch").unlink()
+    with pytest.raises(UserInputError) as raised:
+        run_sweep(["--grid", str(two_stage_grid(tmp_path)), "--launcher", "slurm", "--results_dir", str(tmp_path / "R")],
+                  monkeypatch, fake)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+    assert capsys.readouterr().err == ""                                     # sbatch's own complaint not printed
+    assert not list((tmp_path / "R").rglob("state.json"))                   # nothing recorded as submitted
 
 
 def slurm_controller_answers() -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from utils import (UserInputError, add_common_arguments, add_dataset_arguments, class_accuracies_path,
-                   class_counts_path, confusion_matrices, derived_seed, keep_freed_memory_in_heap, load_dataset,
+                   class_counts_path, confusion_matrices, derived_seed, keep_freed_memory_in_heap, load_dataset_from_args,
                    load_pickle, positive_int, resolve_device, run_script, run_settings, save_figure, save_pickle,
                    train_and_predict)
 
@@ -48,7 +48,7 @@ def train_and_test_rows(size: int, overfit: bool) -> tuple[Tensor, Tensor]:
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
+    dataset = load_dataset_from_args(args, device)
     train_mask, test_rows = train_and_test_rows(len(dataset.labels), args.overfit)
     train_masks, test_rows = train_mask.to(device).expand(args.runs, -1), test_rows.to(device)
 
@@ -69,7 +69,8 @@ def main(args: argparse.Namespace) -> None:
     tested_on = "training samples" if args.overfit else "held-out 1/7"
     suffix = "_overfit" if args.overfit else ""
     save_pickle({"settings": run_settings(args, device), "class_names": dataset.class_names,
-                 "per_class_accuracy": accuracy, "hard_counts_path": str(counts_path), "pearson": correlation},
+                 "per_class_accuracy": accuracy, "hard_counts_path": str(counts_path), "pearson": correlation,
+                 "sample_ids": dataset.sample_ids, "test_sample_ids": [dataset.sample_ids[i] for i in test_rows.tolist()]},
                 class_accuracies_path(args.results_dir, dataset.name, args.subset_size, args.overfit))
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(range(dataset.num_classes), error_mean, yerr=error_std, capsize=4, color="tab:blue", alpha=0.8)

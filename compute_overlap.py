@@ -13,7 +13,7 @@ from itertools import permutations
 
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, distinct,
+from utils import (STRATEGIES, UserInputError, add_results_arguments, dataset_label, distinct,
                    existing_f1_results, identification_key, load_pickle, overlap_results_path, results_folders,
                    run_script, run_settings, save_pickle)
 
@@ -27,14 +27,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def identifications(args: argparse.Namespace, dataset_name: str, strategy: str,
-                    reduce_hard: bool) -> tuple[dict, list[dict]] | None:
-    """The settings and the identifications of one results file (None if missing)."""
+                    reduce_hard: bool) -> tuple[dict, list[dict], dict] | None:
+    """The settings, the identifications and the subset's class names and sample ids (when the file keeps them)
+    of one results file (None if missing)."""
     path = existing_f1_results(results_folders(args.results_dir, args.sweep), dataset_name, strategy, reduce_hard,
                                args.subset_size, "indices")
     if path is None:
         return None
     results = load_pickle(path, "verifying_importance_of_stragglers.py")
-    return results["settings"], results["identifications"]
+    return results["settings"], results["identifications"], {key: results[key] for key in ("class_names", "sample_ids")
+                                                              if key in results}
 
 
 def comparable(first: dict, second: dict) -> bool:
@@ -48,14 +50,16 @@ def overlap_share(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    dataset_name = canonical_dataset_name(args.dataset_name)
+    dataset_name = dataset_label(args.dataset_name)
     pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {pair: [] for pair in permutations(STRATEGIES, 2)}
+    subset: dict = {}
     for reduce_hard in (False, True):
         found = {strategy: identifications(args, dataset_name, strategy, reduce_hard) for strategy in STRATEGIES}
+        subset = next((read[2] for read in found.values() if read is not None and read[2]), subset)
         for first, second in pairs:
             if found[first] is None or found[second] is None:
                 continue
-            (first_settings, first_found), (second_settings, second_found) = found[first], found[second]
+            (first_settings, first_found, _), (second_settings, second_found, _) = found[first], found[second]
             if not comparable(first_settings, second_settings):
                 print(f"left out {first} vs {second} (reduce_hard {reduce_hard}): their runs differ in "
                       f"{', '.join(k for k in PAIRING_SETTINGS if first_settings.get(k) != second_settings.get(k))}",
@@ -70,7 +74,7 @@ def main(args: argparse.Namespace) -> None:
                              f"with --subset_size {args.subset_size} (and the same --reduce_hard); see the missing files above")
     table = {pair: (float(np.nanmean(values)), float(np.nanstd(values)), len(values)) for pair, values in shares.items()}
     path = overlap_results_path(args.results_dir, dataset_name, args.subset_size)
-    save_pickle({"settings": run_settings(args), "shares": shares, "table": table}, path)
+    save_pickle({"settings": run_settings(args), "shares": shares, "table": table, **subset}, path)
     print("share of A's hard samples that B also marks hard (mean +- std over distinct paired identifications):")
     for (first, second), (mean, std, count) in table.items():
         print(f"  A = {first:<10} B = {second:<10} {100 * mean:5.1f}% +- {100 * std:4.1f}%  (n = {count} pairs)")

@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, class_counts_path,
+from utils import (STRATEGIES, UserInputError, add_results_arguments, class_counts_path, dataset_label,
                    distinct, existing_f1_results, identification_key, load_pickle, results_folders, run_script,
                    run_settings, save_figure, save_pickle)
 
@@ -26,33 +26,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def distinct_identifications(args: argparse.Namespace, dataset_name: str) -> tuple[list[dict], list[str], list[Path]]:
-    """The distinct identifications in every indices file of the strategy that exists, its class names and
-    the files read."""
-    identifications, class_names, read = [], [], []
+def distinct_identifications(args: argparse.Namespace,
+                             dataset_name: str) -> tuple[list[dict], list[str], list[str] | None, list[Path]]:
+    """The distinct identifications in every indices file of the strategy that exists, its class names, the
+    subset's sample ids (None in files written before they were kept) and the files read."""
+    identifications, class_names, sample_ids, read = [], [], None, []
     for reduce_hard in (False, True):
         path = existing_f1_results(results_folders(args.results_dir, args.sweep), dataset_name, args.strategy,
                                    reduce_hard, args.subset_size, "indices")
         if path is None:
             continue
         results = load_pickle(path, "verifying_importance_of_stragglers.py")
-        class_names = results["class_names"]
+        class_names, sample_ids = results["class_names"], results.get("sample_ids", sample_ids)
         identifications += results["identifications"]
         read.append(path)
     if not read:
         raise UserInputError(f"no hard-sample indices for {dataset_name}, {args.strategy}, --subset_size "
                              f"{args.subset_size}: neither file above exists")
-    return distinct(identifications, identification_key), class_names, read
+    return distinct(identifications, identification_key), class_names, sample_ids, read
 
 
 def main(args: argparse.Namespace) -> None:
-    dataset_name = canonical_dataset_name(args.dataset_name)
-    identifications, class_names, read = distinct_identifications(args, dataset_name)
+    dataset_name = dataset_label(args.dataset_name)
+    identifications, class_names, sample_ids, read = distinct_identifications(args, dataset_name)
     counts = np.array([[len(indices) for indices in found["hard_indices"]] for found in identifications])
     mean, std = counts.mean(0), counts.std(0)
     path = class_counts_path(args.results_dir, dataset_name, args.strategy, args.subset_size)
     save_pickle({"settings": run_settings(args), "read": [str(file) for file in read], "class_names": class_names,
-                 "counts": counts, "mean": mean, "std": std}, path)
+                 "sample_ids": sample_ids, "counts": counts, "mean": mean, "std": std}, path)
 
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(range(len(class_names)), mean, yerr=std, capsize=4, color="tab:red", alpha=0.8)

@@ -11,15 +11,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (add_output_arguments, canonical_dataset_name, class_grid, load_pickle, mean_inversion_epochs,
+from utils import (add_output_arguments, class_grid, dataset_label, load_pickle, mean_inversion_epochs,
                    radii_results_path, run_script, save_figure)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_name", default="MNIST",
-                        help="dataset whose results to plot, any letter case; names the default results file "
-                             "(default MNIST)")
+                        help="dataset whose results to plot, any letter case, or your own data's label (or its "
+                             "folder:/npz:/csv: source); names the default results file (default MNIST)")
     parser.add_argument("--results_path", type=Path, default=None,
                         help="results pickle to read (default <results_dir>/Radii_over_epoch/<dataset>_all_epoch_radii.pkl)")
     add_output_arguments(parser)
@@ -71,7 +71,7 @@ def plot_overlay(results: dict, dataset_name: str, figures_dir: Path) -> list[Pa
 
 
 def main(args: argparse.Namespace) -> None:
-    dataset_name = canonical_dataset_name(args.dataset_name)
+    dataset_name = dataset_label(args.dataset_name)
     path = args.results_path or radii_results_path(args.results_dir, dataset_name)
     results = load_pickle(path, f"python replicate_inversion_results_on_multiple_classes.py --dataset_name {dataset_name}")
     figures = plot_per_class(results, dataset_name, args.figures_dir) + plot_overlay(results, dataset_name,

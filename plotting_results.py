@@ -11,7 +11,7 @@ import argparse
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, add_results_arguments, canonical_dataset_name, existing_f1_results,
+from utils import (STRATEGIES, UserInputError, add_results_arguments, dataset_label, existing_f1_results,
                    load_pickle, results_folders, run_script, save_figure)
 
 PANELS = {False: [("a", "accuracy"), ("b", "recall"), ("c", "precision"), ("d", "F1")],
@@ -63,7 +63,7 @@ def plot_metric(by_strategy: dict[str, dict], metric: str, reduced: str, title: 
 
 
 def main(args: argparse.Namespace) -> None:
-    dataset_name = canonical_dataset_name(args.dataset_name)
+    dataset_name = dataset_label(args.dataset_name)
     saved = []
     for reduce_hard, panels in PANELS.items():
         by_strategy = load_metrics(args, dataset_name, reduce_hard)

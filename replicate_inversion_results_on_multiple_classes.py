@@ -4,7 +4,8 @@ Trains `--number_of_runs` SimpleNNs from different random initialisations, all a
 gradient descent (one step per epoch); records the radius of every class manifold after the step of every
 epoch from `--radii_from` on (epochs numbered from 0, as the original); finds each run's inversion epoch per
 class from the checks after epochs 20, 25, 30, ...; saves everything to
-<results_dir>/Radii_over_epoch/<dataset>_all_epoch_radii.pkl and draws <figures_dir>/radii_on_<dataset>.png/.pdf.
+<results_dir>/Radii_over_epoch/<dataset>_all_epoch_radii.pkl and draws <figures_dir>/radii_on_<dataset>.png/.pdf
+(<dataset>: torchvision's name, or your own data's label, see docs/your_data.md).
 """
 import argparse
 from pathlib import Path
@@ -14,9 +15,9 @@ import torch
 
 from neural_networks import BatchedSimpleNN
 from utils import (INVERSION_START, RadiiRecorder, StragglerTracker, UserInputError, add_common_arguments,
-                   add_dataset_arguments, class_grid, keep_freed_memory_in_heap, load_dataset, mean_inversion_epochs,
-                   positive_float, positive_int, radii_results_path, resolve_device, run_script, run_settings,
-                   save_figure, save_pickle, simple_nn_size, train_full_batch)
+                   add_dataset_arguments, class_grid, input_channels, keep_freed_memory_in_heap, load_dataset_from_args,
+                   mean_inversion_epochs, positive_float, positive_int, radii_results_path, resolve_device, run_script,
+                   run_settings, save_figure, save_pickle, simple_nn_size, train_full_batch)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,8 +62,8 @@ def plot_radii(radii: np.ndarray, epochs: np.ndarray, class_names: list[str], da
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
-    default_depth, default_width = simple_nn_size(channels=dataset.data.shape[1])
+    dataset = load_dataset_from_args(args, device)
+    default_depth, default_width = simple_nn_size(channels=input_channels(dataset.data))
     args.depth, args.width = args.depth or default_depth, args.width or default_width
     if args.latent > args.depth:
         raise UserInputError(f"--latent {args.latent} is past the last hidden layer (--depth {args.depth})")
@@ -82,7 +83,8 @@ def main(args: argparse.Namespace) -> None:
     path = radii_results_path(args.results_dir, dataset.name)
     save_pickle({"settings": run_settings(args, device), "class_names": dataset.class_names,
                  "epochs": recorder.epochs, "radii": recorder.radii, "losses": losses,
-                 "inversion_epochs": inversion_epochs, "subset_indices": dataset.indices.numpy()}, path)
+                 "inversion_epochs": inversion_epochs, "subset_indices": dataset.indices.numpy(),
+                 "sample_ids": dataset.sample_ids}, path)
     figures = plot_radii(recorder.radii, recorder.epochs, dataset.class_names, dataset.name, args.figures_dir)
 
     print(f"final training loss {losses[:, -1].mean():.4f} +- {losses[:, -1].std():.4f}")

@@ -7,6 +7,7 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/cli.py`       | typed flag parsers, the shared flags, `run_script` (user errors as one line)   |
 | `hardness/device.py`    | choosing the device, timing and peak memory, the CPU allocator setting         |
 | `hardness/data.py`      | fetching and loading datasets, label noise, the benchmark's train/test splits  |
+| `hardness/user_data.py` | the user's own data: folder:, npz:, csv: sources, the folder cache, checks     |
 | `hardness/radii.py`     | class-manifold radii                                                           |
 | `hardness/engine.py`    | batched full-batch training with observers, ResNet-18 training, predictions    |
 | `hardness/identifiers.py` | stragglers, confidence, energy, vog, the dynamics strategies; budgets       |
@@ -22,11 +23,12 @@ The mechanics live in the package `hardness/`, one module per subject:
 """
 from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_common_arguments, add_dataset_arguments, add_device_argument,
                           add_output_arguments,
-                          add_results_arguments, non_negative_int, positive_float, positive_int, run_script,
+                          add_results_arguments, budget_share_or_count, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
-from hardness.data import benchmark_splits, canonical_dataset_name, flip_labels, load_dataset
+from hardness.data import (benchmark_splits, canonical_dataset_name, dataset_label, flip_labels, load_dataset,
+                           load_dataset_from_args)
 from hardness.device import keep_freed_memory_in_heap, resolve_device
-from hardness.engine import (RadiiRecorder, derived_seed, simple_nn_size, train_and_predict, train_full_batch,
+from hardness.engine import (RadiiRecorder, derived_seed, input_channels, simple_nn_size, train_and_predict, train_full_batch,
                              train_networks)
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
@@ -48,10 +50,10 @@ from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, c
 
 __all__ = [
     "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
-    "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
-    "benchmark_splits", "canonical_dataset_name", "flip_labels", "load_dataset",
+    "budget_share_or_count", "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
+    "benchmark_splits", "canonical_dataset_name", "dataset_label", "flip_labels", "load_dataset", "load_dataset_from_args",
     "keep_freed_memory_in_heap", "resolve_device",
-    "RadiiRecorder", "derived_seed", "simple_nn_size", "train_and_predict", "train_full_batch", "train_networks",
+    "RadiiRecorder", "derived_seed", "input_channels", "simple_nn_size", "train_and_predict", "train_full_batch", "train_networks",
     "INVERSION_INTERVAL", "INVERSION_START", "STRATEGIES", "StragglerTracker", "class_counts",
     "identify_hard_samples",
     "METRICS", "confusion_matrices", "train_and_evaluate",

@@ -7,7 +7,7 @@ that share of the training easy samples (of the hard ones with --reduce_hard) an
 evaluation networks on what is left; score each on the full, hard and easy test sets (accuracy, macro
 precision, recall and F1). All evaluation SimpleNNs of one identification are trained at once. Saves
 <results_dir>/F1_results/<dataset>_<strategy>_<reduce_hard>_<subset_size>_metrics.pkl and ..._indices.pkl
-(with a _snapshot_last suffix under --snapshot last), and draws accuracy against remaining ratio to
+(with a _snapshot_last suffix under --snapshot last; <dataset> is your own data's label), and draws accuracy against remaining ratio to
 <figures_dir>/straggler_ratio_vs_generalisation/.
 """
 import argparse
@@ -20,9 +20,10 @@ import torch
 from tqdm import tqdm
 
 from utils import (INVERSION_INTERVAL, INVERSION_START, METRICS, STRATEGIES, add_common_arguments,
-                   add_dataset_arguments, benchmark_splits, class_counts, derived_seed, f1_results_path, flip_labels,
-                   identify_hard_samples, keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device,
-                   run_script, run_settings, save_figure, save_pickle, train_and_evaluate, unit_interval)
+                   add_dataset_arguments, benchmark_splits, budget_share_or_count, class_counts, derived_seed,
+                   f1_results_path, flip_labels, identify_hard_samples, keep_freed_memory_in_heap,
+                   load_dataset_from_args, positive_int, resolve_device, run_script, run_settings, save_figure,
+                   save_pickle, train_and_evaluate, unit_interval)
 
 NOISE, IDENTIFY, SPLIT, EVALUATE = range(4)  # stages of the experiment, each with its own seeds
 TEST_SETS = ("full", "hard", "easy")
@@ -56,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="scored strategies (all but stragglers): pick the hardest samples within each "
                              "class, or over the whole dataset (vog then normalised within each class) (default "
                              "dataset); stragglers are always found per class")
+    parser.add_argument("--budget", type=budget_share_or_count, default=None,
+                        help="scored strategies (all but stragglers): hard samples per class, a share of each class in "
+                             "(0, 1) or a count, instead of the stragglers' counts; needed where some class never "
+                             "reaches an inversion point (default: the stragglers' counts)")
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.0,
                         help="share of samples, int(ratio * N), whose label is flipped to another class; "
                              "stragglers are found on the noisy labels, the budgets of the scored strategies on "
@@ -113,7 +118,7 @@ def plot_accuracies(metrics: dict, args: argparse.Namespace, dataset_name: str) 
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
+    dataset = load_dataset_from_args(args, device)
     num_classes, data, clean_labels = dataset.num_classes, dataset.data, dataset.labels
     labels, flipped = flip_labels(clean_labels, args.noise_ratio, num_classes,
                                   torch.Generator().manual_seed(derived_seed(args.seed, NOISE)))
@@ -121,7 +126,8 @@ def main(args: argparse.Namespace) -> None:
     plan = list(product(args.train_ratios, range(args.runs)))  # one identification each, all found at once
     hard, inversion_epochs = identify_hard_samples(
         args.strategy, [derived_seed(args.seed, IDENTIFY, i) for i in range(len(plan))], data, clean_labels, labels,
-        num_classes, args.epochs, args.level, args.noise_ratio, args.snapshot)
+        num_classes, args.epochs, args.level, args.noise_ratio, args.snapshot, budget=args.budget,
+        class_names=dataset.class_names)
     hard_counts = class_counts(hard, labels, num_classes).cpu().numpy()
     caught = hard[:, flipped].float().mean(1).tolist() if len(flipped) else [None] * len(plan)
 
@@ -144,14 +150,18 @@ def main(args: argparse.Namespace) -> None:
         identifications.append({
             "train_ratio": train_ratio, "run": run,
             "hard_indices": [dataset.indices[row].numpy() for row in hard_positions],
+            "hard_sample_ids": [[dataset.sample_ids[i] for i in row.nonzero().flatten().tolist()]
+                                for row in hard_positions],
             "training_samples": train[::args.runs].sum(1).tolist(), "caught_flipped_share": caught[i],
             "inversion_epochs": inversion_epochs[i]})
 
     settings = run_settings(args, device)
     paths = {kind: f1_results_path(args.results_dir, dataset.name, args.strategy, args.reduce_hard, args.subset_size,
                                    kind, args.snapshot) for kind in ("metrics", "indices")}
-    save_pickle({"settings": settings, "metrics": metrics}, paths["metrics"])
+    save_pickle({"settings": settings, "metrics": metrics, "class_names": dataset.class_names,
+                 "sample_ids": dataset.sample_ids}, paths["metrics"])
     save_pickle({"settings": settings, "class_names": dataset.class_names, "subset_indices": dataset.indices.numpy(),
+                 "sample_ids": dataset.sample_ids,
                  "subset_labels": labels.cpu().numpy(), "flipped_indices": dataset.indices[flipped.cpu()].numpy(),
                  "identifications": identifications}, paths["indices"])
     figures = plot_accuracies(metrics, args, dataset.name)

@@ -29,7 +29,12 @@ STRATEGIES = ("stragglers", *SCORERS, "vog", *DYNAMICS_STRATEGIES)
 
 
 class IdentificationError(UserInputError):
-    """A straggler search found no inversion point for some class."""
+    """A straggler search found no inversion point for some class: the straggler set is absent. `classes` names
+    the classes that never inverted."""
+
+    def __init__(self, message: str, classes: Sequence[str]) -> None:
+        super().__init__(message)
+        self.classes = list(classes)
 
 
 class StragglerTracker:
@@ -77,18 +82,21 @@ class StragglerTracker:
 
 
 def identify_stragglers(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
-                        snapshot: str = "copy", progress: bool = True) -> tuple[Tensor, np.ndarray]:
+                        snapshot: str = "copy", progress: bool = True,
+                        class_names: Sequence[str] | None = None) -> tuple[Tensor, np.ndarray]:
     """Stragglers found by one SimpleNN per seed, all trained at once: hard [networks, N] bool and the
     inversion epochs [networks, C].
 
     A network in which some class does not invert within `epochs` is replaced by a fresh initialisation,
-    up to MAX_INVERSION_ATTEMPTS times; then an IdentificationError says which classes never inverted.
+    up to MAX_INVERSION_ATTEMPTS times; then an IdentificationError names the classes that never inverted
+    (by `class_names`, else by index): the straggler set is absent.
     """
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     sizes = torch.bincount(labels, minlength=num_classes).cpu()
     if (sizes < 2).any():  # the radius of a single sample is always 0: it can never grow
-        tiny = ", ".join(str(c) for c in (sizes < 2).nonzero().flatten().tolist())
-        raise IdentificationError(f"class(es) {tiny} have fewer than 2 samples in the subset, so no inversion point; "
-                                  "give a larger --subset_size")
+        tiny = [names[c] for c in (sizes < 2).nonzero().flatten().tolist()]
+        raise IdentificationError(f"class(es) {', '.join(tiny)} have fewer than 2 samples in the subset, so no "
+                                  "inversion point; give a larger --subset_size", tiny)
     hard = torch.zeros(len(seeds), len(labels), dtype=torch.bool, device=labels.device)
     inverted_at = np.full((len(seeds), num_classes), -1)
     pending = list(range(len(seeds)))
@@ -105,9 +113,9 @@ def identify_stragglers(seeds: Sequence[int], data: Tensor, labels: Tensor, num_
         pending = [i for i, finished in zip(pending, done) if not finished]
         if not pending:
             return hard, inverted_at
-    never = ", ".join(str(c) for c in np.flatnonzero((epochs_found < 0).any(0)))
-    raise IdentificationError(f"class(es) {never} reached no inversion point within {epochs} epochs in "
-                              f"{MAX_INVERSION_ATTEMPTS} initialisations; give more --epochs")
+    never = [names[c] for c in np.flatnonzero((epochs_found < 0).any(0))]
+    raise IdentificationError(f"no straggler set: class(es) {', '.join(never)} reached no inversion point within "
+                              f"{epochs} epochs in {MAX_INVERSION_ATTEMPTS} initialisations; give more --epochs", never)
 
 
 def hardness_scores(logits: Tensor, strategy: str) -> Tensor:
@@ -170,10 +178,18 @@ def dynamics_hardness(strategy: str, seeds: Sequence[int], data: Tensor, labels:
     return sign * recorder.scores()[array].float()
 
 
+def budget_counts(budget: float | int, sizes: Tensor) -> Tensor:
+    """Hard samples per class [C] of a fixed --budget: int(share * size) of each class for a share in (0, 1),
+    else that count (at most the class's size)."""
+    counts = (budget * sizes.double()).floor().long() if isinstance(budget, float) else torch.full_like(sizes, budget)
+    return torch.minimum(counts, sizes)
+
+
 def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, clean_labels: Tensor,
                           noisy_labels: Tensor, num_classes: int, epochs: int, level: str = "dataset",
-                          noise_ratio: float = 0.0, snapshot: str = "copy",
-                          progress: bool = True) -> tuple[Tensor, np.ndarray]:
+                          noise_ratio: float = 0.0, snapshot: str = "copy", progress: bool = True,
+                          budget: float | int | None = None,
+                          class_names: Sequence[str] | None = None) -> tuple[Tensor, np.ndarray]:
     """Hard samples [networks, N] bool found by `strategy`, one identification per seed, all at once, and
     the inversion epochs [networks, C] of the straggler search behind them.
 
@@ -182,16 +198,28 @@ def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, cle
     (capped at the class's size); then fresh SimpleNNs are trained on the noisy labels for all `epochs` and
     the budget's highest-scoring samples are hard: per noisy class, or at `level` 'dataset' the budget's
     total over the whole dataset. Every scored strategy scores the same fresh networks (same seeds).
+    With `budget` (--budget: a share of each class or a count per class) the scored strategies take that
+    budget instead and search no stragglers (inversion epochs all -1). Without it, a class that never
+    inverts leaves the straggler set absent: a UserInputError names the classes and --budget.
     """
     if strategy == "stragglers":
-        return identify_stragglers(seeds, data, noisy_labels, num_classes, epochs, snapshot, progress)
+        return identify_stragglers(seeds, data, noisy_labels, num_classes, epochs, snapshot, progress, class_names)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; known: {', '.join(STRATEGIES)}")
-    stragglers, inversion_epochs = identify_stragglers(seeds, data, clean_labels, num_classes, epochs, snapshot,
-                                                       progress)
-    extra = noise_share_per_class(noise_ratio, len(clean_labels), num_classes)
     sizes = torch.bincount(noisy_labels, minlength=num_classes)
-    budgets = torch.minimum(class_counts(stragglers, clean_labels, num_classes) + extra, sizes)
+    if budget is None:
+        try:
+            stragglers, inversion_epochs = identify_stragglers(seeds, data, clean_labels, num_classes, epochs,
+                                                               snapshot, progress, class_names)
+        except IdentificationError as error:
+            raise UserInputError(f"{strategy} takes its budget from the stragglers, and there is no straggler set: "
+                                 f"class(es) {', '.join(error.classes)} never reached an inversion point; give "
+                                 "--budget (a share of each class, e.g. 0.1, or a count per class)") from error
+        extra = noise_share_per_class(noise_ratio, len(clean_labels), num_classes)
+        budgets = torch.minimum(class_counts(stragglers, clean_labels, num_classes) + extra, sizes)
+    else:
+        inversion_epochs = np.full((len(seeds), num_classes), -1)
+        budgets = budget_counts(budget, sizes).expand(len(seeds), -1)
     fresh_seeds = [derived_seed(seed, 1) for seed in seeds]
     if strategy == "vog":
         scores = vog_hardness(fresh_seeds, data, noisy_labels, num_classes, epochs, level, progress)

@@ -270,3 +270,82 @@ def test_help_explains_every_flag(script, capsys):
     for entry in entries:
         words = [w for w in entry.split() if not (w.startswith(("-", "{", "[")) or w.rstrip(",]").isupper())]
         assert len(words) >= 3, entry  # the flag comes with an explanation
+
+
+USER_COMMON = ["--subset_size", "180", "--runs", "1", "--train_ratios", "0.5", "--remaining_train_ratios", "0.0", "1.0",
+               "--epochs", "100", "--seed", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def user_workdir(tmp_path_factory) -> Path:
+    """Your own data as an npz (4 classes of blobs, named ids), through the straggler search and confidence."""
+    folder = tmp_path_factory.mktemp("user")
+    images, labels = synthetic_blobs(200, 7, num_classes=4)
+    np.savez(folder / "blobs.npz", x=images, y=labels.astype(np.int64), ids=np.array([f"b{i:03d}" for i in range(200)]),
+             class_names=np.array([f"kind{c}" for c in range(4)]))
+    for strategy in ("stragglers", "confidence"):
+        done = run(VERIFY, "--dataset_name", "npz:blobs.npz", "--strategy", strategy, *USER_COMMON, cwd=folder)
+        assert done.returncode == 0, done.stderr
+    return folder
+
+
+def test_user_source_through_the_sections_4_5_scripts(user_workdir):
+    """File names carry the label (the npz's name); the sample ids and class names reach every result file."""
+    indices = load(user_workdir / "Results/F1_results/blobs_stragglers_False_180_indices.pkl")
+    metrics = load(user_workdir / "Results/F1_results/blobs_stragglers_False_180_metrics.pkl")
+    order = np.random.RandomState(2).permutation(200)[:180]
+    assert indices["subset_indices"].tolist() == order.tolist()
+    assert indices["sample_ids"] == [f"b{i:03d}" for i in order] == metrics["sample_ids"]
+    assert indices["class_names"] == [f"kind{c}" for c in range(4)] == metrics["class_names"]
+    for found in indices["identifications"]:
+        assert found["hard_sample_ids"] == [[f"b{i:03d}" for i in hard] for hard in found["hard_indices"]]
+        assert sum(map(len, found["hard_sample_ids"])) > 0
+
+    plotted = run(PLOT, "--dataset_name", "blobs", "--subset_size", "180", cwd=user_workdir)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (user_workdir / "Figures/Figure7/a_easy_accuracy.png").is_file()
+    distribution = run(DISTRIBUTION, "--dataset_name", "npz:blobs.npz", "--subset_size", "180", cwd=user_workdir)
+    assert distribution.returncode == 0, distribution.stderr
+    counts = load(user_workdir / "Results/Hard_sample_distribution/blobs_stragglers_180_class_counts.pkl")
+    assert counts["class_names"] == indices["class_names"] and counts["sample_ids"] == indices["sample_ids"]
+    assert (counts["counts"] == per_class_counts(indices)).all()
+    assert (user_workdir / "Figures/Figure8/hard_sample_distribution_blobs_stragglers.png").is_file()
+    overlap = run(OVERLAP, "--dataset_name", "blobs", "--subset_size", "180", cwd=user_workdir)
+    assert overlap.returncode == 0, overlap.stderr
+    table = load(user_workdir / "Results/F1_results/blobs_180_overlap.pkl")
+    assert set(table["table"]) == {("stragglers", "confidence"), ("confidence", "stragglers")}
+    assert table["sample_ids"] == indices["sample_ids"]
+    class_level = run(CLASS_LEVEL, "--dataset_name", "npz:blobs.npz", "--runs", "2", "--epochs", "30",
+                      "--device", "cpu", "--hard_counts", "Results/Hard_sample_distribution/"
+                      "blobs_stragglers_180_class_counts.pkl", cwd=user_workdir)
+    assert class_level.returncode == 0, class_level.stderr
+    assert "--subset_size 70000 is more than its 200 samples; using all 200" in class_level.stderr
+    accuracies = load(user_workdir / "Results/Class_level_accuracies/blobs_70000.pkl")
+    all_ids = [f"b{i:03d}" for i in np.random.RandomState(0).permutation(200)]
+    assert accuracies["sample_ids"] == all_ids and accuracies["test_sample_ids"] == all_ids[171:]  # 6/7 of 200: 171
+    assert accuracies["per_class_accuracy"].shape == (2, 4)
+
+
+def test_absent_stragglers_need_a_budget(tmp_path):
+    """A class of one sample has no radius that could grow: no straggler set. The stragglers strategy and
+    confidence without --budget stop with one line naming the class (and --budget) and write nothing; confidence
+    with --budget 0.1 marks int(0.1 * size) samples per class."""
+    images, labels = synthetic_blobs(61, 3, num_classes=3)
+    labels[-1] = 3
+    np.savez(tmp_path / "odd.npz", x=images, y=labels.astype(np.int64),
+             class_names=np.array(["a", "b", "c", "lonely"]))
+    common = ["--dataset_name", "npz:odd.npz", "--runs", "1", "--train_ratios", "0.5", "--remaining_train_ratios",
+              "1.0", "--epochs", "30", "--device", "cpu", "--level", "class"]
+    stragglers = run(VERIFY, *common, cwd=tmp_path)
+    assert stragglers.returncode == 1 and stragglers.stderr.strip().splitlines()[-1].startswith(
+        "error: class(es) lonely have fewer than 2 samples")
+    confidence = run(VERIFY, *common, "--strategy", "confidence", cwd=tmp_path)
+    assert confidence.returncode == 1 and confidence.stderr.strip().splitlines()[-1] == (
+        "error: confidence takes its budget from the stragglers, and there is no straggler set: class(es) lonely never "
+        "reached an inversion point; give --budget (a share of each class, e.g. 0.1, or a count per class)")
+    assert not (tmp_path / "Results").exists() and not (tmp_path / "Figures").exists()
+    done = run(VERIFY, *common, "--strategy", "confidence", "--budget", "0.1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = load(tmp_path / "Results/F1_results/odd_confidence_False_20000_indices.pkl")
+    assert per_class_counts(found).tolist() == [[int(0.1 * size) for size in np.bincount(labels, minlength=4)]]
+    assert (found["identifications"][0]["inversion_epochs"] == -1).all()

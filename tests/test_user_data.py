@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from hardness import data as data_module
-from hardness.cli import UserInputError, add_common_arguments, add_dataset_arguments
+from hardness.cli import UserInputError, add_common_arguments, add_dataset_arguments, budget_share_or_count
 from hardness.data import dataset_label, load_dataset, load_dataset_from_args
 from hardness.engine import train_simple_nns
+from hardness.identifiers import budget_counts
 from neural_networks import ResNet18
 
 CPU = torch.device("cpu")
@@ -265,3 +266,13 @@ def test_networks_follow_the_data():
     assert [tuple(w.shape) for w in model.weights] == [(2, 20, 7), (2, 20, 20), (2, 3, 20)]
     logits, latent = ResNet18(2, 4)(torch.randn(5, 2, 9, 11))
     assert logits.shape == (5, 4) and latent.shape == (5, 64 * 9 * 11)
+
+
+def test_budget_is_a_share_or_a_count_per_class():
+    sizes = torch.tensor([10, 25, 1])
+    assert budget_counts(0.1, sizes).tolist() == [1, 2, 0]          # int(0.1 * size)
+    assert budget_counts(2, sizes).tolist() == [2, 2, 1]            # at most the class's size
+    assert [budget_share_or_count(text) for text in ("0.25", "3", "3.0")] == [0.25, 3, 3]
+    for text in ("0", "1.5", "-2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="share in \\(0, 1\\) or a whole count"):
+            budget_share_or_count(text)

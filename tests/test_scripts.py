@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, write_mnist_layout
+from conftest import REPO, synthetic_blobs, write_mnist_layout
 
 REPLICATE = REPO / "replicate_inversion_results_on_multiple_classes.py"
 PLOT = REPO / "plotting_mean_radii_over_epochs.py"
@@ -135,3 +135,36 @@ def test_help_explains_every_flag(script):
     assert "--dataset_name" in flags
     for action_line in done.stdout.split("\n  --")[1:]:
         assert len(action_line.split(None, 1)) == 2, f"flag without help: --{action_line}"
+
+
+def test_image_folder_through_section_3(tmp_path):
+    """Your own images: a folder of 3 classes of PNGs named by path; the figure script takes the label."""
+    images, labels = synthetic_blobs(60, 4, num_classes=3)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / "shapes" / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "shapes" / f"c{label}" / f"{i:02d}.png")
+    done = run(REPLICATE, "--dataset_name", "folder:shapes", "--number_of_runs", "2", "--epochs", "30",
+               "--device", "cpu", "--seed", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "--subset_size 20000 is more than its 60 samples; using all 60" in done.stderr
+    results = pickle.loads((tmp_path / "Results/Radii_over_epoch/shapes_all_epoch_radii.pkl").read_bytes())
+    order = np.random.RandomState(1).permutation(60)
+    assert results["class_names"] == ["c0", "c1", "c2"] and results["radii"].shape == (2, 9, 3)
+    files = sorted(f"c{label}/{i:02d}.png" for i, label in enumerate(labels))   # class folders, then file names
+    assert results["sample_ids"] == [files[j] for j in order]
+    assert (tmp_path / "data/decoded_folders").is_dir() and (tmp_path / "Figures/radii_on_shapes.png").is_file()
+    plotted = run(PLOT, "--dataset_name", "shapes", cwd=tmp_path)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "Figures/Figure2/mean_std_radii_on_shapes.png").is_file()
+
+
+def test_bad_user_data_is_one_line_and_writes_nothing(tmp_path):
+    (tmp_path / "pets/cat").mkdir(parents=True)
+    (tmp_path / "pets/dog").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "pets/cat/0.png")
+    (tmp_path / "pets/dog/1.png").write_bytes(b"not a png")
+    done = run(REPLICATE, "--dataset_name", "folder:pets", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "error: pets/dog/1.png cannot be decoded: cannot identify image file 'pets/dog/1.png'; fix or remove it, or "
+        "give --skip_unreadable"]
+    assert not (tmp_path / "Results").exists() and not (tmp_path / "Figures").exists()

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# A one-node SLURM on this machine, to run sweeps through the real sbatch/squeue (tests and trials):
-#   scripts/local_slurm.sh start   # install slurm-wlm and munge if needed, configure, start munged, slurmctld, slurmd
-#   scripts/local_slurm.sh stop    # stop the daemons this script started (by their pid files), nothing else
+# A one-node SLURM on this machine, to run sweeps through the real sbatch/squeue (tests, CI and trials):
+#   scripts/local_slurm.sh install    # install Debian's slurm-wlm and munge if they are missing
+#   scripts/local_slurm.sh configure  # write the one-node slurm.conf, unless one is there that this script did not write
+#   scripts/local_slurm.sh start      # install, configure, start munged, slurmctld and slurmd
+#   scripts/local_slurm.sh stop       # stop the daemons this script started (by their pid files), nothing else
 # Needs root (or sudo) and Debian's packages. Idempotent: start on a running SLURM and stop on a stopped one
-# do nothing. No accounting database: sacct fails, and sweep.py reads squeue and its own state files instead.
+# do nothing. An existing slurm.conf without this script's first line is kept as it is. No accounting database:
+# sacct fails, and sweep.py reads squeue and its own state files instead. LOCAL_SLURM_CONF names another conf path.
 set -euo pipefail
 STATE=/run/hardness-local-slurm          # which daemons this script started
-CONF=/etc/slurm/slurm.conf
+CONF=${LOCAL_SLURM_CONF:-/etc/slurm/slurm.conf}
+MARK="# written by scripts/local_slurm.sh"
+export SLURM_CONF="$CONF"                # the daemons and commands started here read it
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
   command -v sudo > /dev/null || { echo "error: local_slurm.sh needs root or sudo" >&2; exit 1; }
@@ -25,24 +30,26 @@ start_daemon() {  # name, pid file, command...
   echo "$pidfile" | $SUDO tee "$STATE/$name" > /dev/null
 }
 
-start() {
-  if ! command -v slurmctld > /dev/null || ! command -v munged > /dev/null; then
+install() {
+  if command -v slurmctld > /dev/null && command -v munged > /dev/null; then return; fi
+  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge > /dev/null; then
+    $SUDO apt-get update -q > /dev/null
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge > /dev/null
   fi
-  if [ ! -s /etc/munge/munge.key ]; then
-    $SUDO mkdir -p /etc/munge
-    $SUDO dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
-    $SUDO chown munge:munge /etc/munge/munge.key
-    $SUDO chmod 400 /etc/munge/munge.key
+}
+
+configure() {
+  if [ -s "$CONF" ] && [ "$(head -n 1 "$CONF")" != "$MARK: one node, one partition, no accounting" ]; then
+    echo "keeping $CONF: local_slurm.sh did not write it"
+    return
   fi
-  $SUDO mkdir -p /run/munge /var/log/munge /var/lib/munge /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /etc/slurm
-  $SUDO chown munge:munge /run/munge /var/log/munge /var/lib/munge
   local host cpus memory
   host=$(hostname -s)
   cpus=$(nproc)
   memory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+  $SUDO mkdir -p "$(dirname "$CONF")"
   $SUDO tee "$CONF" > /dev/null <<CONFIG
-# written by scripts/local_slurm.sh: one node, one partition, no accounting
+$MARK: one node, one partition, no accounting
 ClusterName=local
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
@@ -65,6 +72,19 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONFIG
+}
+
+start() {
+  install
+  if [ ! -s /etc/munge/munge.key ]; then
+    $SUDO mkdir -p /etc/munge
+    $SUDO dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    $SUDO chown munge:munge /etc/munge/munge.key
+    $SUDO chmod 400 /etc/munge/munge.key
+  fi
+  $SUDO mkdir -p /run/munge /var/log/munge /var/lib/munge /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /etc/slurm
+  $SUDO chown munge:munge /run/munge /var/log/munge /var/lib/munge
+  configure
   start_daemon munged /run/munge/munged.pid runuser -u munge -- munged
   start_daemon slurmctld /run/slurmctld.pid slurmctld
   start_daemon slurmd /run/slurmd.pid slurmd
@@ -87,7 +107,9 @@ stop() {
 }
 
 case "${1:-}" in
+  install) install ;;
+  configure) configure ;;
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 install|configure|start|stop" >&2; exit 2 ;;
 esac

@@ -451,6 +451,8 @@ def local_slurm():
     """A SLURM controller to submit to: the one already answering, or the local one-node SLURM started for this
     module and stopped after it. Skipped only where SLURM's client tools (sinfo) are absent."""
     if shutil.which("sinfo") is None:
+        if os.environ.get("HARDNESS_REQUIRE_SLURM") == "1":
+            pytest.fail("HARDNESS_REQUIRE_SLURM=1 but sinfo is absent: scripts/local_slurm.sh start installs SLURM")
         pytest.skip("sinfo is absent: no SLURM on this machine (scripts/local_slurm.sh start installs one)")
     if slurm_controller_answers():
         yield
@@ -462,14 +464,126 @@ def local_slurm():
     subprocess.run(["bash", str(REPO / "scripts/local_slurm.sh"), "stop"], capture_output=True, timeout=60)
 
 
+def scontrol_job(job_id: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60).stdout
+
+
 def test_the_same_grid_through_slurm(tmp_path, local_slurm):
+    """Three stages, one job array each, with an account, a pass-through option and a setup line, which
+    `scontrol show job` and the cells see."""
     path = two_stage_grid(tmp_path)
     done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--launcher", "slurm",
-                           "--cpus_per_task", "1", "--mem_gb", "1", "--timeout_min", "10", "--results_dir",
-                           str(tmp_path / "R")], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+                           "--cpus_per_task", "1", "--mem_gb", "1", "--timeout_min", "10", "--poll_s", "1",
+                           "--slurm_account", "sweeptest", "--slurm_extra", "comment=hardness-sweep-test",
+                           "--slurm_setup", "export SWEEP_TEST_SETUP=set-up", "--results_dir", str(tmp_path / "R")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sacct" not in done.stderr                                       # the one warning silenced
     manifest = json.loads((tmp_path / "R/sweeps/tiny/manifest.json").read_text())["cells"]
     assert len(manifest) == 5 and all(cell["state"] == "done" and cell["job_id"] for cell in manifest.values())
     jobs = {cell["job_id"].split("_")[0] for cell in manifest.values()}
     assert len(jobs) == 3                                                   # one job array per stage
+    shown = scontrol_job(manifest["values/value-1"]["job_id"])
+    assert "Account=sweeptest" in shown and "Comment=hardness-sweep-test" in shown
+    record = json.loads((tmp_path / "R/sweeps/tiny/values/value-1/results/value.json").read_text())
+    assert record["setup"] == "set-up"                                      # the setup line ran before the cell
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    listed = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i %T",
+                             "--jobs=" + ",".join(sorted({job.split("_")[0] for job in job_ids}))],
+                            capture_output=True, text=True, timeout=60).stdout
+    return dict(line.split() for line in listed.splitlines())
+
+
+def test_a_resumed_later_stage_waits_for_the_earlier_stage_and_a_failing_squeue_duplicates_nothing(tmp_path, local_slurm):
+    """Stage `values` (3 cells, held running or pending) and `after` are submitted; `after`'s job is cancelled.
+    A rerun with a failing squeue on PATH submits nothing (unknown is not lost); a rerun with SLURM's own squeue
+    resubmits `after` alone, depending on the three jobs of the first call (scontrol show job). Released, every
+    cell runs once and `after` starts after the last of `values` ended. (Before the fix the resubmitted `after`
+    had no dependency, and the failing squeue resubmitted all four cells.)"""
+    runs = tmp_path / "runs.txt"
+    path = write_grid(tmp_path, f"""
+name: resume
+stages:
+  - name: values
+    script: {FAKE}
+    common: {{fail_markers: "{tmp_path}", runs_log: "{runs}"}}
+    cross: {{value: [1, 2, 3]}}
+  - name: after
+    script: {FAKE}
+    common: {{value: 9, runs_log: "{runs}"}}
+""")
+    for value in (1, 2, 3):
+        (tmp_path / f"hold_{value}").touch()
+    command = [sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--launcher", "slurm", "--cpus_per_task",
+               "1", "--mem_gb", "1", "--timeout_min", "10", "--poll_s", "1", "--results_dir", str(tmp_path / "R")]
+    first = subprocess.run([*command, "--no_wait"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0 and "submitted: values 3 job(s), after 1 job(s)" in first.stdout, first.stderr
+    grid = load_grid(path, tmp_path / "R")
+    values_jobs = [read_state(cell)["job_id"] for cell in grid.stages[0]]
+    after_job = read_state(grid.stages[1][0])["job_id"]
+    subprocess.run(["scancel", after_job], check=True, timeout=60)
+    wait_until(lambda: job_states([after_job]).get(after_job) == "CANCELLED", timeout=60)
+
+    failing = stand_ins(tmp_path / "bin", squeue="echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1")
+    rerun = subprocess.run([*command, "--no_wait"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                           env={**os.environ, "PATH": f"{failing}:{os.environ['PATH']}"})
+    assert rerun.returncode == 0 and "submitted: nothing" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert [read_state(cell)["job_id"] for cell in grid.cells] == [*values_jobs, after_job]
+
+    resumed = subprocess.run([*command, "--no_wait"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0 and "submitted: after 1 job(s)" in resumed.stdout, resumed.stdout + resumed.stderr
+    new_after = read_state(grid.stages[1][0])["job_id"]
+    shown = scontrol_job(new_after)
+    dependency = re.search(r"Dependency=(\S+)", shown).group(1)
+    assert sorted(re.findall(r"afterok:(\d+_\d+)", dependency)) == sorted(values_jobs), dependency
+    assert "JobState=PENDING" in shown and "Reason=Dependency" in shown
+
+    for value in (1, 2, 3):
+        (tmp_path / f"hold_{value}").unlink()
+    finish = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert finish.returncode == 0 and "submitted: nothing" in finish.stdout, finish.stdout + finish.stderr
+    assert sorted(line.split()[0] for line in runs.read_text().splitlines()) == ["1", "2", "3", "9"]   # each once
+    records = [json.loads((cell.folder / "results/value.json").read_text()) for cell in grid.cells]
+    assert records[3]["start"] >= max(record["end"] for record in records[:3])
+
+
+def test_cancel_cancels_the_sweeps_jobs_and_marks_their_cells(tmp_path, local_slurm):
+    path = write_grid(tmp_path, f"""
+name: cancel
+stages:
+  - name: values
+    script: {FAKE}
+    common: {{fail_markers: "{tmp_path}"}}
+    cross: {{value: [5, 6]}}
+""")
+    for value in (5, 6):
+        (tmp_path / f"hold_{value}").touch()
+    command = [sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--launcher", "slurm", "--cpus_per_task",
+               "1", "--mem_gb", "1", "--timeout_min", "10", "--poll_s", "1", "--results_dir", str(tmp_path / "R")]
+    subprocess.run([*command, "--no_wait"], check=True, capture_output=True, timeout=300)
+    grid = load_grid(path, tmp_path / "R")
+    jobs = [read_state(cell)["job_id"] for cell in grid.cells]
+    cancelled = subprocess.run([*command, "--cancel"], capture_output=True, text=True, timeout=300)
+    assert cancelled.stdout.startswith("cancelled the jobs of 2 cell(s)"), cancelled.stdout + cancelled.stderr
+    wait_until(lambda: set(job_states(jobs).values()) <= {"CANCELLED"}, timeout=60)
+    assert [read_state(cell)["state"] for cell in grid.cells] == ["cancelled", "cancelled"]
+    cells = json.loads((grid.folder / "manifest.json").read_text())["cells"]
+    assert [cell["state"] for cell in cells.values()] == ["cancelled", "cancelled"]
+
+
+def test_local_slurm_keeps_a_slurm_conf_it_did_not_write(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    env = {**os.environ, "LOCAL_SLURM_CONF": str(conf)}
+    script = str(REPO / "scripts/local_slurm.sh")
+    written = subprocess.run(["bash", script, "configure"], capture_output=True, text=True, env=env, timeout=60)
+    assert written.returncode == 0, written.stderr
+    lines = conf.read_text().splitlines()
+    assert lines[0] == "# written by scripts/local_slurm.sh: one node, one partition, no accounting"
+    assert f"CPUs={os.cpu_count()}" in next(line for line in lines if line.startswith("NodeName="))
+    foreign = "# the cluster's own\nClusterName=campus\n"
+    conf.write_text(foreign)
+    kept = subprocess.run(["bash", script, "configure"], capture_output=True, text=True, env=env, timeout=60)
+    assert kept.returncode == 0 and kept.stdout.strip() == f"keeping {conf}: local_slurm.sh did not write it"
+    assert conf.read_text() == foreign

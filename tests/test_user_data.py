@@ -1,15 +1,19 @@
 """The user's own data: folder:, npz: and csv: sources, the folder cache, the memory estimate and the one-line
 errors of bad data; every file here is written by the test itself."""
 import argparse
+import csv
+import importlib.util
 import os
 import re
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import REPO
 from hardness import data as data_module
 from hardness.cli import UserInputError, add_common_arguments, add_dataset_arguments, budget_share_or_count
 from hardness.data import dataset_label, load_dataset, load_dataset_from_args
@@ -276,3 +280,52 @@ def test_budget_is_a_share_or_a_count_per_class():
     for text in ("0", "1.5", "-2"):
         with pytest.raises(argparse.ArgumentTypeError, match="share in \\(0, 1\\) or a whole count"):
             budget_share_or_count(text)
+
+
+def export_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("export_noisy_folder", REPO / "scripts/export_noisy_folder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("noise_type", ["uniform", "pairs"])
+def test_export_noisy_folder(mnist_root, tmp_path, noise_type):
+    """40 images of a tiny MNIST as PNGs in class folders, int(0.1 * 40) = 4 of them in a wrong class's folder and
+    listed in moved.csv; with pairs each moved image goes to the class whose mean image is nearest its own class's."""
+    root, written = mnist_root
+    script = export_script()
+    output = tmp_path / "export"
+    folder, moved = script.export(script.parse_args(["--dataset_name", "mnist", "--subset_size", "40", "--seed", "5",
+                                                     "--noise_ratio", "0.1",
+                                                     "--noise_type", noise_type, "--data_root", str(root),
+                                                     "--output", str(output)]))
+    assert folder == output and moved == 4
+    folders = sorted(path.name for path in output.iterdir() if path.is_dir())
+    assert folders == [f"{c}_{name}" for c, name in enumerate(["0 - zero", "1 - one", "2 - two", "3 - three",
+                       "4 - four", "5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine"])]
+    files = sorted(path.relative_to(output).as_posix() for path in output.rglob("*.png"))
+    subset = np.random.RandomState(5).permutation(80)[:40]
+    source = {f"{'train' if i < 60 else 'test'}_{i if i < 60 else i - 60}": i for i in subset.tolist()}
+    assert len(files) == 40 and {Path(f).stem for f in files} == set(source)
+    with open(output / "moved.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and list(rows[0]) == ["sample_id", "source_id", "true_class", "given_class"]
+    images, labels = written["images"].astype(np.float64), written["labels"]
+    means = np.stack([images[subset][labels[subset] == c].mean(0) for c in range(10)])
+    for file in files:
+        i = source[Path(file).stem]
+        assert np.array_equal(np.asarray(Image.open(output / file)), written["images"][i])   # the raw pixels
+        row = next((row for row in rows if row["sample_id"] == file), None)
+        true = int(file[0]) if row is None else int(row["true_class"][0])
+        assert true == labels[i] and (row is None) == (int(file[0]) == labels[i])
+        if row is not None and noise_type == "pairs":
+            distances = np.linalg.norm((means - means[true]).reshape(10, -1), axis=1)
+            distances[true] = np.inf
+            assert int(row["given_class"][0]) == distances.argmin()
+    dataset = load_dataset_from_args(flags("--dataset_name", f"folder:{output}", "--data_root", str(tmp_path / "d")),
+                                     CPU)
+    given = dict(zip(dataset.sample_ids, dataset.labels.tolist()))
+    assert all(given[row["sample_id"]] == int(row["given_class"][0]) for row in rows)
+    with pytest.raises(UserInputError, match="exists; remove it or give another --output"):
+        script.export(script.parse_args(["--data_root", str(root), "--output", str(output), "--dataset_name", "MNIST"]))

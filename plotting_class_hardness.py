@@ -1,7 +1,9 @@
-"""Class-hardness simulations side by side: per-class test loss and accuracy, and the overlap of every class
-pair, over training, one column per setting; and final feature overlap against input overlap.
+"""Class-hardness simulations side by side: per-class test loss and accuracy over training and the classes'
+overlap matrices after the first, middle and last evaluation, one column per setting; and final feature overlap
+against input overlap.
 
     python plotting_class_hardness.py --results Results/class_hardness/mnist_4v9 Results/class_hardness/mnist_0v1
+    python plotting_class_hardness.py --results mnist_4v9 --results mnist_0v1
 
 Each --results is a folder class_hardness_simulation.py wrote (or its output name under
 <results_dir>/class_hardness/). Draws loss_and_overlap, accuracy_and_overlap and overlap_dynamic_vs_static
@@ -11,14 +13,15 @@ import argparse
 from pathlib import Path
 
 from hardness.class_overlap import draw_figures, load_simulation
+from hardness.cli import UserInputError
 from utils import add_output_arguments, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, nargs="+", required=True,
+    parser.add_argument("--results", type=Path, nargs="+", action="extend", required=True,
                         help="results folders of the settings to draw, one column each (a path, or an output "
-                             "name under <results_dir>/class_hardness/)")
+                             "name under <results_dir>/class_hardness/); repeat the flag or list several")
     parser.add_argument("--name", default=None,
                         help="subfolder of <figures_dir>/class_hardness/ for the figures (default: the settings' "
                              "names joined by _vs_)")
@@ -28,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     folders = [path if path.exists() else args.results_dir / "class_hardness" / path for path in args.results]
+    repeated = sorted({folder.name for folder in folders if [f.name for f in folders].count(folder.name) > 1})
+    if repeated:
+        raise UserInputError(f"--results names {', '.join(repeated)} more than once; each setting is drawn once, "
+                             "by its folder's name")
     settings = {folder.name: load_simulation(folder) for folder in folders}
     name = args.name or "_vs_".join(settings)
     figures = draw_figures(settings, args.figures_dir / "class_hardness" / name)

@@ -6,6 +6,7 @@ the C x C cosine similarity of the class means of the last hidden features (`ove
 that of the standardised inputs (`overlap_static`).
 """
 import copy
+import difflib
 import math
 import os
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from matplotlib.lines import Line2D
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 from tqdm import tqdm
@@ -31,20 +33,25 @@ from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_spl
 from hardness.engine import derived_seed
 from hardness.radii import one_hot_float
 from hardness.results import save_figure, save_npz_with_settings, write_atomically
-from neural_networks import HardnessCNN, HardnessMLP, HardnessResNet50, kaiming_initialise
+from neural_networks import ACTIVATIONS, HardnessCNN, HardnessMLP, HardnessResNet50, kaiming_initialise
 
 DATASETS = {"mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "gaussian"}
+GAUSSIAN_FIELDS = ("channels", "height", "width", "num_classes", "train_samples_per_class", "test_samples_per_class",
+                   "std", "mean", "seed", "separation", "means")
 DEFAULTS: dict[str, Any] = {
-    "dataset": {"name": "gaussian", "classes": None, "class_map": None, "shift": 0.0,
+    "dataset": {"name": None, "classes": None, "class_map": None, "shift": 0.0,
                 "channels": 1, "height": 8, "width": 8, "num_classes": 3, "train_samples_per_class": 20,
                 "test_samples_per_class": 10, "std": 1.0, "mean": 0.0, "seed": 0, "separation": 0.0, "means": None},
-    "model": {"type": "mlp", "depth": 1, "width": 32, "activation": "relu", "pooling": "max", "small_input": False,
+    "model": {"type": "mlp", "depth": 1, "width": 32, "activation": "relu", "pooling": None, "cifar_stem": True,
               "init": "kaiming_normal"},
     "training": {"epochs": 1, "batch_size": 10, "lr": 0.01, "optimizer": "sgd", "seed": 0},
     "runs": 1,
     "evaluation": {"steps": None, "num_points": 5},
     "output": None,
 }
+# the original's layout: the Gaussian fields nested under dataset.gaussian; its earlier name of cifar_stem
+ALIASES = {**{f"dataset.gaussian.{field}": f"dataset.{field}" for field in GAUSSIAN_FIELDS},
+           "model.small_input": "model.cifar_stem"}
 EVALUATION_CHUNK = 2048
 PER_CLASS_KEYS = ("loss_per_class", "accuracy_per_class", "train_loss_per_class", "train_accuracy_per_class")
 
@@ -52,6 +59,8 @@ PER_CLASS_KEYS = ("loss_per_class", "accuracy_per_class", "train_loss_per_class"
 def validate(config: dict) -> dict:
     """The config with every field checked (a ConfigError names the first bad one) and the dataset name lowered."""
     dataset = config["dataset"]
+    if dataset["name"] is None:
+        raise ConfigError("dataset.name", f"missing: name the data, one of {', '.join(sorted(DATASETS))}")
     if not isinstance(dataset["name"], str) or dataset["name"].lower() not in DATASETS:
         raise ConfigError("dataset.name", f"must be one of {', '.join(sorted(DATASETS))} (any case), got {dataset['name']!r}")
     dataset["name"] = dataset["name"].lower()
@@ -59,14 +68,16 @@ def validate(config: dict) -> dict:
         raise ConfigError("dataset.classes", "give classes or class_map, not both")
     if dataset["classes"] is not None:
         if not isinstance(dataset["classes"], list) or not dataset["classes"] or \
-                not all(isinstance(c, int) and not isinstance(c, bool) for c in dataset["classes"]) or \
+                not all(is_label(c) for c in dataset["classes"]) or \
                 len(set(dataset["classes"])) != len(dataset["classes"]):
-            raise ConfigError("dataset.classes", f"must be a list of distinct class labels, got {dataset['classes']!r}")
+            raise ConfigError("dataset.classes", "must be a list of distinct class indices or names, got "
+                                                 f"{dataset['classes']!r}")
     if dataset["class_map"] is not None:
         mapping = dataset["class_map"]
         if not isinstance(mapping, dict) or not mapping or not all(
-                isinstance(k, int) and isinstance(v, int) for k, v in mapping.items()):
-            raise ConfigError("dataset.class_map", f"must map original labels to new labels, got {mapping!r}")
+                is_label(k) and is_label(v) and not isinstance(v, str) for k, v in mapping.items()):
+            raise ConfigError("dataset.class_map", f"must map original classes (indices or names) to new labels, "
+                                                   f"got {mapping!r}")
         if set(mapping.values()) != set(range(len(set(mapping.values())))):
             raise ConfigError("dataset.class_map", f"new labels must be 0..C-1, got {sorted(set(mapping.values()))}")
     check_number(config, "dataset.shift")
@@ -89,11 +100,18 @@ def validate(config: dict) -> dict:
     check_choice(config, "model.type", ["mlp", "cnn", "resnet"])
     check_number(config, "model.depth", 0, integer=True)
     check_number(config, "model.width", 1, integer=True)
-    check_choice(config, "model.activation", ["relu", "tanh", "gelu"])
+    check_choice(config, "model.activation", list(ACTIVATIONS))
+    model = config["model"]
+    if model["pooling"] is None:
+        model["pooling"] = "avg" if model["type"] == "resnet" else "max"
+    if model["type"] == "resnet" and model["pooling"] == "none":
+        raise ConfigError("model.pooling", "none does not work for resnet: its head and the overlap feature take the "
+                                           "2048 channels of one global pool; give avg or max")
     check_choice(config, "model.pooling", ["max", "avg"])
     check_choice(config, "model.init", ["kaiming_normal", "kaiming_uniform"])
-    if not isinstance(config["model"]["small_input"], bool):
-        raise ConfigError("model.small_input", f"must be true or false, got {config['model']['small_input']!r}")
+    if not isinstance(model["cifar_stem"], bool):
+        raise ConfigError("model.cifar_stem", f"must be true or false (small_input is its other name), "
+                                              f"got {model['cifar_stem']!r}")
     for field in ("epochs", "batch_size"):
         check_number(config, f"training.{field}", 1, integer=True)
     check_number(config, "training.lr", 0, strict=True)
@@ -111,10 +129,16 @@ def validate(config: dict) -> dict:
     return config
 
 
+def is_label(value: Any) -> bool:
+    """A class given as an index (an integer, not a boolean) or a name."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def load_config(path: Path, overrides: Sequence[str] = (), seed: int | None = None) -> dict:
     """The config at `path` over the defaults, with `section.key=value` overrides (values read as YAML) and
-    `seed` as training.seed; `output` defaults to the file's name."""
-    config = read_config(path, DEFAULTS, overrides)
+    `seed` as training.seed; `output` defaults to the file's name. The Gaussian fields may be nested under
+    dataset.gaussian (the original's layout) and model.small_input names model.cifar_stem (ALIASES)."""
+    config = read_config(path, DEFAULTS, overrides, aliases=ALIASES)
     if seed is not None:
         config["training"]["seed"] = seed
     if config["output"] is None:
@@ -160,26 +184,54 @@ def gaussian_splits(dataset: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return tuple(splits)
 
 
-def class_mapping(dataset: dict, labels: Tensor) -> dict[int, int]:
-    """{original label: new label}: `class_map`, or `classes` in order, or every label as it is."""
+def class_index(label: int | str, field: str, dataset_name: str, names: Sequence[str] | None) -> int:
+    """The index of a class given by index or by name, one of `names` (torchvision's `classes` of the
+    dataset; None for Gaussian classes, which have no names)."""
+    if not isinstance(label, str):
+        return label
+    if names is None:
+        raise ConfigError(field, f"{dataset_name} classes have no names; give indices, got {label!r}")
+    if label in names:
+        return list(names).index(label)
+    close = difflib.get_close_matches(label, names, n=3)
+    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    shown = ", ".join(map(repr, names[:6])) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+    raise ConfigError(field, f"no class named {label!r} in {dataset_name}; {hint}its names are {shown}, "
+                             f"or give indices 0-{len(names) - 1}")
+
+
+def class_mapping(dataset: dict, labels: Tensor, names: Sequence[str] | None = None) -> dict[int, int]:
+    """{original label: new label}: `class_map`, or `classes` in order, or every label as it is; classes
+    given by name are looked up in `names` (see class_index)."""
+    field = "dataset.class_map" if dataset["class_map"] is not None else "dataset.classes"
     if dataset["class_map"] is not None:
-        return dict(dataset["class_map"])
-    if dataset["classes"] is not None:
-        return {c: i for i, c in enumerate(dataset["classes"])}
-    return {c: c for c in range(int(labels.max()) + 1)}
+        given = list(dataset["class_map"].items())
+    elif dataset["classes"] is not None:
+        given = [(c, i) for i, c in enumerate(dataset["classes"])]
+    else:
+        return {c: c for c in range(int(labels.max()) + 1)}
+    mapping, given_as = {}, {}
+    for label, new in given:
+        index = class_index(label, field, dataset["name"], names)
+        if index in mapping:
+            raise ConfigError(field, f"class {index} is given twice: as {given_as[index]!r} and as {label!r}")
+        mapping[index], given_as[index] = new, label
+    return mapping
 
 
 def load_simulation_data(dataset: dict, root: Path, device: torch.device) -> SimulationData:
     """Filter and relabel the classes, standardise per channel with the filtered training split's mean and
     std (population), apply that to both splits, then add `shift`."""
+    names = None
     if dataset["name"] == "gaussian":
         train_x, train_y, test_x, test_y = gaussian_splits(dataset)
     else:
         splits = torchvision_splits(canonical_dataset_name(dataset["name"]), Path(root))
+        names = splits[0].classes
         (train_x, test_x), (train_y, test_y) = (
             [as_nchw_uint8(split.data).float() / 255 for split in splits],
             [torch.as_tensor(split.targets, dtype=torch.int64) for split in splits])
-    mapping = class_mapping(dataset, train_y)
+    mapping = class_mapping(dataset, train_y, names)
     missing = sorted(set(mapping) - set(train_y.unique().tolist()))
     if missing:
         raise ConfigError("dataset.class_map" if dataset["class_map"] is not None else "dataset.classes",
@@ -212,7 +264,8 @@ def build_model(model: dict, input_shape: Sequence[int], num_classes: int) -> nn
         network = HardnessCNN(input_shape, model["depth"], model["width"], num_classes, model["activation"],
                               model["pooling"])
     else:
-        network = HardnessResNet50(input_shape[0], num_classes, model["small_input"])
+        network = HardnessResNet50(input_shape[0], num_classes, model["cifar_stem"], model["activation"],
+                                   model["pooling"])
     return kaiming_initialise(network, model["init"])
 
 
@@ -332,7 +385,7 @@ def simulate(config: dict, data: SimulationData, progress: bool = True) -> tuple
     total = config["training"]["epochs"] * math.ceil(len(data.train_y) / config["training"]["batch_size"])
     evaluation = config["evaluation"]
     if evaluation["steps"] is not None:
-        steps = sorted(set(evaluation["steps"]))
+        steps = sorted({0, *evaluation["steps"]})
         if steps[-1] > total:
             raise ConfigError("evaluation.steps", f"step {steps[-1]} is beyond the {total} optimizer steps of training")
     else:
@@ -406,44 +459,105 @@ def _mean_and_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return np.nanmean(values, 0), np.nanstd(values, 0, ddof=1) / math.sqrt(len(values))
 
 
-def _band(ax: plt.Axes, x: np.ndarray, values: np.ndarray, label: str) -> None:
+def _band(ax: plt.Axes, x: np.ndarray, values: np.ndarray, colour: Any) -> None:
     mean, error = _mean_and_error(values)
-    line, = ax.plot(x, mean, label=label)
+    ax.plot(x, mean, color=colour)
     if error is not None:
-        ax.fill_between(x, mean - error, mean + error, color=line.get_color(), alpha=0.25)
+        ax.fill_between(x, mean - error, mean + error, color=colour, alpha=0.2)
+
+
+def class_colours(num_classes: int) -> list:
+    """One colour per class: tab10 up to 10 classes, tab20 up to 20, a viridis ramp beyond."""
+    if num_classes <= 20:
+        palette = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
+        return [palette(c) for c in range(num_classes)]
+    return [plt.get_cmap("viridis")(v) for v in np.linspace(0, 1, num_classes)]
+
+
+def snapshot_indices(num_steps: int) -> list[int]:
+    """The evaluations whose overlap matrices are drawn: the first, the middle one and the last."""
+    return sorted({0, (num_steps - 1) // 2, num_steps - 1})
 
 
 def plot_dynamics(settings: dict[str, list[dict[str, np.ndarray]]], metric: str) -> plt.Figure:
-    """2 x S grid: per-class test `metric` (top) and every off-diagonal dynamic overlap pair (bottom) against
-    step + 1 (log axis), mean +- standard error over runs, one column per setting."""
-    fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 6.4), squeeze=False, sharex=True)
+    """One column per setting. Top: per-class test `metric` against step + 1 (log axis), mean +- standard
+    error over runs, one colour per class, y shared across settings, one class legend (a colour bar beyond 20
+    classes). Below: the C x C dynamic overlap (mean over runs; diagonal blank) after the first, middle and last
+    evaluation, on one colour scale for the figure (viridis from the lowest overlap, rounded down to 0.1, to 1;
+    red-blue from -1 to 1 when an overlap is negative), values written in when C <= 4."""
+    num_classes = max(runs[0][f"{metric}_per_class"].shape[1] for runs in settings.values())
+    colours = class_colours(num_classes)
+    snapshots = snapshot_indices(len(next(iter(settings.values()))[0]["steps"]))
+    columns = len(snapshots)
+    fig = plt.figure(figsize=(max(4.4 * len(settings), 5.5) + 1.2, 6.6), layout="constrained")
+    grid = fig.add_gridspec(2, columns * len(settings), height_ratios=[1.5, 1])
+    curves: list[plt.Axes] = []
+    heat_maps: list[plt.Axes] = []
     for column, (name, runs) in enumerate(settings.items()):
+        ax = fig.add_subplot(grid[0, column * columns:(column + 1) * columns], sharey=curves[0] if curves else None)
+        curves.append(ax)
         x = runs[0]["steps"] + 1
         per_class = np.stack([r[f"{metric}_per_class"] for r in runs])                    # [runs, T, C]
-        overlaps = np.stack([r["overlap_dynamic"] for r in runs])                          # [runs, T, C, C]
         for c in range(per_class.shape[2]):
-            _band(axes[0, column], x, per_class[:, :, c], f"class {c}")
-        for i, j in zip(*np.triu_indices(overlaps.shape[2], 1)):
-            _band(axes[1, column], x, overlaps[:, :, i, j], f"{i}-{j}")
-        axes[0, column].set_title(f"{name} ({len(runs)} run{'s' if len(runs) > 1 else ''})")
-        axes[1, column].set_xlabel("optimizer step + 1")
-        for ax in axes[:, column]:
-            ax.set_xscale("log")
-            ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel(f"test {metric} per class")
-    axes[1, 0].set_ylabel("overlap (cosine of class-mean features)")
-    fig.tight_layout()
+            _band(ax, x, per_class[:, :, c], colours[c])
+        ax.set_xscale("log")
+        ax.set_xlabel("optimizer step + 1")
+        ax.set_title(f"{name} ({len(runs)} run{'s' if len(runs) > 1 else ''})")
+        if column:
+            ax.tick_params(labelleft=False)
+        for k, t in enumerate(snapshots):
+            heat_maps.append(fig.add_subplot(grid[1, column * columns + k]))
+            heat_maps[-1].set_title(f"step {runs[0]['steps'][t]}", fontsize=9)
+    matrices = [np.stack([r["overlap_dynamic"][t] for r in runs]) for runs in settings.values() for t in snapshots]
+    lowest = min(np.nanmin(np.where(np.eye(m.shape[-1], dtype=bool), np.nan, m)) for m in matrices)
+    scale = ("viridis", math.floor(10 * lowest) / 10) if lowest >= 0 else ("RdBu_r", -1)
+    for ax, overlaps in zip(heat_maps, matrices):
+        image = _overlap_heat_map(ax, overlaps, *scale)
+    curves[0].set_ylabel(f"test {metric} per class")
+    heat_maps[0].set_ylabel("class")
+    if num_classes <= 20:
+        curves[-1].legend([Line2D([], [], color=colour) for colour in colours],
+                          [f"class {c}" for c in range(num_classes)], loc="upper left", bbox_to_anchor=(1.02, 1),
+                          fontsize=8, ncols=1 if num_classes <= 10 else 2)
+    else:
+        bar = fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, num_classes - 1), plt.get_cmap("viridis")),
+                           ax=curves, pad=0.01)
+        bar.set_label("class")
+    bar = fig.colorbar(image, ax=heat_maps, location="bottom", shrink=0.5, aspect=40, pad=0.02)
+    bar.set_label("overlap (cosine of class-mean features), mean over runs", fontsize=8)
     return fig
 
 
+def _overlap_heat_map(ax: plt.Axes, overlaps: np.ndarray, palette: str, low: float) -> Any:
+    """Draw the mean over runs of overlap matrices [runs, C, C] with a blank diagonal, coloured from `low` to 1;
+    the image."""
+    num_classes = overlaps.shape[-1]
+    mean, error = _mean_and_error(overlaps)                                                # [C, C]
+    mean = np.where(np.eye(num_classes, dtype=bool), np.nan, mean)
+    image = ax.imshow(mean, cmap=plt.get_cmap(palette).with_extremes(bad="white"), vmin=low, vmax=1)
+    ticks = np.arange(0, num_classes, max(1, num_classes // 10))
+    ax.set_xticks(ticks, ticks, fontsize=7)
+    ax.set_yticks(ticks, ticks, fontsize=7)
+    if num_classes <= 4:
+        for i, j in zip(*np.nonzero(~np.eye(num_classes, dtype=bool))):
+            text = f"{mean[i, j]:.2f}" + (f"\n±{error[i, j]:.2f}" if error is not None else "")
+            shade = (mean[i, j] - low) / (1 - low)
+            dark = shade < 0.6 if palette == "viridis" else abs(shade - 0.5) > 0.3
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    return image
+
+
 def plot_dynamic_vs_static(settings: dict[str, list[dict[str, np.ndarray]]]) -> plt.Figure:
-    """Final dynamic overlap against static overlap, every run and class pair, one colour per setting."""
+    """Final dynamic overlap against static overlap, every run and class pair, one colour per setting; the
+    diagonal marks equal overlaps."""
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for name, runs in settings.items():
         pairs = np.triu_indices(runs[0]["overlap_static"].shape[0], 1)
         static = np.concatenate([r["overlap_static"][pairs] for r in runs])
         final = np.concatenate([r["overlap_dynamic"][-1][pairs] for r in runs])
         ax.scatter(static, final, s=14, alpha=0.7, label=name)
+    low, high = min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])
+    ax.plot([low, high], [low, high], color="0.6", linestyle="--", linewidth=1, label="equal overlap")
     ax.set_xlabel("static overlap (inputs)")
     ax.set_ylabel("final dynamic overlap (features)")
     ax.legend(fontsize=8)

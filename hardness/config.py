@@ -18,29 +18,64 @@ class ConfigError(UserInputError):
         super().__init__(f"config field {field}: {message}")
 
 
-def merge_config(defaults: dict, given: Any, prefix: str = "", shorthands: dict[str, str] | None = None) -> dict:
+def merge_config(defaults: dict, given: Any, prefix: str = "", shorthands: dict[str, str] | None = None,
+                 aliases: dict[str, str] | None = None) -> dict:
     """`given` over `defaults`, section by section; an unknown field is a ConfigError naming it. A section
-    named in `shorthands` may be given as a single value, meaning {shorthands[section]: value}."""
+    named in `shorthands` may be given as a single value, meaning {shorthands[section]: value}. `aliases`
+    maps other names of fields to their own names, as full paths in the same section: {'model.small_input':
+    'model.cifar_stem'}; aliases one level deeper form a group, a mapping that gives those fields
+    ({'dataset.gaussian.std': 'dataset.std'} accepts `dataset: {gaussian: {std: 2}}`). A field given under
+    two names is a ConfigError."""
     if not isinstance(given, dict):
         raise ConfigError(prefix.rstrip(".") or "(top level)", f"must be a mapping, got {given!r}")
-    shorthands = shorthands or {}
+    shorthands, aliases = shorthands or {}, aliases or {}
     merged = copy.deepcopy(defaults)
-    for key, value in given.items():
+    given_as: dict[str, str] = {}
+    for key, path, value in _own_names(given, prefix, defaults, aliases):
         if key not in defaults:
-            raise ConfigError(f"{prefix}{key}", f"unknown field; known: {', '.join(defaults)}")
+            other_names = dict.fromkeys(alias[len(prefix):].split(".")[0] for alias in aliases
+                                        if alias.startswith(prefix))
+            known = list(defaults) + [name for name in other_names if name not in defaults]
+            raise ConfigError(path, f"unknown field; known: {', '.join(known)}")
+        if key in given_as:
+            raise ConfigError(path, f"given twice, also as {given_as[key]}")
+        given_as[key] = path
         if isinstance(defaults[key], dict):
             if f"{prefix}{key}" in shorthands and not isinstance(value, dict):
                 value = {shorthands[f"{prefix}{key}"]: value}
-            merged[key] = merge_config(defaults[key], value, f"{prefix}{key}.", shorthands)
+            merged[key] = merge_config(defaults[key], value, f"{prefix}{key}.", shorthands, aliases)
         else:
             merged[key] = value
     return merged
 
 
+def _own_names(given: dict, prefix: str, defaults: dict, aliases: dict[str, str]) -> list[tuple[str, str, Any]]:
+    """(own name, full path as given, value) of every field of the section `given` at `prefix`: a field given
+    by an alias under its own name, and the fields of an alias group (a name that is not a field of
+    `defaults`) opened into the section."""
+    fields = []
+    for key, value in given.items():
+        path = f"{prefix}{key}"
+        members = [alias[len(path) + 1:] for alias in aliases
+                   if key not in defaults and alias.startswith(f"{path}.") and "." not in alias[len(path) + 1:]]
+        if path in aliases:
+            fields.append((aliases[path][len(prefix):], path, value))
+        elif members:
+            if not isinstance(value, dict):
+                raise ConfigError(path, f"must be a mapping of {', '.join(members)}, got {value!r}")
+            for member, inner in value.items():
+                if member not in members:
+                    raise ConfigError(f"{path}.{member}", f"unknown field; known: {', '.join(members)}")
+                fields.append((aliases[f"{path}.{member}"][len(prefix):], f"{path}.{member}", inner))
+        else:
+            fields.append((key, path, value))
+    return fields
+
+
 def read_config(path: Path, defaults: dict, overrides: Sequence[str] = (),
-                shorthands: dict[str, str] | None = None) -> dict:
+                shorthands: dict[str, str] | None = None, aliases: dict[str, str] | None = None) -> dict:
     """The YAML file at `path` over `defaults`, then each `section.key=value` override (value read as YAML);
-    `shorthands` as in merge_config."""
+    `shorthands` and `aliases` as in merge_config."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"config file {path} not found")
@@ -48,7 +83,7 @@ def read_config(path: Path, defaults: dict, overrides: Sequence[str] = (),
         given = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise UserInputError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
-    config = merge_config(defaults, given, shorthands=shorthands)
+    config = merge_config(defaults, given, shorthands=shorthands, aliases=aliases)
     for override in overrides:
         field, equals, text = override.partition("=")
         if not equals:
@@ -57,7 +92,7 @@ def read_config(path: Path, defaults: dict, overrides: Sequence[str] = (),
         nested: dict = {key: yaml.safe_load(text)}
         for section in reversed(sections):
             nested = {section: nested}
-        config = merge_config(config, nested, shorthands=shorthands)
+        config = merge_config(config, nested, shorthands=shorthands, aliases=aliases)
     return config
 
 

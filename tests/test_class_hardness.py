@@ -5,14 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 import yaml
 
 from conftest import REPO, write_mnist_layout
-from hardness.class_overlap import (DEFAULTS, ConfigError, cosine_matrix, evaluation_steps, load_config,
-                                    load_simulation_data, simulate, static_overlap, train_group)
+from hardness.class_overlap import (DEFAULTS, ConfigError, build_model, class_mapping, cosine_matrix,
+                                    evaluation_steps, load_config, load_simulation_data, plot_dynamics, simulate,
+                                    static_overlap, train_group)
 
 SIMULATE = REPO / "class_hardness_simulation.py"
 PLOT = REPO / "plotting_class_hardness.py"
@@ -63,10 +65,89 @@ def test_shipped_configs_are_valid():
     ({}, ["training.epochs=1.5"], "training.epochs"),
     ({}, ["evaluation.steps=[0, -2]"], "evaluation.steps"),
     ({"runs": True}, [], "runs"),
+    ({"dataset": {"gaussian": {"chanels": 1}}}, [], "dataset.gaussian.chanels"),
+    ({"dataset": {"gaussian": 3}}, [], "dataset.gaussian"),
+    ({"dataset": {"std": 1.0, "gaussian": {"std": 2.0}}}, [], "dataset.std: given twice, also as dataset.gaussian.std"),
+    ({"dataset": {"classes": [0, True]}}, [], "dataset.classes"),
+    ({"model": {"small_input": True, "cifar_stem": False}}, [],
+     "model.small_input: given twice, also as model.cifar_stem"),
+    ({"model": {"small_input": "yes"}}, [], "model.cifar_stem"),
+    ({"model": {"activation": "swish"}}, [], "model.activation"),
+    ({"model": {"type": "resnet", "pooling": "none"}}, [], "model.pooling"),
+    ({}, ["dataset.gaussian.std=0"], "dataset.std"),
 ])
 def test_bad_config_fields_are_named(tmp_path, sections, overrides, field):
-    with pytest.raises(ConfigError, match=f"config field {field}: "):
+    sections = {**sections, "dataset": {"name": "gaussian", **sections.get("dataset", {})}}
+    with pytest.raises(ConfigError, match=f"config field {field}"):
         load_config(config_file(tmp_path, **sections), overrides)
+
+
+def test_a_missing_dataset_name_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="config field dataset.name: missing"):
+        load_config(config_file(tmp_path, model={"width": 4}))
+
+
+def test_resnet_pooling_none_says_why(tmp_path):
+    with pytest.raises(ConfigError, match="none does not work for resnet: its head and the overlap feature take"):
+        load_config(config_file(tmp_path, dataset={"name": "gaussian"}, model={"type": "resnet", "pooling": "none"}))
+
+
+ORIGINAL_EXAMPLE = """
+dataset:
+  name: gaussian
+  gaussian:
+    channels: 1
+    height: 8
+    width: 8
+    num_classes: 3
+    mean: 0.0
+    std: 1.0
+    train_samples_per_class: 20
+    test_samples_per_class: 10
+  class_map: {0: 0, 2: 1}
+model:
+  type: mlp
+  depth: 1
+  width: 32
+  activation: relu
+training:
+  epochs: 1
+  batch_size: 10
+  lr: 0.01
+  optimizer: sgd
+runs: 1
+evaluation:
+  num_points: 5
+"""
+
+
+def test_the_originals_gaussian_example_in_its_own_layout(tmp_path):
+    path = tmp_path / "original.yaml"
+    path.write_text(ORIGINAL_EXAMPLE)
+    config = load_config(path)
+    data = load_simulation_data(config["dataset"], Path("."), CPU)
+    assert data.train_x.shape == (40, 1, 8, 8) and data.test_x.shape == (20, 1, 8, 8)   # 2 kept classes
+    results, steps = simulate(config, data, progress=False)
+    assert steps == [0, 1, 2, 4]               # 40 samples / batch 10 = 4 steps; 10^linspace(0, log10 4, 5)
+    assert results[0]["overlap_dynamic"].shape == (4, 2, 2)
+    flat = yaml.safe_load(ORIGINAL_EXAMPLE)
+    flat["dataset"] = {"name": "gaussian", "class_map": {0: 0, 2: 1}, **flat["dataset"]["gaussian"]}
+    assert load_config(config_file(tmp_path, "original", **flat)) == config
+    assert load_config(CONFIGS / "gaussian_example.yaml") == {**config, "output": "gaussian_example"}
+
+
+def test_small_input_is_another_name_of_cifar_stem(tmp_path):
+    assert load_config(config_file(tmp_path, dataset={"name": "gaussian"}))["model"]["cifar_stem"] is True
+    config = load_config(config_file(tmp_path, dataset={"name": "gaussian"}, model={"small_input": False}))
+    assert config["model"]["cifar_stem"] is False and "small_input" not in config["model"]
+    config = load_config(config_file(tmp_path, dataset={"name": "gaussian"}), ["model.small_input=false"])
+    assert config["model"]["cifar_stem"] is False
+
+
+def test_pooling_defaults_follow_the_model_type(tmp_path):
+    for kind, pooling in (("resnet", "avg"), ("cnn", "max")):
+        config = load_config(config_file(tmp_path, dataset={"name": "gaussian"}, model={"type": kind}))
+        assert config["model"]["pooling"] == pooling
 
 
 def test_overrides_seed_and_case_insensitive_names(tmp_path):
@@ -78,7 +159,7 @@ def test_overrides_seed_and_case_insensitive_names(tmp_path):
 
 
 def gaussian(**dataset) -> dict:
-    return {**DEFAULTS["dataset"], **dataset}
+    return {**DEFAULTS["dataset"], "name": "gaussian", **dataset}
 
 
 def test_class_map_swap_and_classes_in_order():
@@ -96,6 +177,32 @@ def test_class_map_swap_and_classes_in_order():
     assert ordered.train_x[ordered.train_y == 0].mean() > ordered.train_x[ordered.train_y == 1].mean()
     with pytest.raises(ConfigError, match="dataset.classes: label\\(s\\) \\[7\\]"):
         load_simulation_data({**base, "classes": [0, 7]}, Path("."), CPU)
+
+
+def test_class_names_resolve_to_their_indices():
+    names = ["apple", "aquarium_fish", "baby", "bear", "beaver"]
+    dataset = {**DEFAULTS["dataset"], "name": "cifar100"}
+    labels = torch.tensor([0, 4])
+    assert class_mapping({**dataset, "classes": ["bear", "apple", 2]}, labels, names) == {3: 0, 0: 1, 2: 2}
+    assert class_mapping({**dataset, "class_map": {"beaver": 1, 0: 0}}, labels, names) == {4: 1, 0: 0}
+    with pytest.raises(ConfigError, match="dataset.classes: no class named 'aple' in cifar100; did you mean "
+                                          "'apple'\\? its names are 'apple', 'aquarium_fish'"):
+        class_mapping({**dataset, "classes": ["aple"]}, labels, names)
+    with pytest.raises(ConfigError, match="dataset.classes: class 3 is given twice: as 'bear' and as 3"):
+        class_mapping({**dataset, "classes": ["bear", 3]}, labels, names)
+    with pytest.raises(ConfigError, match="dataset.classes: gaussian classes have no names"):
+        load_simulation_data(gaussian(classes=["apple"]), Path("."), CPU)
+
+
+def test_mnist_classes_by_torchvision_name(tmp_path):
+    write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=20)
+    by_name = load_simulation_data({**DEFAULTS["dataset"], "name": "mnist", "classes": ["9 - nine", "4 - four"]},
+                                   tmp_path / "data", CPU)
+    by_index = load_simulation_data({**DEFAULTS["dataset"], "name": "mnist", "classes": [9, 4]}, tmp_path / "data", CPU)
+    assert torch.equal(by_name.train_y, by_index.train_y) and torch.equal(by_name.train_x, by_index.train_x)
+    with pytest.raises(ConfigError, match="no class named 'nine' in mnist; did you mean '9 - nine'\\? its names are "
+                                          "'0 - zero', .*\\(10 in all\\), or give indices 0-9"):
+        load_simulation_data({**DEFAULTS["dataset"], "name": "mnist", "classes": ["nine"]}, tmp_path / "data", CPU)
 
 
 def test_standardisation_uses_the_training_split_then_shift():
@@ -134,7 +241,7 @@ def test_static_overlap_by_hand():
 
 
 def small_config(tmp_path: Path, **changes) -> dict:
-    sections = {"dataset": {"num_classes": 3, "separation": 4.0, "train_samples_per_class": 30,
+    sections = {"dataset": {"name": "gaussian", "num_classes": 3, "separation": 4.0, "train_samples_per_class": 30,
                             "test_samples_per_class": 20},
                 "model": {"type": "mlp", "depth": 1, "width": 16},
                 "training": {"epochs": 3, "batch_size": 16, "lr": 0.05}, "runs": 3, "evaluation": {"num_points": 6}}
@@ -192,6 +299,47 @@ def test_separated_gaussians_are_learnt_and_identical_ones_are_not(tmp_path):
     assert abs(np.mean([r["accuracy"][-1] for r in chance]) - 1 / 3) < 0.05   # 3000 test samples: std ~0.009
 
 
+def test_explicit_steps_gain_step_zero(tmp_path):
+    config = small_config(tmp_path, evaluation={"steps": [5, 2]})
+    _, steps = simulate(config, load_simulation_data(config["dataset"], Path("."), CPU), progress=False)
+    assert steps == [0, 2, 5]
+
+
+def test_cnn_of_depth_zero_is_a_linear_model_of_the_input(tmp_path):
+    config = small_config(tmp_path, model={"type": "cnn", "depth": 0, "width": 4})
+    model = build_model(config["model"], (1, 8, 8), 3)
+    logits, features = model(torch.zeros(2, 1, 8, 8))
+    assert logits.shape == (2, 3) and features.shape == (2, 64)          # the flattened 1x8x8 input
+    results, _ = simulate(config, load_simulation_data(config["dataset"], Path("."), CPU), progress=False)
+    assert np.isfinite(results[0]["loss"]).all()
+
+
+def resnet_config(tmp_path: Path, **model) -> dict:
+    return load_config(config_file(tmp_path, dataset={"name": "gaussian"}, model={"type": "resnet", **model}))["model"]
+
+
+def test_resnet_activation_and_pooling_replace_relu_and_average_pool(tmp_path):
+    network = build_model(resnet_config(tmp_path, activation="gelu", pooling="max"), (3, 8, 8), 4)
+    kinds = [type(module) for module in network.modules()]
+    assert torch.nn.ReLU not in kinds and torch.nn.AdaptiveAvgPool2d not in kinds and torch.nn.AvgPool2d not in kinds
+    assert kinds.count(torch.nn.GELU) == 17                  # the stem's and one per bottleneck (3 + 4 + 6 + 3)
+    assert kinds.count(torch.nn.AdaptiveMaxPool2d) == 1
+    leaky = build_model(resnet_config(tmp_path, activation="leaky_relu"), (3, 8, 8), 4)
+    assert {m.negative_slope for m in leaky.modules() if isinstance(m, torch.nn.LeakyReLU)} == {0.01}
+
+
+@pytest.mark.parametrize("cifar_stem, kernel, stride, seen", [(True, 3, 1, 32), (False, 7, 2, 224)])
+def test_resnet_stems(tmp_path, cifar_stem, kernel, stride, seen):
+    network = build_model(resnet_config(tmp_path, cifar_stem=cifar_stem), (1, 32, 32), 2)
+    conv = network.net.conv1
+    assert conv.kernel_size == (kernel, kernel) and conv.stride == (stride, stride) and conv.in_channels == 1
+    assert isinstance(network.net.maxpool, torch.nn.Identity) == cifar_stem
+    shapes = []
+    conv.register_forward_hook(lambda module, inputs, output: shapes.append(inputs[0].shape))
+    logits, features = network.eval()(torch.zeros(2, 1, 32, 32))
+    assert shapes == [(2, 1, seen, seen)] and logits.shape == (2, 2) and features.shape == (2, 2048)
+
+
 def test_steps_beyond_training_and_cnn_depth_are_config_errors(tmp_path):
     config = small_config(tmp_path, evaluation={"steps": [0, 500]})
     with pytest.raises(ConfigError, match="evaluation.steps: step 500 is beyond the 18 optimizer steps"):
@@ -215,8 +363,11 @@ def test_scripts_end_to_end(tmp_path):
     other = run(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=shifted", "--set",
                 "dataset.shift=1.0", cwd=tmp_path)
     assert other.returncode == 0, other.stderr
-    plotted = run(PLOT, "--results", "Results/class_hardness/gaussian_example", "shifted", cwd=tmp_path)
+    plotted = run(PLOT, "--results", "Results/class_hardness/gaussian_example", "--results", "shifted", cwd=tmp_path)
     assert plotted.returncode == 0, plotted.stderr
+    assert "gaussian_example: 1 run(s)" in plotted.stdout and "shifted: 1 run(s)" in plotted.stdout
+    twice = run(PLOT, "--results", "shifted", "--results", "shifted", cwd=tmp_path)
+    assert twice.returncode == 1 and "--results names shifted more than once" in twice.stderr
     for name in ("loss_and_overlap", "accuracy_and_overlap", "overlap_dynamic_vs_static"):
         for suffix in (".png", ".pdf"):
             assert (tmp_path / "Figures/class_hardness/gaussian_example_vs_shifted" / f"{name}{suffix}").stat().st_size
@@ -226,6 +377,27 @@ def test_scripts_end_to_end(tmp_path):
     mismatch = run(PLOT, "--results", "gaussian_example", "longer", cwd=tmp_path)
     assert mismatch.returncode == 1 and "different steps" in mismatch.stderr
     assert not list((tmp_path / "Results").rglob("*.tmp"))
+
+
+def fake_runs(num_classes: int, runs: int, steps: list[int], level: float) -> list[dict[str, np.ndarray]]:
+    T, C = len(steps), num_classes
+    return [{"steps": np.array(steps), "loss_per_class": np.full((T, C), level + r, np.float32),
+             "overlap_dynamic": np.full((T, C, C), 0.5, np.float32)} for r in range(runs)]
+
+
+def test_dynamics_figure_has_one_class_legend_and_shared_y():
+    steps = [0, 1, 3, 7]
+    fig = plot_dynamics({"a": fake_runs(10, 2, steps, 1.0), "b": fake_runs(10, 3, steps, 5.0)}, "loss")
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + fig.legends
+    assert len(legends) == 1 and [t.get_text() for t in legends[0].get_texts()] == [f"class {c}" for c in range(10)]
+    curves = [ax for ax in fig.axes if ax.get_xscale() == "log"]
+    assert len(curves) == 2 and curves[0].get_shared_y_axes().joined(curves[0], curves[1])
+    low, high = curves[0].get_ylim()
+    # a: runs at 1 and 2, mean 1.5 +- standard error 0.5; b: runs at 5, 6, 7, mean 6 +- 1/sqrt(3)
+    assert low <= 1.0 and high >= 6 + 1 / math.sqrt(3)
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.get_title().startswith("step"))
+    assert titles == ["step 0", "step 0", "step 1", "step 1", "step 7", "step 7"]   # first, middle, last of each
+    plt.close(fig)
 
 
 def offline(*args, **kwargs):

@@ -241,7 +241,7 @@ def dataset_label(name: str, label: str | None = None) -> str:
             raise UserInputError("--dataset_label names your own data (folder:, npz:, csv:); the built-in datasets "
                                  "keep their names")
         return canonical_dataset_name(name)
-    chosen = check_label(label) if label is not None else default_label(source[1])
+    chosen = check_label(label) if label is not None else default_label(*source)
     if is_builtin_name(chosen):
         raise UserInputError(f"the label {chosen!r} of {name} is a built-in dataset's name, and its result files would "
                              "mix with that dataset's; give another with --dataset_label")

@@ -49,9 +49,10 @@ def parse_source(name: str) -> tuple[str, Path] | None:
     return kind, Path(path).expanduser()
 
 
-def default_label(path: Path) -> str:
-    """The folder's or file's name (without suffix), with every character that cannot name a file made '_'."""
-    name = path.resolve().name if path.suffix == "" else path.stem
+def default_label(kind: str, path: Path) -> str:
+    """The folder's name or the file's name without its suffix, with every character that cannot name a file
+    made '_'."""
+    name = path.resolve().name if kind == "folder" else path.stem
     return re.sub(r"[^\w.+-]", "_", name).strip(".") or "data"
 
 

@@ -243,7 +243,7 @@ def test_resnet_on_a_table_is_a_one_line_error(tmp_path):
 
 def test_labels_of_sources_and_builtins(tmp_path):
     assert dataset_label("mnist") == "MNIST" and dataset_label("my_pets") == "my_pets"
-    assert dataset_label(f"folder:{tmp_path}/my pets/") == "my_pets"
+    assert dataset_label(f"folder:{tmp_path}/my pets/") == "my_pets" and dataset_label("folder:x/v1.2") == "v1.2"
     assert dataset_label("npz:/x/scan.v2.npz") == "scan.v2" and dataset_label("csv:a.csv", "A-1") == "A-1"
     with pytest.raises(UserInputError, match="is a built-in dataset's name"):
         dataset_label("folder:/data/mnist")

@@ -13,7 +13,7 @@ Saves <results_dir>/scores/<dataset>_<subset_size>_<noise_ratio>.npz (one array 
 trajectories [runs, T, N]; the flipped mask, the labels, the runs' majority prediction, the sample ids) with a
 settings JSON beside it (the seconds each score cost, which way each is hard), and beside them the answer:
 <name>_ranking.csv, every sample from most to least suspicious (sample_id, given_label, predicted_label, every
-score with its rank, consensus_rank: the mean rank of AUM, data-map confidence, forgetting and cleanlab), and
+score with its rank, consensus_rank: the mean rank of AUM, data-map confidence and cleanlab), and
 <name>_report.html, one self-contained page of the most suspicious samples as thumbnails (rows for tables), each
 class's hardest samples by every family of scores, the data map and the per-class counts. Figures go to
 <figures_dir>/scores/: the data map, the Spearman correlation matrix of all scores, and each class's share of

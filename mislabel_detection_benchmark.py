@@ -5,8 +5,8 @@ flip them; with --noise_type pairs every class into its confusable class), compu
 batched runs exactly as hardness_scores.py does (and save the same .npz), and rank the scores by how well they
 separate flipped from clean labels: AUROC and average precision of the score averaged over runs (and the mean
 and std of each run's), precision at k = the number flipped, and the extra seconds the score costs over the
-plain training. The consensus of hardness_scores.py's ranking (the mean rank of AUM, data-map confidence,
-forgetting and cleanlab) follows its members. Set-valued identifiers (stragglers, cleanlab's flagged set,
+plain training. The consensus of hardness_scores.py's ranking (the mean rank of AUM, data-map confidence
+and cleanlab) follows its members. Set-valued identifiers (stragglers, cleanlab's flagged set,
 AUM's threshold verdict) report the precision, recall and F1 of their set instead. With --moved_list it scores
 one folder:PATH as it is, against the list of files moved into a wrong class folder
 (scripts/export_noisy_folder.py writes one).

@@ -6,15 +6,18 @@ Step 1 trains a plain GAN (or WGAN-GP) for step1.epochs, checkpointing every ste
 and the untrained epoch 0; an interrupted run resumes from its last checkpoint (step1.run may instead name
 an existing step-1 folder). Step 2, for every step-1 epoch in step2.step1_epochs (numbers, best = lowest
 FID, last), classifier in step2.classifiers and weight in step2.weights (numbers, mgda, mgda:norm), starts
-from that checkpoint and trains step2.epochs with the confusion term. After every epoch the generator is
-scored on a fixed test noise (2048 x 64): ACD, "FID (own features)" and the Frechet distance in the
-classifier's embedding. One cell at a time: --step 1, or --step 2 --step1_run DIR --step1_epoch E
---classifier NAME --weight W; --summarize RUN_DIR rebuilds a run's table and Pareto flags from its cells.
+from that checkpoint's G and D with fresh Adam optimisers, as the original (step2.keep_optimizer_state: true
+carries step 1's Adam states over), and trains step2.epochs with the confusion term; an interrupted step-2
+cell resumes with its own optimiser states. After every epoch the generator is scored on a fixed test noise
+(2048 x 64): ACD, "FID (own features)" and the Frechet distance in the classifier's embedding. One cell at a
+time: --step 1, or --step 2 --step1_run DIR --step1_epoch E --classifier NAME --weight W; --summarize RUN_DIR
+rebuilds a run's table and Pareto flags from its cells.
 
-Writes <results_dir>/gasten/<name>/step1/epoch_<ee>/{generator,discriminator,optimizers}.pt + config.json,
+Every seed (--seed or training.seed) has its own run folder <run>: <name> for seed 0, <name>_seed<s> for seed
+s. Writes <results_dir>/gasten/<run>/step1/epoch_<ee>/{generator,discriminator,optimizers}.pt + config.json,
 .../step2/<classifier>_<weight>_<step1 epoch>/epoch_<ee>/..., a metrics.csv per run and cell, the run's
 metrics.csv (the last epoch of every cell, with a Pareto flag over FID and ACD), and figures under
-<figures_dir>/gasten/<name>/: the samples sorted by C(G(z)) in 10 probability columns and a histogram of
+<figures_dir>/gasten/<run>/: the samples sorted by C(G(z)) in 10 probability columns and a histogram of
 C(G(z)) per cell, and FID against ACD over the cells (PNG and PDF).
 """
 import argparse
@@ -29,7 +32,8 @@ import torch
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (GAN, Embedding, Scorer, classifier_folder, epoch_folders, feature_cnn, fixed_test_noise,
                              frechet_metric, generate, load_classifier, load_gan, load_pair, make_gan,
-                             pareto_efficient, read_metrics_csv, run_epochs, save_gan, write_metrics_csv)
+                             pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, save_gan,
+                             write_metrics_csv)
 from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, resolve_device,
                    run_script, run_settings, save_figure)
 
@@ -40,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "training": {"batch_size": 64, "lr": 0.0002, "beta1": 0.5, "beta2": 0.999, "seed": 0},
     "step1": {"epochs": 10, "checkpoint_every": 1, "run": None},
     "step2": {"epochs": 40, "checkpoint_every": 10, "step1_epochs": [0, 2, 5, 10],
-              "weights": [0, "mgda", 5, 10, 15, 20, 25, 30], "classifiers": ["cnn-1-1.0", "cnn-2-1.0", "cnn-4-1.0"]},
+              "weights": [0, "mgda", 5, 10, 15, 20, 25, 30], "classifiers": ["cnn-1-1.0", "cnn-2-1.0", "cnn-4-1.0"],
+              "keep_optimizer_state": False},
     "test_noise_seed": 0,
 }
 
@@ -50,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="YAML file of the run (see configs/gasten/); needed unless --summarize")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config field, e.g. --set step2.epochs=5 (repeatable)")
-    parser.add_argument("--seed", type=non_negative_int, default=None, help="training.seed (default: the config's)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="training.seed (default: the config's); every seed has its own run folder, "
+                             "<name> for seed 0, <name>_seed<s> otherwise")
     parser.add_argument("--step", choices=["all", "1", "2"], default="all",
                         help="all: step 1 then every step-2 cell; 1: step 1 alone; 2: one step-2 cell (default all)")
     parser.add_argument("--step1_run", type=Path, default=None, help="--step 2: the step-1 folder to start from")
@@ -104,6 +110,9 @@ def load_config(args: argparse.Namespace) -> dict:
         check_number(config, field, 1, integer=True)
     for field in ("training.lr", "training.beta1", "training.beta2"):
         check_number(config, field, 0)
+    if not isinstance(config["step2"]["keep_optimizer_state"], bool):
+        raise ConfigError("step2.keep_optimizer_state", f"must be true or false, got "
+                                                        f"{config['step2']['keep_optimizer_state']!r}")
     for key in ("step1_epochs", "weights", "classifiers"):
         if not isinstance(config["step2"][key], list) or not config["step2"][key]:
             raise ConfigError(f"step2.{key}", f"must be a non-empty list, got {config['step2'][key]!r}")
@@ -166,14 +175,15 @@ class Run:
         self.config, self.args, self.device = config, args, device
         dataset = config["dataset"]
         self.pair = f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}"
-        self.folder = args.results_dir / "gasten" / config["name"]
-        self.figures = args.figures_dir / "gasten" / config["name"]
+        folder_name = run_folder_name(config["name"], config["training"]["seed"])
+        self.folder = args.results_dir / "gasten" / folder_name
+        self.figures = args.figures_dir / "gasten" / folder_name
         self.data = load_pair(dataset["name"], dataset["pos"], dataset["neg"], args.data_root, device)
         self.noise = fixed_test_noise(args.results_dir, config["test_noise_seed"], device)
         stats = args.results_dir / "gasten" / "stats"
         self.own_features = frechet_metric(feature_cnn(dataset["name"], args.data_root, args.results_dir, device),
                                            self.data.train_x, stats / f"{self.pair}_own_features.pt")
-        self.settings = {**run_settings(args, device), "config": config}
+        self.settings = {**run_settings(args, device), "config": config, "run_folder": str(self.folder)}
         self.summary_writer_class = None
         if args.tensorboard:
             try:
@@ -200,23 +210,30 @@ class Run:
                         (training["beta1"], training["beta2"]), self.config["model"]["gp_lambda"])
 
     def train(self, folder: Path, epochs: int, checkpoint_every: int, scorer: Scorer, start: Path | None,
-              classifier: str | None = None, weight: float | str = 0.0) -> list[dict[str, Any]]:
-        """Train into `folder` up to `epochs`, resuming from its last checkpoint, else from `start`'s (or an
-        untrained GAN, saved as epoch 0); the metrics rows, also written to folder/metrics.csv."""
+              classifier: str | None = None, weight: float | str = 0.0,
+              keep_optimizer_state: bool = False) -> list[dict[str, Any]]:
+        """Train into `folder` up to `epochs`, resuming from its last checkpoint (optimisers included), else
+        from `start`'s weights with fresh optimisers (its optimiser states too with `keep_optimizer_state`),
+        or from an untrained GAN, saved as epoch 0; the metrics rows, also written to folder/metrics.csv."""
         gan, rows = self.new_gan(), []
-        noise_rng = torch.Generator().manual_seed(self.config["training"]["seed"])
+        seed = self.config["training"]["seed"]
+        noise_rng = torch.Generator().manual_seed(seed)
         done = epoch_folders(folder)
         if done:
             last = max(done)
-            load_gan(gan, done[last])
             saved = json.loads((done[last] / "config.json").read_text())
+            saved_seed = saved["config"]["training"]["seed"]
+            if saved_seed != seed:
+                raise UserInputError(f"{folder} holds a run of seed {saved_seed}, not {seed}: give it another "
+                                     f"--results_dir or name")
+            load_gan(gan, done[last])
             rows, first = saved["rows"], last
             noise_rng.set_state(torch.tensor(saved["noise_rng"], dtype=torch.uint8))
             print(f"resuming {folder} after epoch {last}")
         else:
             first = 0
             if start is not None:
-                load_gan(gan, start)
+                load_gan(gan, start, optimizers=keep_optimizer_state)
             else:
                 rows = [{"epoch": 0, **scorer(gan.generator), "discriminator_loss": float("nan"),
                          "generator_loss": float("nan"), "confusion": float("nan"), "mgda_s": float("nan")}]
@@ -284,7 +301,7 @@ class Run:
         step2 = self.config["step2"]
         print(f"step 2: {folder.name}, {step2['epochs']} epochs")
         rows = self.train(folder, step2["epochs"], step2["checkpoint_every"], self.scorer(classifier), start,
-                          classifier, weight)
+                          classifier, weight, step2["keep_optimizer_state"])
         return {"classifier": Path(classifier).name, "weight": weight_name, "step1_epoch": epoch, **rows[-1]}
 
 

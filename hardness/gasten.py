@@ -70,6 +70,12 @@ def load_pair(dataset: str, pos: int, neg: int, root: Path, device: torch.device
 
 # ----------------------------------------------------------------------------- classifiers under test
 
+def run_folder_name(name: str, seed: int) -> str:
+    """A GASTeN run's folder under <results_dir>/gasten/ (and <figures_dir>/gasten/): the config's name for
+    seed 0, as before seeds had folders of their own, and <name>_seed<seed> for every other seed."""
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
 def classifier_name(kind: str, nf: int, epochs: int, seed: int) -> str:
     return f"{kind}-{nf}-{epochs}.{seed}"
 
@@ -277,13 +283,17 @@ def save_gan(gan: GAN, folder: Path, settings: dict) -> None:
     write_atomically(folder / "config.json", (json.dumps(settings, indent=2, default=str) + "\n").encode())
 
 
-def load_gan(gan: GAN, folder: Path) -> GAN:
+def load_gan(gan: GAN, folder: Path, optimizers: bool = True) -> GAN:
+    """The checkpoint in `folder` into `gan`: G and D, and the Adam states of both unless `optimizers` is False
+    (the original's step 2 starts fresh optimisers from the step-1 weights)."""
     device = next(gan.generator.parameters()).device
     gan.generator.load_state_dict(torch.load(folder / "generator.pt", map_location=device, weights_only=True))
     gan.discriminator.load_state_dict(torch.load(folder / "discriminator.pt", map_location=device, weights_only=True))
-    optimizers = torch.load(folder / "optimizers.pt", map_location=device, weights_only=True)
-    gan.generator_optimizer.load_state_dict(optimizers["generator"])
-    gan.discriminator_optimizer.load_state_dict(optimizers["discriminator"])
+    if not optimizers:
+        return gan
+    states = torch.load(folder / "optimizers.pt", map_location=device, weights_only=True)
+    gan.generator_optimizer.load_state_dict(states["generator"])
+    gan.discriminator_optimizer.load_state_dict(states["discriminator"])
     return gan
 
 

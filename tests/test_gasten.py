@@ -3,6 +3,7 @@ flags, checkpoint names, medoids, noise rejection and filtering by hand, and eve
 procedural strokes (a slanted bar for "1", a top bar and a diagonal for "7"), where a weight above 0 must
 bring the generator closer to the classifier's boundary."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ from torch import nn
 
 from conftest import REPO, write_idx
 from hardness.ambiguity import ambiguous_samples, medoids, reduced_silhouette
-from hardness.gasten import (average_confusion_distance, epoch_folders, frechet_distance, frechet_metric, mgda_weight,
-                             pareto_efficient, read_metrics_csv)
+from hardness.gasten import (average_confusion_distance, epoch_folders, frechet_distance, frechet_metric, load_gan,
+                             make_gan, mgda_weight, pareto_efficient, read_metrics_csv, save_gan, train_epoch)
 from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
                              PairClassifierMLP)
 
@@ -189,6 +190,60 @@ def test_an_interrupted_step1_resumes_exactly(strokes_run, tmp_path):
     theirs = torch.load(strokes_run / "Results/gasten/tiny/step1/epoch_02/generator.pt", weights_only=True)
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name])
+
+
+def adam_steps(checkpoint: Path) -> tuple[int, int]:
+    """The Adam step counts of G and D saved in a checkpoint (0 for a state never stepped)."""
+    saved = torch.load(checkpoint / "optimizers.pt", weights_only=True)
+    return tuple(int(saved[net]["state"][0]["step"]) if saved[net]["state"] else 0
+                 for net in ("generator", "discriminator"))
+
+
+def test_load_gan_weights_only_leaves_the_optimizers_fresh(tmp_path):
+    images = torch.rand(8, 1, 28, 28) * 2 - 1
+    gan = make_gan("gan", torch.device("cpu"), seed=0)
+    train_epoch(gan, images, batch_size=4, noise_rng=torch.Generator().manual_seed(0), progress=False)  # 2 steps
+    save_gan(gan, tmp_path / "epoch_01", {})
+    fresh = load_gan(make_gan("gan", torch.device("cpu"), seed=1), tmp_path / "epoch_01", optimizers=False)
+    assert not fresh.generator_optimizer.state and not fresh.discriminator_optimizer.state
+    torch.testing.assert_close(fresh.generator.state_dict(), gan.generator.state_dict())
+    kept = load_gan(make_gan("gan", torch.device("cpu"), seed=1), tmp_path / "epoch_01")
+    assert {int(state["step"]) for state in kept.generator_optimizer.state.values()} == {2}
+
+
+def test_step2_starts_fresh_optimizers_and_resumes_its_own(strokes_run):
+    """384 training strokes in batches of 16: 24 Adam steps per epoch, 96 in the 4 epochs of step 1. A step-2
+    cell starts from 0 steps (fresh optimisers), from 96 with keep_optimizer_state, and a resumed cell goes on
+    from its own count."""
+    run_folder = strokes_run / "Results/gasten"
+    assert adam_steps(run_folder / "tiny/step1/epoch_04") == (96, 96)
+    assert adam_steps(run_folder / "tiny/step2/cnn-1-20.0_25_4/epoch_02") == (48, 48)
+    cell = ["--config", "tiny.yaml", "--device", "cpu", "--step", "2", "--step1_run", "Results/gasten/tiny/step1",
+            "--step1_epoch", "4", "--classifier", "cnn-1-20.0", "--weight", "25"]
+    done = run(TRAIN, *cell, "--set", "name=kept", "--set", "step2.epochs=1", "--set",
+               "step2.keep_optimizer_state=true", cwd=strokes_run)
+    assert done.returncode == 0, done.stderr
+    assert adam_steps(run_folder / "kept/step2/cnn-1-20.0_25_4/epoch_01") == (120, 120)
+    shutil.copytree(run_folder / "tiny/step2/cnn-1-20.0_25_4", run_folder / "resumed/step2/cnn-1-20.0_25_4")
+    done = run(TRAIN, *cell, "--set", "name=resumed", "--set", "step2.epochs=4", cwd=strokes_run)
+    assert done.returncode == 0 and "resuming" in done.stdout, done.stderr
+    assert adam_steps(run_folder / "resumed/step2/cnn-1-20.0_25_4/epoch_04") == (96, 96)   # 72 + 24
+
+
+def test_every_seed_has_its_own_run_folder(strokes_run):
+    """--seed 1 trains into tiny_seed1 (and says so), not into seed 0's tiny; a folder of another seed is an
+    error, not resumed."""
+    done = run(TRAIN, "--config", "tiny.yaml", "--device", "cpu", "--step", "1", "--seed", "1", "--set",
+               "step1.epochs=1", cwd=strokes_run)
+    assert done.returncode == 0 and "resuming" not in done.stdout, done.stderr
+    settings = json.loads((strokes_run / "Results/gasten/tiny_seed1/step1/epoch_01/config.json").read_text())
+    assert settings["config"]["training"]["seed"] == 1
+    assert Path(settings["run_folder"]) == Path("Results/gasten/tiny_seed1")
+    assert sorted(epoch_folders(strokes_run / "Results/gasten/tiny/step1")) == [0, 2, 4]
+    shutil.copytree(strokes_run / "Results/gasten/tiny/step1", strokes_run / "Results/gasten/mixed_seed1/step1")
+    done = run(TRAIN, "--config", "tiny.yaml", "--device", "cpu", "--step", "1", "--seed", "1", "--set", "name=mixed",
+               cwd=strokes_run)
+    assert done.returncode == 1 and "holds a run of seed 0, not 1" in done.stderr
 
 
 def test_summarize_rebuilds_the_table(strokes_run):

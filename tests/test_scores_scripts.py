@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import hardness_scores
 import mislabel_detection_benchmark
@@ -61,12 +62,34 @@ def test_scores_file_holds_every_score_the_flips_and_its_settings(workdir):
         assert list((workdir / "Figures/scores").glob(f"MNIST_300_0.1_{name}*.png")), name
 
 
+def test_ranking_csv_lists_every_sample_most_suspicious_first(workdir):
+    """The hardness_scores.py run's ranking: one row per sample, the columns of the issue, the consensus ranks 1..N
+    in order, the flipped labels first far more often than chance, and the runs' majority prediction."""
+    with open(workdir / "Results/scores/MNIST_300_0.1_ranking.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with np.load(workdir / "Results/scores/MNIST_300_0.1.npz") as saved:
+        arrays = dict(saved)
+    class_names = json.loads((workdir / "Results/scores/MNIST_300_0.1.json").read_text())["class_names"]
+    assert len(rows) == 300 and [int(row["consensus_rank"]) for row in rows] == list(range(1, 301))
+    assert {"sample_id", "given_label", "predicted_label", "aum", "aum_rank", "data_map_rank", "forgetting_rank",
+            "cleanlab_rank", "flagged_cleanlab", "flagged_aum", "flipped"} <= set(rows[0])
+    position = {sample_id: i for i, sample_id in enumerate(arrays["sample_ids"].tolist())}
+    for row in rows:
+        i = position[row["sample_id"]]
+        assert row["given_label"] == class_names[arrays["labels"][i]]
+        assert row["predicted_label"] == class_names[arrays["predicted_labels"][i]]
+        assert row["flipped"] == str(int(arrays["flipped"][i]))
+    assert sum(row["flipped"] == "1" for row in rows[:30]) >= 15                 # 30 flipped of 300
+    assert (workdir / "Results/scores/MNIST_300_0.1_report.html").read_text().count('class="card sample') == 60
+
+
 def test_benchmark_table_matches_the_saved_scores(workdir):
     with open(workdir / "Bench/scores/benchmark.csv") as handle:
         rows = list(csv.DictReader(handle))
     settings = {(row["dataset"], row["noise_ratio"]) for row in rows}
     assert settings == {("MNIST", "0.1"), ("FashionMNIST", "0.1")}
-    assert len(rows) == 2 * (len(RANKINGS) + 2)       # every ranking, stragglers and cleanlab's flagged set
+    assert len(rows) == 2 * (len(RANKINGS) + 3)       # every ranking, the consensus, stragglers, cleanlab's set
+    assert [row["score"] for row in rows[:len(RANKINGS) + 1]] == [*RANKINGS, "consensus"]
     row = next(r for r in rows if r["dataset"] == "FashionMNIST" and r["score"] == "aum")
     with np.load(workdir / "Bench/scores/FashionMNIST_300_0.1.npz") as saved:
         expected = detection_scores(hardness_ranking(dict(saved), "aum"), saved["flipped"])
@@ -122,8 +145,14 @@ def test_help_explains_every_flag(module, capsys):
 
 def test_replot_redraws_the_figures_from_the_saved_scores(workdir, tmp_path, capsys):
     hardness_scores.main(hardness_scores.parse_args([
-        "--subset_size", "300", "--replot", "--results_dir", str(workdir / "Bench"), "--figures_dir", str(tmp_path)]))
+        "--subset_size", "300", "--replot", "--results_dir", str(workdir / "Bench"), "--figures_dir", str(tmp_path),
+        "--data_root", str(workdir / "data")]))
     assert "redrew from" in capsys.readouterr().out
+    with open(workdir / "Bench/scores/MNIST_300_0.1_ranking.csv", newline="") as handle:
+        redrawn = list(csv.DictReader(handle))
+    with np.load(workdir / "Bench/scores/MNIST_300_0.1.npz") as saved:
+        assert sorted(row["sample_id"] for row in redrawn) == sorted(saved["sample_ids"].tolist())
+    assert (workdir / "Bench/scores/MNIST_300_0.1_report.html").is_file()
     assert sorted(p.name.split("0.1_")[1] for p in (tmp_path / "scores").glob("*.png"))[:2] == ["correlations.png",
                                                                                                "data_map.png"]
     with pytest.raises(UserInputError, match="not found"):
@@ -167,3 +196,63 @@ def test_resnet_scores_go_to_files_of_their_own(workdir, tmp_path):
     assert json.loads((tmp_path / "R/scores/MNIST_40_0.1_ResNet.json").read_text())["network"] == "ResNet"
     assert (tmp_path / "F/scores/MNIST_40_0.1_ResNet_data_map.png").is_file()
     assert not (tmp_path / "R/scores/MNIST_40_0.1.npz").exists()                  # no SimpleNN file written
+
+
+def test_pair_noise_moves_each_class_into_its_confusable_class(workdir, tmp_path):
+    """--noise_type pairs: every flipped sample's label is its class's nearest class mean, computed here from the
+    saved subset's images; the files and the table say so."""
+    mislabel_detection_benchmark.main(mislabel_detection_benchmark.parse_args([
+        "--dataset_name", "MNIST", "--noise_ratio", "0.2", "--noise_type", "pairs", "--subset_size", "100",
+        "--epochs", "15", "--score_epoch", "3", "--trajectory_every", "5", "--cleanlab_folds", "0", "--runs", "1",
+        "--device", "cpu", "--data_root", str(workdir / "data"), "--results_dir", str(tmp_path),
+        "--figures_dir", str(tmp_path / "F")]))
+    with np.load(tmp_path / "scores/MNIST_100_0.2_pairs.npz") as saved:
+        arrays = dict(saved)
+    flipped = arrays["flipped"]
+    assert flipped.sum() == 20
+    pixels = np.concatenate([synthetic_blobs(250, 1)[0], synthetic_blobs(50, 2)[0]])[arrays["subset_indices"]]
+    flat, clean = pixels.reshape(100, -1).astype(np.float64), arrays["clean_labels"]
+    means = np.stack([flat[clean == c].mean(0) for c in range(10)])
+    distances = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.diag(np.full(10, np.inf))
+    np.testing.assert_array_equal(arrays["labels"][flipped], distances.argmin(1)[clean[flipped]])
+    assert "| MNIST | 0.2 pairs | consensus |" in (tmp_path / "scores/benchmark_pairs.md").read_text()
+
+
+def write_moved_folder(root: Path) -> list[str]:
+    """Two class folders of 20 8x8 PNGs each (a bright and a dark class); three bright images moved into the dark
+    folder. Returns the moved files' paths relative to the folder, after the move."""
+    rng = np.random.default_rng(0)
+    moved = []
+    for name in ("bright", "dark"):
+        (root / name).mkdir(parents=True)
+    for c, name in enumerate(["bright", "dark"]):
+        for i in range(20):
+            pixels = np.clip((200 if c == 0 else 50) + rng.normal(0, 20, size=(8, 8)), 0, 255).astype(np.uint8)
+            target = "dark" if c == 0 and i < 3 else name
+            Image.fromarray(pixels).save(root / target / f"{name}{i:02d}.png")
+            if target != name:
+                moved.append(f"{target}/{name}{i:02d}.png")
+    return moved
+
+
+def test_the_benchmark_scores_a_folder_against_its_list_of_moved_files(tmp_path):
+    moved = write_moved_folder(tmp_path / "shapes")
+    (tmp_path / "moved.txt").write_text("\n".join(moved) + "\n\n")
+    flags = ["--dataset_name", f"folder:{tmp_path / 'shapes'}", "--subset_size", "40", "--epochs", "15",
+             "--score_epoch", "3", "--trajectory_every", "5", "--cleanlab_folds", "0", "--runs", "1", "--device",
+             "cpu", "--data_root", str(tmp_path / "data"), "--results_dir", str(tmp_path / "R"), "--figures_dir",
+             str(tmp_path / "F")]
+    mislabel_detection_benchmark.main(mislabel_detection_benchmark.parse_args([*flags, "--moved_list",
+                                                                               str(tmp_path / "moved.txt")]))
+    with np.load(tmp_path / "R/scores/shapes_40_0.075_moved.npz") as saved:           # 3 of 40 moved
+        assert sorted(saved["sample_ids"][saved["flipped"]].tolist()) == sorted(moved)
+        assert (saved["labels"] == saved["clean_labels"]).all()                       # nothing more flipped
+    with open(tmp_path / "R/scores/benchmark_moved.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["noise_type"] for row in rows} == {"moved"} and "consensus" in {row["score"] for row in rows}
+    (tmp_path / "wrong.txt").write_text("shapes/dark/bright00.png\n")                  # not relative to the folder
+    with pytest.raises(UserInputError, match="none of them a sample"):
+        mislabel_detection_benchmark.main(mislabel_detection_benchmark.parse_args([*flags, "--moved_list",
+                                                                                   str(tmp_path / "wrong.txt")]))
+    with pytest.raises(SystemExit):
+        mislabel_detection_benchmark.parse_args([*flags, "--moved_list", "x.txt", "--noise_ratio", "0.1"])

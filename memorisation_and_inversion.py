@@ -28,10 +28,10 @@ from hardness.minibatch import StackedNetworks, train_minibatch
 from neural_networks import memorisation_cnn, memorisation_mlp
 from utils import (RadiiRecorder, StragglerTracker, UserInputError, add_common_arguments, add_dataset_arguments,
                    canonical_dataset_name, derived_seed, flip_labels, load_dataset, positive_float, positive_int,
-                   resolve_device, run_script, run_settings, save_figure, save_npz_with_settings, unit_interval,
+                   resolve_device, results_folders, run_script, run_settings, save_figure, save_npz_with_settings, unit_interval,
                    write_atomically)
 
-DEFAULT_EPOCHS = {"mlp": 100, "cnn": 60}
+DEFAULT_EPOCHS = {"mlp": 100, "cnn": 100}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "each with 2x2 max-pooling, and a linear head (default mlp)")
     parser.add_argument("--width", type=positive_int, default=512, help="units per hidden layer of the MLP (default 512)")
     parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="passes over the training subset (default 100 for the MLP, 60 for the CNN)")
+                        help="passes over the training subset (default 100 for both models; the CNN fits half its flips only after about 70)")
     parser.add_argument("--runs", type=positive_int, default=5,
                         help="networks trained at once, each from its own initialisation and minibatch order (default 5)")
     parser.add_argument("--batch_size", type=positive_int, default=128, help="minibatch size (default 128)")
@@ -64,8 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoothing", type=positive_int, default=5,
                         help="trailing window, in epochs, of the smoothed rule's moving average (default 5)")
     parser.add_argument("--summarize", action="store_true",
-                        help="train nothing: read every setting under <results_dir>/memorisation, write the table "
-                             "summary.md there and the figure with one panel per setting")
+                        help="train nothing: read every setting under <results_dir>/memorisation (or under every cell "
+                             "of --sweep), write the table summary.md to <results_dir>/memorisation and the figure "
+                             "with one panel per setting")
+    parser.add_argument("--sweep", type=Path, default=None,
+                        help="with --summarize: read the settings from every cell of this sweep.py folder "
+                             "(e.g. Results/sweeps/memorisation) instead of --results_dir")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     args.epochs = args.epochs or DEFAULT_EPOCHS[args.model]
@@ -74,8 +78,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def result_path(results_dir: Path, dataset_name: str, model: str, subset_size: int, noise_ratio: float) -> Path:
-    return results_dir / "memorisation" / f"{dataset_name}_{model}_{subset_size}_{noise_ratio:g}.npz"
+def result_path(args: argparse.Namespace, dataset_name: str) -> Path:
+    """<results_dir>/memorisation/<dataset>_<model>_<subset>_<noise>[_latent<l>][_width<w>][_epochs<e>][_lr<lr>]
+    [_batch<b>].npz: every setting that changes what is trained or measured and differs from its default."""
+    differing = [(f"latent{args.latent}", args.latent != 1),
+                 (f"width{args.width}", args.model == "mlp" and args.width != 512),
+                 (f"epochs{args.epochs}", args.epochs != DEFAULT_EPOCHS[args.model]),
+                 (f"lr{args.lr:g}", args.lr != 0.01), (f"batch{args.batch_size}", args.batch_size != 128)]
+    suffix = "".join(f"_{name}" for name, differs in differing if differs)
+    return args.results_dir / "memorisation" / f"{dataset_name}_{args.model}_{args.subset_size}_{args.noise_ratio:g}{suffix}.npz"
 
 
 def build_networks(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int,
@@ -153,15 +164,18 @@ def inversions_of(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def setting_title(settings: dict) -> str:
+    latent = f", latent {settings['latent']}" if settings["latent"] != 1 else ""
     return (f"{settings['dataset']}, {settings['model']}, {settings['noise_ratio']:g} noise, "
-            f"{settings['runs']} runs x {settings['epochs']} epochs")
+            f"{settings['runs']} runs x {settings['epochs']} epochs{latent}")
 
 
 def summarize(args: argparse.Namespace) -> None:
     """The table of every saved setting and one figure with a panel per setting."""
-    paths = sorted((args.results_dir / "memorisation").glob("*.npz"))
+    folders = results_folders(args.results_dir, args.sweep)
+    paths = sorted(path for folder in folders for path in (folder / "memorisation").glob("*.npz"))
     if not paths:
-        raise UserInputError(f"no settings saved under {args.results_dir / 'memorisation'}: run this script first")
+        raise UserInputError(f"no settings saved under {', '.join(str(f / 'memorisation') for f in folders)}: "
+                             "run this script first")
     table, panels = {}, []
     for path in paths:
         with np.load(path) as saved:
@@ -190,7 +204,7 @@ def main(args: argparse.Namespace) -> None:
     analysis = analyse(arrays, inversions_of(arrays))
     settings = {**run_settings(args, device), "dataset": dataset_name, "class_names": class_names}
     row = summary_rows(arrays, analysis)
-    path = result_path(args.results_dir, dataset_name, args.model, args.subset_size, args.noise_ratio)
+    path = result_path(args, dataset_name)
     save_npz_with_settings(arrays, path, {**settings, "summary": row})
     save_figure(plot_settings([(setting_title(settings), analysis)]), args.figures_dir / "memorisation" / path.stem)
     for name, value in row.items():

@@ -165,14 +165,15 @@ def mean_std(values: np.ndarray, digits: int = 1) -> str:
 
 # ----------------------------------------------------------------------------- figure
 
-def plot_setting(ax: plt.Axes, analysis: dict[str, np.ndarray], title: str) -> None:
-    """AUROC of every per-epoch score against the epoch, memorisation and held-out clean accuracy on a second
-    axis, the mean inversion epoch (with its spread over runs) and the early-stopping epoch marked."""
+def plot_setting(ax: plt.Axes, analysis: dict[str, np.ndarray], title: str) -> plt.Axes:
+    """AUROC of every per-epoch score against the epoch (run mean, band from the lowest to the highest run),
+    memorisation and held-out clean accuracy on a second axis, the mean inversion epoch (with its spread over
+    runs) and the early-stopping epoch marked. Returns the second axis."""
     epochs = np.arange(1, analysis["memorised"].shape[1] + 1)
-    for name in SCORES:
+    for name, colour in zip(SCORES, ("tab:blue", "tab:orange", "tab:purple", "tab:grey")):
         curve = analysis[f"auroc_{name}"]
-        ax.plot(epochs, curve.mean(0), label=f"AUROC, {name.replace('_', ' ')}")
-        ax.fill_between(epochs, curve.min(0), curve.max(0), alpha=0.15)
+        ax.plot(epochs, curve.mean(0), color=colour, label=f"AUROC, {name.replace('_', ' ')}")
+        ax.fill_between(epochs, curve.min(0), curve.max(0), color=colour, alpha=0.2, linewidth=0)
     ax.set_xlabel("epoch (passes over the data)")
     ax.set_ylabel("AUROC against the flipped labels")
     ax.set_title(title, fontsize=9)
@@ -182,22 +183,23 @@ def plot_setting(ax: plt.Axes, analysis: dict[str, np.ndarray], title: str) -> N
     second.set_ylim(0, 1)
     second.set_ylabel("share")
     inversion = analysis["moment_inversion"]
-    ax.axvspan(inversion.mean() - inversion.std(), inversion.mean() + inversion.std(), color="tab:red", alpha=0.1)
+    ax.axvspan(inversion.mean() - inversion.std(), inversion.mean() + inversion.std(), color="tab:red", alpha=0.15)
     ax.axvline(inversion.mean(), color="tab:red", label="mean inversion epoch (± std)")
     ax.axvline(analysis["early_stopping_clean"].mean(), color="tab:green", label="early stopping (clean held-out)")
-    handles = [*ax.get_legend_handles_labels()[0], *second.get_legend_handles_labels()[0]]
-    labels = [*ax.get_legend_handles_labels()[1], *second.get_legend_handles_labels()[1]]
-    ax.legend(handles, labels, fontsize=6, loc="lower left")
+    return second
 
 
 def plot_settings(analyses: Sequence[tuple[str, dict[str, np.ndarray]]]) -> plt.Figure:
-    """One panel per setting."""
+    """One panel per setting, one legend for all of them below."""
     columns = min(2, len(analyses))
     rows = -(-len(analyses) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 3.8 * rows + 0.8), squeeze=False)
     for ax, (title, analysis) in zip(axes.flat, analyses):
-        plot_setting(ax, analysis, title)
+        second = plot_setting(ax, analysis, title)
     for ax in axes.flat[len(analyses):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    handles, labels = (sum(pair, []) for pair in zip(axes.flat[0].get_legend_handles_labels(),
+                                                      second.get_legend_handles_labels()))
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.8 / (3.8 * rows + 0.8), 1, 1))
     return fig

@@ -102,7 +102,7 @@ def saved_run(tmp_path_factory):
 
 def test_the_script_saves_what_its_rules_and_curves_say(saved_run):
     folder, _ = saved_run
-    path = folder / "Results" / "memorisation" / "MNIST_mlp_200_0.2.npz"
+    path = folder / "Results" / "memorisation" / "MNIST_mlp_200_0.2_epochs8_batch32.npz"
     with np.load(path) as saved:
         arrays = dict(saved)
     assert arrays["margin_trajectory"].shape == (2, 8, 200) and arrays["radii"].shape == (2, 8, 10)
@@ -118,16 +118,16 @@ def test_the_script_saves_what_its_rules_and_curves_say(saved_run):
             assert arrays["inversion_checked"][run, c] == (risen[0] if risen else -1)
     settings = json.loads(path.with_suffix(".json").read_text())
     assert settings["runs"] == 2 and "memorised at the end" in settings["summary"]
-    assert (folder / "Figures" / "memorisation" / "MNIST_mlp_200_0.2.png").is_file()
+    assert (folder / "Figures" / "memorisation" / "MNIST_mlp_200_0.2_epochs8_batch32.png").is_file()
 
 
 def test_a_seeded_rerun_is_identical_and_summarize_tabulates_every_setting(saved_run):
     folder, args = saved_run
-    first = dict(np.load(folder / "Results" / "memorisation" / "MNIST_mlp_200_0.2.npz"))
+    first = dict(np.load(folder / "Results" / "memorisation" / "MNIST_mlp_200_0.2_epochs8_batch32.npz"))
     done = subprocess.run([sys.executable, str(SCRIPT), *args, "--results_dir", "Again"], cwd=folder,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    again = dict(np.load(folder / "Again" / "memorisation" / "MNIST_mlp_200_0.2.npz"))
+    again = dict(np.load(folder / "Again" / "memorisation" / "MNIST_mlp_200_0.2_epochs8_batch32.npz"))
     for name in ("margin_trajectory", "radii", "heldout_accuracy_clean"):
         np.testing.assert_array_equal(first[name], again[name])
     done = subprocess.run([sys.executable, str(SCRIPT), "--summarize"], cwd=folder, capture_output=True, text=True)

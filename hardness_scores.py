@@ -29,16 +29,16 @@ import numpy as np
 
 import torch
 
-from hardness.data import dataset_label, load_dataset_from_args
 from hardness.ranking import Ranking, build_ranking, write_ranking
 from hardness.report import render_report, write_report
 from hardness.score_figures import plot_class_counts
 from hardness.setting import setting_path
 from hardness.user_data import parse_source
 from utils import (RANKINGS, UserInputError, add_dataset_arguments, add_scoring_arguments, check_scoring_arguments,
-                   detection_scores, hardness_ranking, load_setting_arrays, load_settings, plot_correlations,
-                   plot_data_map, plot_top_k_classes, positive_int, rank_correlations, resolve_device, run_script,
-                   run_settings, save_figure, save_setting, score_setting, unit_interval)
+                   dataset_label, detection_scores, hardness_ranking, load_dataset_from_args, load_setting_arrays,
+                   load_settings, plot_correlations, plot_data_map, plot_top_k_classes, positive_int,
+                   rank_correlations, resolve_device, run_script, run_settings, save_figure, save_setting,
+                   score_setting, unit_interval)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

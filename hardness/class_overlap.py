@@ -5,7 +5,6 @@ are evaluated at log-spaced optimizer steps: loss and accuracy overall and per c
 the C x C cosine similarity of the class means of the last hidden features (`overlap_dynamic`) beside
 that of the standardised inputs (`overlap_static`).
 """
-import copy
 import difflib
 import math
 import os
@@ -24,13 +23,13 @@ import torch.nn.functional as F
 import yaml
 from matplotlib.lines import Line2D
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state
 from tqdm import tqdm
 
 from hardness.cli import UserInputError
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
 from hardness.engine import derived_seed
+from hardness.minibatch import StackedNetworks, epoch_orders
 from hardness.radii import one_hot_float
 from hardness.results import save_figure, save_npz_with_settings, write_atomically
 from neural_networks import ACTIVATIONS, HardnessCNN, HardnessMLP, HardnessResNet50, kaiming_initialise
@@ -277,17 +276,14 @@ class RunGroup:
     def __init__(self, models: Sequence[nn.Module]) -> None:
         self.stacked = not any(isinstance(m, HardnessResNet50) for m in models)
         if self.stacked:
-            params, buffers = stack_module_state(list(models))
-            self.params = {name: p.detach().requires_grad_() for name, p in params.items()}
-            self.buffers = buffers
-            self.base = copy.deepcopy(models[0]).to("meta")
+            self.networks = StackedNetworks(models)
         else:
             if len(models) != 1:
                 raise ValueError("a ResNet trains alone")
             self.model = models[0]
 
     def parameters(self) -> list[Tensor]:
-        return list(self.params.values()) if self.stacked else list(self.model.parameters())
+        return self.networks.parameters() if self.stacked else list(self.model.parameters())
 
     def train(self, mode: bool) -> None:
         if not self.stacked:
@@ -297,8 +293,7 @@ class RunGroup:
         if not self.stacked:
             logits, features = self.model(x[0] if per_run else x)
             return logits[None], features[None]
-        call = lambda params, buffers, inputs: functional_call(self.base, (params, buffers), (inputs,))  # noqa: E731
-        return torch.vmap(call, in_dims=(0, 0, 0 if per_run else None))(self.params, self.buffers, x)
+        return self.networks.forward(x, per_run)
 
 
 def cosine_matrix(means: Tensor) -> Tensor:
@@ -364,7 +359,7 @@ def train_group(config: dict, data: SimulationData, runs: Sequence[int], steps: 
     bar = tqdm(total=training["epochs"] * batches_per_epoch, desc=f"{len(runs)} run(s)", disable=not progress,
                leave=False)
     for _ in range(training["epochs"]):
-        order = torch.stack([torch.randperm(n, generator=g) for g in shuffles]).to(data.train_y.device)  # [runs, n]
+        order = epoch_orders(shuffles, n, data.train_y.device)                                          # [runs, n]
         for batch in order.split(training["batch_size"], dim=1):                                   # [runs, b]
             logits, _ = group.forward(data.train_x[batch], per_run=True)                           # [runs, b, C]
             loss = F.cross_entropy(logits.transpose(1, 2), data.train_y[batch], reduction="none").mean(1).sum()

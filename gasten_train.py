@@ -31,8 +31,8 @@ import torch
 
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (GAN, Embedding, Scorer, classifier_folder, epoch_folders, feature_cnn, fixed_test_noise,
-                             frechet_metric, generate, load_classifier, load_gan, load_pair, make_gan,
-                             pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, save_gan,
+                             frechet_metric, generate, inception_features, load_classifier, load_gan, load_pair,
+                             make_gan, pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, save_gan,
                              write_metrics_csv)
 from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, resolve_device,
                    run_script, run_settings, save_figure)
@@ -60,13 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--step", choices=["all", "1", "2"], default="all",
                         help="all: step 1 then every step-2 cell; 1: step 1 alone; 2: one step-2 cell (default all)")
     parser.add_argument("--step1_run", type=Path, default=None, help="--step 2: the step-1 folder to start from")
-    parser.add_argument("--step1_epoch", default=None, help="--step 2: the step-1 epoch (a number, best or last)")
+    parser.add_argument("--step1_epoch", type=step1_epoch_argument, default=None,
+                        help="--step 2: the step-1 epoch (a number, best or last)")
     parser.add_argument("--classifier", default=None, help="--step 2: the classifier (a name of step2.classifiers)")
-    parser.add_argument("--weight", default=None, help="--step 2: the weight (a number, mgda or mgda:norm)")
+    parser.add_argument("--weight", type=weight_argument, default=None,
+                        help="--step 2: the weight (a number >= 0, mgda or mgda:norm)")
     parser.add_argument("--summarize", type=Path, default=None, metavar="RUN_DIR",
                         help="rebuild RUN_DIR's metrics table and Pareto flags from its cells, and its figure")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard event files beside the CSV logs (needs the tensorboard package)")
+    parser.add_argument("--inception_weights", type=Path, default=None, metavar="PATH",
+                        help="a local file of the standard FID Inception-v3 weights (as torch-fidelity's "
+                             "FeatureExtractorInceptionV3 loads them): also score the Inception FID (fid_inception)")
     parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
     add_device_argument(parser)
     add_output_arguments(parser)
@@ -81,16 +86,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- the config
 
-def parse_weight(weight: Any, field: str = "step2.weights") -> float | str:
+def parse_weight(weight: Any) -> float | str:
+    """A weight of the confusion term: a number >= 0, mgda or mgda:norm; a ValueError says what is wrong."""
     if weight in ("mgda", "mgda:norm"):
         return weight
     try:
         value = float(weight)
     except (TypeError, ValueError):
-        raise ConfigError(field, f"a weight is a number, mgda or mgda:norm, got {weight!r}") from None
-    if value < 0:
-        raise ConfigError(field, f"a weight must be >= 0, got {weight!r}")
+        raise ValueError(f"a weight is a number, mgda or mgda:norm, got {weight!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"a weight must be a finite number >= 0, got {weight!r}")
     return value
+
+
+def weight_argument(text: str) -> float | str:
+    """argparse type of --weight."""
+    try:
+        return parse_weight(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def step1_epoch_argument(text: str) -> int | str:
+    """argparse type of --step1_epoch: a number >= 0, best or last."""
+    if text in ("best", "last"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a step-1 epoch is a number >= 0, best or last, got {text!r}")
+    return int(text)
 
 
 def load_config(args: argparse.Namespace) -> dict:
@@ -119,8 +142,59 @@ def load_config(args: argparse.Namespace) -> dict:
     for epoch in config["step2"]["step1_epochs"]:
         if epoch not in ("best", "last") and not (isinstance(epoch, int) and 0 <= epoch):
             raise ConfigError("step2.step1_epochs", f"an epoch is a number, best or last, got {epoch!r}")
-    config["step2"]["weights"] = [parse_weight(w) for w in config["step2"]["weights"]]
+    try:
+        config["step2"]["weights"] = [parse_weight(w) for w in config["step2"]["weights"]]
+    except ValueError as error:
+        raise ConfigError("step2.weights", str(error)) from None
     return config
+
+
+def classifier_path(config: dict, results_dir: Path, name: str) -> Path:
+    """A classifier's folder: `name` itself when it is a folder, else the pair's classifier of that name."""
+    dataset = config["dataset"]
+    path = Path(name)
+    return path if path.is_dir() else classifier_folder(results_dir, dataset["name"], dataset["pos"], dataset["neg"],
+                                                        name)
+
+
+def step1_checkpoint(step1_folder: Path, epoch: int | str) -> tuple[int, Path]:
+    """The step-1 epoch (a number, best = lowest FID (own features), last) and its checkpoint folder."""
+    found = epoch_folders(step1_folder)
+    if not found:
+        raise UserInputError(f"{step1_folder} holds no step-1 checkpoints (epoch_<e>/generator.pt)")
+    if epoch == "last":
+        epoch = max(found)
+    elif epoch == "best":
+        if not (Path(step1_folder) / "metrics.csv").is_file():
+            raise UserInputError(f"step-1 epoch best needs {step1_folder}/metrics.csv, which is missing")
+        rows = read_metrics_csv(Path(step1_folder) / "metrics.csv")
+        epoch = int(min((r for r in rows if int(r["epoch"]) in found), key=lambda r: r["fid_own_features"])["epoch"])
+    if epoch not in found:
+        raise UserInputError(f"no step-1 checkpoint of epoch {epoch} in {step1_folder} (found {sorted(found)})")
+    return epoch, found[epoch]
+
+
+def validate(config: dict, args: argparse.Namespace) -> None:
+    """What a run needs beyond its config's own fields, checked before any data is loaded or any network
+    trained: the classifiers, and the step-1 checkpoints each step-2 cell starts from. Each failure is a
+    one-line error."""
+    names = list(config["step2"]["classifiers"]) + ([args.classifier] if args.step == "2" else [])
+    for name in names:
+        if not (classifier_path(config, args.results_dir, name) / "classifier.pt").is_file():
+            raise UserInputError(f"no classifier {name} (looked in {classifier_path(config, args.results_dir, name)});"
+                                 f" make it with gasten_train_classifiers.py")
+    if args.step == "2":
+        step1_checkpoint(args.step1_run, args.step1_epoch)
+    elif args.step == "all" and config["step1"]["run"] is not None:
+        for epoch in config["step2"]["step1_epochs"]:
+            step1_checkpoint(Path(config["step1"]["run"]), epoch)
+    elif args.step == "all":
+        step1 = config["step1"]
+        saved = {0, step1["epochs"], *range(step1["checkpoint_every"], step1["epochs"] + 1, step1["checkpoint_every"])}
+        for epoch in config["step2"]["step1_epochs"]:
+            if isinstance(epoch, int) and epoch not in saved:
+                raise ConfigError("step2.step1_epochs", f"step 1 checkpoints epochs {sorted(saved)}, not {epoch} "
+                                                        f"(step1.epochs, step1.checkpoint_every)")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -172,18 +246,10 @@ class Run:
     """What every step of one config shares: data, the test noise, the feature extractors, the log."""
 
     def __init__(self, config: dict, args: argparse.Namespace, device: torch.device) -> None:
+        """Checks the config and flags (validate) and loads the Inception weights before it loads the data and
+        prepares the extractors."""
+        validate(config, args)
         self.config, self.args, self.device = config, args, device
-        dataset = config["dataset"]
-        self.pair = f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}"
-        folder_name = run_folder_name(config["name"], config["training"]["seed"])
-        self.folder = args.results_dir / "gasten" / folder_name
-        self.figures = args.figures_dir / "gasten" / folder_name
-        self.data = load_pair(dataset["name"], dataset["pos"], dataset["neg"], args.data_root, device)
-        self.noise = fixed_test_noise(args.results_dir, config["test_noise_seed"], device)
-        stats = args.results_dir / "gasten" / "stats"
-        self.own_features = frechet_metric(feature_cnn(dataset["name"], args.data_root, args.results_dir, device),
-                                           self.data.train_x, stats / f"{self.pair}_own_features.pt")
-        self.settings = {**run_settings(args, device), "config": config, "run_folder": str(self.folder)}
         self.summary_writer_class = None
         if args.tensorboard:
             try:
@@ -191,18 +257,27 @@ class Run:
             except ImportError as error:
                 raise UserInputError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
             self.summary_writer_class = SummaryWriter
-
-    def classifier_path(self, name: str) -> Path:
-        dataset = self.config["dataset"]
-        path = Path(name)
-        return path if path.is_dir() else classifier_folder(self.args.results_dir, dataset["name"], dataset["pos"],
-                                                            dataset["neg"], name)
+        inception = inception_features(args.inception_weights, device) if args.inception_weights else None
+        dataset = config["dataset"]
+        self.pair = f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}"
+        folder_name = run_folder_name(config["name"], config["training"]["seed"])
+        self.folder = args.results_dir / "gasten" / folder_name
+        self.figures = args.figures_dir / "gasten" / folder_name
+        self.data = load_pair(dataset["name"], dataset["pos"], dataset["neg"], args.data_root, device)
+        self.noise = fixed_test_noise(args.results_dir, config["test_noise_seed"], device)
+        self.stats = args.results_dir / "gasten" / "stats"
+        self.own_features = frechet_metric(feature_cnn(dataset["name"], args.data_root, args.results_dir, device),
+                                           self.data.train_x, self.stats, f"{self.pair}_own_features")
+        self.inception = None if inception is None else frechet_metric(inception, self.data.train_x, self.stats,
+                                                                        f"{self.pair}_inception")
+        self.settings = {**run_settings(args, device), "config": config, "run_folder": str(self.folder)}
 
     def scorer(self, classifier_name: str) -> Scorer:
-        classifier = load_classifier(self.classifier_path(classifier_name), self.device)
+        classifier = load_classifier(classifier_path(self.config, self.args.results_dir, classifier_name), self.device)
         embedding = Embedding(classifier, classifier.output.in_features)
-        cache = self.args.results_dir / "gasten" / "stats" / f"{self.pair}_{Path(classifier_name).name}.pt"
-        return Scorer(self.noise, classifier, self.own_features, frechet_metric(embedding, self.data.train_x, cache))
+        return Scorer(self.noise, classifier, self.own_features,
+                      frechet_metric(embedding, self.data.train_x, self.stats, f"{self.pair}_{Path(classifier_name).name}"),
+                      self.inception)
 
     def new_gan(self) -> GAN:
         training = self.config["training"]
@@ -247,8 +322,10 @@ class Run:
                 for key, value in row.items():
                     if key != "epoch":
                         writer.add_scalar(key, value, row["epoch"])
+            inception = f", FID (Inception) {row['fid_inception']:.2f}" if "fid_inception" in row else ""
             print(f"  {folder.relative_to(self.folder)} epoch {row['epoch']}: ACD {row['acd']:.4f}, "
-                  f"FID (own features) {row['fid_own_features']:.2f}, FID (classifier) {row['fid_classifier']:.3f}")
+                  f"FID (own features) {row['fid_own_features']:.2f}, FID (classifier) {row['fid_classifier']:.3f}"
+                  f"{inception}")
 
         classifier_model = scorer.classifier if classifier is not None else None
         run_epochs(gan, self.data.train_x, folder, first, epochs, checkpoint_every,
@@ -283,19 +360,8 @@ class Run:
                    start=None)
         return folder
 
-    def step1_checkpoint(self, step1_folder: Path, epoch: int | str) -> tuple[int, Path]:
-        found = epoch_folders(step1_folder)
-        if epoch == "last":
-            epoch = max(found)
-        elif epoch == "best":
-            rows = read_metrics_csv(step1_folder / "metrics.csv")
-            epoch = int(min((r for r in rows if int(r["epoch"]) in found), key=lambda r: r["fid_own_features"])["epoch"])
-        if int(epoch) not in found:
-            raise UserInputError(f"no step-1 checkpoint of epoch {epoch} in {step1_folder} (found {sorted(found)})")
-        return int(epoch), found[int(epoch)]
-
     def step2_cell(self, step1_folder: Path, step1_epoch: int | str, classifier: str, weight: float | str) -> dict:
-        epoch, start = self.step1_checkpoint(step1_folder, step1_epoch)
+        epoch, start = step1_checkpoint(step1_folder, step1_epoch)
         weight_name = weight if isinstance(weight, str) else f"{weight:g}"
         folder = self.folder / "step2" / f"{Path(classifier).name}_{weight_name}_{epoch}"
         step2 = self.config["step2"]
@@ -331,8 +397,7 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     run = Run(config, args, device)
     if args.step == "2":
-        run.step2_cell(args.step1_run, args.step1_epoch if args.step1_epoch in ("best", "last") else int(args.step1_epoch),
-                       args.classifier, parse_weight(args.weight, "--weight"))
+        run.step2_cell(args.step1_run, args.step1_epoch, args.classifier, args.weight)
         return
     step1_folder = run.step1()
     if args.step == "1":

@@ -246,8 +246,8 @@ def generate_embeddings(config: dict, results_dir: Path, data_root: Path, device
     dataset = gasten["dataset"]
     pair = load_pair(dataset["name"], dataset["pos"], dataset["neg"], data_root, device)
     own = frechet_metric(feature_cnn(dataset["name"], data_root, results_dir, device), pair.train_x,
-                         Path(results_dir) / "gasten" / "stats" /
-                         f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}_own_features.pt")
+                         Path(results_dir) / "gasten" / "stats",
+                         f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}_own_features")
     kept = found["kept"]
     distances = {"fid_all": frechet_distance(own, found["images"]),
                  "fid_ambiguous": frechet_distance(own, found["images"][kept])

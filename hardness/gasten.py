@@ -5,12 +5,16 @@ Step 1 trains a plain DCGAN; step 2 continues from a step-1 checkpoint with the 
 L_G = BCE(D(G(z)), 1) + alpha * mean |0.5 - C(G(z))|, C frozen, where alpha is a number or chosen each step
 by MGDA. After every epoch the generator is scored on a fixed test noise: ACD = mean |0.5 - C(G(z))| (lower
 is closer to the boundary), "FID (own features)" (a small CNN trained here on the dataset's ten classes,
-never comparable with Inception-based FIDs) and the Frechet distance in the classifier's own embedding,
-both against the pair's training images.
+never comparable with Inception-based FIDs), the Frechet distance in the classifier's own embedding and,
+given a local file of the standard FID Inception-v3's weights, the Inception FID, all against the pair's
+training images.
 """
 import csv
+import hashlib
+import importlib.util
 import json
 import math
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from tqdm import tqdm
 
 from hardness.cli import UserInputError
@@ -161,10 +165,23 @@ class Embedding(nn.Module):
         return self.model.embed(x)
 
 
-def frechet_metric(extractor: nn.Module, real_images: Tensor, cache: Path | None = None) -> FrechetInceptionDistance:
+def statistics_key(extractor: nn.Module, real_images: Tensor) -> str:
+    """16 hex digits of a SHA-256 over everything the real images' statistics depend on: the extractor's class
+    and weights, and the real images themselves (so the data folder, the dataset and the pair)."""
+    digest = hashlib.sha256(type(extractor).__name__.encode())
+    for name, tensor in [*extractor.state_dict().items(), ("real_images", real_images)]:
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def frechet_metric(extractor: nn.Module, real_images: Tensor, cache_dir: Path | None = None,
+                   label: str = "real") -> FrechetInceptionDistance:
     """torchmetrics' Frechet distance in `extractor`'s features, with the statistics of `real_images`
-    computed once (and kept in `cache` when given); `reset()` keeps them and drops the generated ones."""
+    computed once (and kept in cache_dir/<label>_<statistics_key>.pt when `cache_dir` is given); `reset()`
+    keeps them and drops the generated ones."""
     extractor = extractor.eval().requires_grad_(False)
+    cache = None if cache_dir is None else Path(cache_dir) / f"{label}_{statistics_key(extractor, real_images)}.pt"
     metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False, normalize=False)
     metric = metric.to(real_images.device)
     states = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -189,6 +206,39 @@ def frechet_distance(metric: FrechetInceptionDistance, images: Tensor) -> float:
         for chunk in images.split(EVALUATION_CHUNK):
             metric.update(chunk, real=False)
     return float(metric.compute())
+
+
+class InceptionFeatures(nn.Module):
+    """The 2048 pool features of the standard FID Inception-v3 (torchmetrics' NoTrainInceptionV3 over
+    torch-fidelity's network, weights from a local file) of [N, 1, H, W] images in [-1, 1], fed to it as
+    3-channel uint8 images as FID expects (it resizes them to 299 x 299 itself)."""
+    num_features = 2048
+
+    def __init__(self, weights: Path) -> None:
+        super().__init__()
+        self.inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(self.num_features)],
+                                            feature_extractor_weights_path=str(weights))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)  # [N, 3, H, W]
+        return self.inception(pixels)                                                           # [N, 2048]
+
+
+def inception_features(weights: Path, device: torch.device) -> InceptionFeatures:
+    """InceptionFeatures of the weights file, or a one-line error when the file or torch-fidelity is missing or
+    the file does not hold the FID Inception network's weights."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise UserInputError(f"--inception_weights {weights}: no such file")
+    if importlib.util.find_spec("torch_fidelity") is None:      # torchmetrics' Inception is torch-fidelity's network
+        raise UserInputError("--inception_weights needs torch-fidelity: pip install torch-fidelity")
+    try:
+        return InceptionFeatures(weights).to(device)
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:  # torch.load, load_state_dict
+        reason = str(error).partition("\n")[0]
+        raise UserInputError(f"--inception_weights {weights} does not hold the weights of the FID Inception "
+                             f"network (torch-fidelity's FeatureExtractorInceptionV3): {type(error).__name__}: "
+                             f"{reason}") from error
 
 
 def feature_cnn(dataset: str, root: Path, results_dir: Path, device: torch.device, progress: bool = True) -> FeatureCNN:
@@ -367,27 +417,32 @@ def train_epoch(gan: GAN, images: Tensor, batch_size: int, noise_rng: torch.Gene
 
 @dataclass
 class Scorer:
-    """Scores a generator on the fixed test noise: ACD under the classifier, FID (own features) and the
-    Frechet distance in the classifier's embedding."""
+    """Scores a generator on the fixed test noise: ACD under the classifier, FID (own features), the Frechet
+    distance in the classifier's embedding and, given the Inception metric, the Inception FID."""
     noise: Tensor
     classifier: nn.Module
     own_features: FrechetInceptionDistance
     classifier_features: FrechetInceptionDistance
+    inception: FrechetInceptionDistance | None = None
 
     def __call__(self, generator: nn.Module) -> dict[str, float]:
         images = generate(generator, self.noise)
         with torch.no_grad():
             probabilities = torch.cat([self.classifier(chunk) for chunk in images.split(EVALUATION_CHUNK)])
-        return {"acd": float(average_confusion_distance(probabilities)),
-                "fid_own_features": frechet_distance(self.own_features, images),
-                "fid_classifier": frechet_distance(self.classifier_features, images)}
+        scores = {"acd": float(average_confusion_distance(probabilities)),
+                  "fid_own_features": frechet_distance(self.own_features, images),
+                  "fid_classifier": frechet_distance(self.classifier_features, images)}
+        if self.inception is not None:
+            scores["fid_inception"] = frechet_distance(self.inception, images)
+        return scores
 
 
 def write_metrics_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """The rows with a `pareto` column over (fid_own_features, acd), written atomically."""
+    """The rows with a `pareto` column over (fid_own_features, acd), written atomically; every column any row
+    has, nan where a row lacks it (a run resumed with or without --inception_weights)."""
     flags = pareto_efficient([[row["fid_own_features"], row["acd"]] for row in rows]) if rows else []
-    columns = list(rows[0]) + ["pareto"] if rows else ["pareto"]
-    lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns[:-1]) + f",{bool(flag)}"
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "pareto")) + ["pareto"]
+    lines = [",".join(columns)] + [",".join(str(row.get(c, float("nan"))) for c in columns[:-1]) + f",{bool(flag)}"
                                    for row, flag in zip(rows, flags)]
     write_atomically(path, ("\n".join(lines) + "\n").encode())
 
@@ -400,7 +455,7 @@ def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
 
 def epoch_folders(folder: Path) -> dict[int, Path]:
     """{epoch: folder} of the checkpoints `epoch_<e>` under `folder`, whatever the digits' padding (the
-    original wrote epoch_5 and looked for epoch_05, so single-digit step-2 epochs were never found)."""
+    original wrote epoch_05 and looked for epoch_5, so single-digit step-2 epochs were never found)."""
     found = {}
     for path in Path(folder).glob("epoch_*"):
         suffix = path.name.removeprefix("epoch_")

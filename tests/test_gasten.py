@@ -13,10 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, write_idx
+from conftest import REPO, write_idx, write_mnist_layout
 from hardness.ambiguity import ambiguous_samples, medoids, reduced_silhouette
-from hardness.gasten import (average_confusion_distance, epoch_folders, frechet_distance, frechet_metric, load_gan,
-                             make_gan, mgda_weight, pareto_efficient, read_metrics_csv, save_gan, train_epoch)
+from hardness.cli import UserInputError
+from hardness.gasten import (InceptionFeatures, average_confusion_distance, epoch_folders, frechet_distance,
+                             frechet_metric, inception_features, load_gan, load_pair, make_gan, mgda_weight,
+                             pareto_efficient, read_metrics_csv, save_gan, statistics_key, train_epoch)
 from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
                              PairClassifierMLP)
 
@@ -74,12 +76,73 @@ def test_frechet_distance_on_gaussians():
     assert frechet_distance(metric, real + shift) == pytest.approx(float(shift @ shift), rel=1e-3)   # 5.25
 
 
-def test_frechet_statistics_are_cached(tmp_path):
+class Counting(Identity):
+    """Identity features that count the images they saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        return x
+
+
+def test_frechet_statistics_are_cached_under_their_images(tmp_path):
+    """The same real images again: their statistics come from the cache (the extractor sees only the 300 fakes).
+    Other real images: their own statistics, in a file of their own."""
     real = torch.randn(500, 3, generator=torch.Generator().manual_seed(1))
     fake = real[:300] + 1
-    first = frechet_distance(frechet_metric(Identity(), real, tmp_path / "stats.pt"), fake)
-    cached = frechet_distance(frechet_metric(Identity(), torch.zeros(500, 3), tmp_path / "stats.pt"), fake)
-    assert (tmp_path / "stats.pt").is_file() and cached == pytest.approx(first)
+    first = frechet_distance(frechet_metric(Counting(), real, tmp_path, "pair"), fake)
+    extractor = Counting()
+    cached = frechet_distance(frechet_metric(extractor, real, tmp_path, "pair"), fake)
+    assert cached == pytest.approx(first) and extractor.seen == 300
+    other = Counting()
+    frechet_distance(frechet_metric(other, real[:400], tmp_path, "pair"), fake)
+    assert other.seen == 400 + 300 and len(list(tmp_path.glob("pair_*.pt"))) == 2
+
+
+def test_statistics_cache_key_differs_per_data_folder(tmp_path):
+    """Two data folders holding different MNIST files, one a copy of the first: 60 and 100 balanced training
+    images, so 12 and 20 of the pair 7 vs 1. The copy shares the first folder's statistics; the other folder's
+    are its own (the cache keyed by the pair alone gave it the first folder's 12)."""
+    write_mnist_layout(tmp_path / "a", train=60)
+    write_mnist_layout(tmp_path / "b", train=100)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy_of_a")
+    torch.manual_seed(0)
+    extractor, stats = FeatureCNN(), tmp_path / "stats"
+    keys = {}
+    for folder in ("a", "b", "copy_of_a"):
+        pair = load_pair("mnist", 7, 1, tmp_path / folder, torch.device("cpu"))
+        keys[folder] = statistics_key(extractor, pair.train_x)
+        metric = frechet_metric(extractor, pair.train_x, stats, "mnist_7v1_own_features")
+        assert int(metric.real_features_num_samples) == {"a": 12, "b": 20, "copy_of_a": 12}[folder]
+    assert keys["a"] != keys["b"] and keys["a"] == keys["copy_of_a"]
+    assert sorted(path.name for path in stats.iterdir()) == sorted(f"mnist_7v1_own_features_{keys[f]}.pt"
+                                                                   for f in ("a", "b"))
+    torch.manual_seed(1)
+    assert statistics_key(FeatureCNN(), pair.train_x) != keys["a"]            # other weights, other statistics
+
+
+def test_inception_fid_loads_the_fid_inception_network_from_a_file(tmp_path, monkeypatch):
+    """torch-fidelity's FID Inception-v3 with random weights, saved to a file, is what --inception_weights loads
+    (no download): the same weights, and 2048 features per image."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    class RandomInception(fidelity.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None                                            # keeps the random initialisation
+
+    monkeypatch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})    # never downloads
+    torch.manual_seed(0)
+    saved = RandomInception("inception-v3-compat", ["2048"]).state_dict()
+    torch.save(saved, tmp_path / "inception.pt")
+    features = inception_features(tmp_path / "inception.pt", torch.device("cpu"))
+    assert isinstance(features, InceptionFeatures)
+    loaded = features.inception.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[name], saved[name]) for name in saved)
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert features(images).shape == (3, 2048)
 
 
 @pytest.mark.parametrize("g1, g2, expected", [
@@ -260,6 +323,63 @@ def test_flags_are_validated(args, message, capsys):
     with pytest.raises(SystemExit):
         gasten_train.parse_args(args)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--step1_run", "Results/gasten/tiny/step1", "--step1_epoch", "4", "--classifier", "cnn-1-20.0", "--weight", "-3"],
+     "a weight must be a finite number >= 0, got '-3'"),
+    (["--step1_run", "Results/gasten/tiny/step1", "--step1_epoch", "abc", "--classifier", "cnn-1-20.0", "--weight", "25"],
+     "a step-1 epoch is a number >= 0, best or last, got 'abc'"),
+])
+def test_bad_cell_flags_stop_the_parser(strokes_run, tmp_path, monkeypatch, capsys, flags, message):
+    import gasten_train
+    monkeypatch.chdir(strokes_run)
+    with pytest.raises(SystemExit):
+        gasten_train.parse_args(["--config", "tiny.yaml", "--step", "2", "--data_root", str(tmp_path / "no_data"), *flags])
+    assert message in capsys.readouterr().err
+
+
+CELL = ["--step", "2", "--step1_run", "Results/gasten/tiny/step1", "--step1_epoch", "4", "--classifier", "cnn-1-20.0",
+        "--weight", "25"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (CELL[:2] + ["--step1_run", "nope", "--step1_epoch", "last"] + CELL[6:],
+     "nope holds no step-1 checkpoints"),
+    (CELL[:4] + ["--step1_epoch", "3"] + CELL[6:], "no step-1 checkpoint of epoch 3 in Results/gasten/tiny/step1 "
+                                                   "(found [0, 2, 4])"),
+    (CELL, None),
+    (CELL[:6] + ["--classifier", "cnn-3-20.0"] + CELL[8:], "no classifier cnn-3-20.0"),
+    (["--set", "step2.classifiers=[cnn-1-20.0, cnn-9-1.0]"], "no classifier cnn-9-1.0"),
+    (["--set", "step2.weights=[0, -3]"], "config field step2.weights: a weight must be a finite number >= 0"),
+    (["--set", "step2.step1_epochs=[last, 3]"], "config field step2.step1_epochs: step 1 checkpoints epochs "
+                                                "[0, 2, 4], not 3"),
+    (["--set", "step1.run=nope"], "nope holds no step-1 checkpoints"),
+    (["--set", "step2.keep_optimizer_state=maybe"], "config field step2.keep_optimizer_state: must be true or false"),
+    (["--inception_weights", "nope.pt"], "--inception_weights nope.pt: no such file"),
+    (["--inception_weights", "tiny.yaml"], "--inception_weights tiny.yaml does not hold the weights of the FID "
+                                           "Inception network"),
+])
+def test_user_errors_come_before_any_data_is_loaded(strokes_run, tmp_path, monkeypatch, flags, message):
+    """Each mistake, alone in an otherwise runnable command, is a one-line error before the data folder (which
+    does not exist) is read or the feature CNN trained."""
+    import gasten_train
+
+    def too_early(*args, **kwargs):
+        raise AssertionError("data loaded before the error")
+    monkeypatch.setattr(gasten_train, "load_pair", too_early)
+    monkeypatch.setattr(gasten_train, "feature_cnn", too_early)
+    monkeypatch.chdir(strokes_run)
+    missing = tmp_path / "no_data"
+    args = gasten_train.parse_args(["--config", "tiny.yaml", "--device", "cpu", "--data_root", str(missing),
+                                    "--results_dir", "Results", "--figures_dir", str(tmp_path / "F"), *flags])
+    if message is None:             # the valid command gets as far as the data
+        with pytest.raises(AssertionError, match="data loaded before the error"):
+            gasten_train.main(args)
+        return
+    with pytest.raises(UserInputError) as error:
+        gasten_train.main(args)
+    assert message in str(error.value) and "\n" not in str(error.value) and not missing.exists()
 
 
 def test_bad_config_field_is_named(tmp_path):

@@ -203,14 +203,15 @@ def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, cle
     inverts leaves the straggler set absent: a UserInputError names the classes and --budget.
     """
     if strategy == "stragglers":
-        return identify_stragglers(seeds, data, noisy_labels, num_classes, epochs, snapshot, progress, class_names)
+        return identify_stragglers(seeds, data, noisy_labels, num_classes, epochs, snapshot, progress,
+                                   class_names=class_names)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; known: {', '.join(STRATEGIES)}")
     sizes = torch.bincount(noisy_labels, minlength=num_classes)
     if budget is None:
         try:
             stragglers, inversion_epochs = identify_stragglers(seeds, data, clean_labels, num_classes, epochs,
-                                                               snapshot, progress, class_names)
+                                                               snapshot, progress, class_names=class_names)
         except IdentificationError as error:
             raise UserInputError(f"{strategy} takes its budget from the stragglers, and there is no straggler set: "
                                  f"class(es) {', '.join(error.classes)} never reached an inversion point; give "

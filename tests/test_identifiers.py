@@ -434,7 +434,7 @@ def test_budgets_under_noise_by_hand(monkeypatch, blobs, strategy, level):
         noisy[sample] = label
     searched_on, trained_on = [], []
 
-    def fake_straggler_search(seeds, data, labels, num_classes, epochs, snapshot="copy", progress=True):
+    def fake_straggler_search(seeds, data, labels, num_classes, epochs, snapshot="copy", progress=True, class_names=None):
         searched_on.append(labels)
         hard = torch.zeros(len(seeds), len(labels), dtype=torch.bool)
         hard[:, HAND_STRAGGLERS] = True

@@ -72,11 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_moved_list(path: Path, sample_ids: list[str]) -> np.ndarray:
-    """[N] bool: the samples whose id (path relative to the folder) the list names; one path per line, blank lines
-    ignored. A list that names none of the samples is a one-line error."""
+    """[N] bool: the samples whose id (path relative to the folder, after the move) the list names: the
+    `sample_id` column of a CSV with a header (scripts/export_noisy_folder.py's moved.csv), or one path per line.
+    Blank lines are ignored; a list that names none of the samples is a one-line error."""
     if not path.is_file():
         raise UserInputError(f"--moved_list {path}: no such file")
-    moved = {PurePosixPath(line.strip()).as_posix() for line in path.read_text().splitlines() if line.strip()}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines and "sample_id" in next(csv.reader(lines[:1])):
+        lines = [row["sample_id"] for row in csv.DictReader(lines)]
+    moved = {PurePosixPath(line.strip()).as_posix() for line in lines}
     mask = np.array([sample_id in moved for sample_id in sample_ids])
     if not mask.any():
         raise UserInputError(f"--moved_list {path} names {len(moved)} file(s), none of them a sample of the folder; "

@@ -256,3 +256,13 @@ def test_the_benchmark_scores_a_folder_against_its_list_of_moved_files(tmp_path)
                                                                                    str(tmp_path / "wrong.txt")]))
     with pytest.raises(SystemExit):
         mislabel_detection_benchmark.parse_args([*flags, "--moved_list", "x.txt", "--noise_ratio", "0.1"])
+
+
+def test_the_moved_list_is_read_from_the_exports_csv_or_one_path_per_line(tmp_path):
+    ids = ["0_a/x.png", "0_a/y.png", "1_b/z.png"]
+    exported = tmp_path / "moved.csv"        # the header and columns scripts/export_noisy_folder.py writes
+    exported.write_text("sample_id,source_id,true_class,given_class\n1_b/z.png,train/4,0_a,1_b\n")
+    assert mislabel_detection_benchmark.read_moved_list(exported, ids).tolist() == [False, False, True]
+    plain = tmp_path / "moved.txt"
+    plain.write_text("0_a/y.png\n\n1_b/z.png\n")
+    assert mislabel_detection_benchmark.read_moved_list(plain, ids).tolist() == [False, True, True]

@@ -7,7 +7,8 @@ by MGDA. After every epoch the generator is scored on a fixed test noise: ACD = 
 is closer to the boundary), "FID (own features)" (a small CNN trained here on the dataset's ten classes,
 never comparable with Inception-based FIDs), the Frechet distance in the classifier's own embedding and,
 given a local file of the standard FID Inception-v3's weights, the Inception FID, all against the pair's
-training images.
+training images. Over seeds: the ambiguous count of a generator's samples, the collapse rule and the study's
+table of mean and std over the seeds of each cell.
 """
 import csv
 import hashlib
@@ -15,6 +16,7 @@ import importlib.util
 import json
 import math
 import pickle
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -480,3 +482,96 @@ def run_epochs(gan: GAN, images: Tensor, folder: Path, first_epoch: int, last_ep
         if epoch % checkpoint_every == 0 or epoch == last_epoch:
             save_gan(gan, folder / f"epoch_{epoch:02d}", {**settings, "epoch": epoch, "rows": rows,
                                                           "noise_rng": noise_rng.get_state().tolist()})
+
+
+# ----------------------------------------------------------------------------- over seeds
+
+AMBIGUOUS_SAMPLES, AMBIGUOUS_NOISE_SEED, AMBIGUOUS_HALF_WIDTH = 15000, 0, 0.1   # C in [0.4, 0.6], as the ambiguity
+COLLAPSE_DISCRIMINATOR_LOSS, COLLAPSE_FID = 0.1, 100.0                          # analysis keeps samples
+
+
+def in_ambiguous_band(probabilities: Tensor) -> Tensor:
+    """[N] bool: C within 0.1 of 0.5, i.e. in [0.4, 0.6], the band the ambiguity analysis keeps."""
+    return (probabilities - 0.5).abs() <= AMBIGUOUS_HALF_WIDTH
+
+
+def ambiguous_count(generator: nn.Module, classifier: nn.Module, n_samples: int,
+                    seed: int = AMBIGUOUS_NOISE_SEED) -> int:
+    """How many of `n_samples` images of seeded noise (drawn as the ambiguity analysis draws its samples) the
+    classifier puts in [0.4, 0.6]."""
+    device = next(generator.parameters()).device
+    noise = torch.randn(n_samples, Z_DIM, generator=torch.Generator().manual_seed(seed)).to(device)  # [n, 64]
+    images = generate(generator, noise)                                                            # [n, 1, 28, 28]
+    with torch.no_grad():
+        probabilities = torch.cat([classifier(chunk) for chunk in images.split(EVALUATION_CHUNK)])  # [n]
+    return int(in_ambiguous_band(probabilities).sum())
+
+
+def collapsed(discriminator_loss: float, fid_own_features: float) -> bool:
+    """The collapse rule of the study over seeds, fixed before it ran: the discriminator's mean loss in the last
+    step-2 epoch below 0.1 (it tells real from fake almost perfectly: BCE(real) + BCE(fake) < 0.1 needs
+    D(real) and 1 - D(fake) above about 0.95 on average) and FID (own features) above 100 (three times the
+    worst FID of the healthy one-seed runs, 31.6, and far below the collapsed one's 512)."""
+    return discriminator_loss < COLLAPSE_DISCRIMINATOR_LOSS and fid_own_features > COLLAPSE_FID
+
+
+def run_seed(run_folder: Path) -> tuple[str, int]:
+    """The config name and GAN seed of a run folder, run_folder_name reversed: <name>_seed<s> is seed s, any
+    other name seed 0."""
+    match = re.fullmatch(r"(.+)_seed(\d+)", Path(run_folder).name)
+    return (match[1], int(match[2])) if match else (Path(run_folder).name, 0)
+
+
+def classifier_nf(name: str) -> int:
+    """The filters of a classifier named <kind>-<nf>-<epochs>.<seed> (classifier_name)."""
+    parts = name.split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise UserInputError(f"classifier {name!r} is not named <kind>-<nf>-<epochs>.<seed>")
+    return int(parts[1])
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (n - 1; nan for one value) of `values`."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+SEED_COLUMNS = ("fid_own_features", "ambiguous", "real_in_band", "discriminator_loss")
+
+
+def over_seeds(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The study's table from one dict per run and step-2 cell (classifier, weight, step1_epoch, seed, `acd`:
+    ACD after each step-2 epoch, and SEED_COLUMNS): per (classifier, weight, step-1 epoch), a row per seed
+    (statistic `seed`), then the mean and the std over the seeds (`mean`, `std`) of acd_epoch_<e> and
+    SEED_COLUMNS; `collapsed` is 0 or 1 in a seed's row, the number of collapsed seeds in the mean's row."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for cell in cells:
+        order = math.inf if cell["weight"] in ("mgda", "mgda:norm") else float(cell["weight"])   # numbers, then MGDA
+        groups.setdefault((classifier_nf(cell["classifier"]), cell["classifier"], order, cell["weight"],
+                           cell["step1_epoch"]), []).append(cell)
+    table = []
+    for (nf, classifier, _, weight, step1_epoch), members in sorted(groups.items(), key=lambda item: item[0]):
+        members = sorted(members, key=lambda cell: cell["seed"])
+        seeds = [cell["seed"] for cell in members]
+        if len(set(seeds)) != len(seeds):
+            raise UserInputError(f"{classifier} weight {weight}: seed {max(seeds, key=seeds.count)} is given twice")
+        epochs = {len(cell["acd"]) for cell in members}
+        if len(epochs) != 1:
+            raise UserInputError(f"{classifier} weight {weight}: the seeds' step-2 cells ran different numbers of "
+                                 f"epochs ({sorted(epochs)}); finish them first")
+        key = {"nf": nf, "classifier": classifier, "weight": weight, "step1_epoch": step1_epoch}
+        rows = []
+        for cell in members:
+            rows.append({**key, "statistic": "seed", "seed": cell["seed"],
+                         **{f"acd_epoch_{e + 1}": value for e, value in enumerate(cell["acd"])},
+                         **{column: cell[column] for column in SEED_COLUMNS},
+                         "collapsed": int(collapsed(cell["discriminator_loss"], cell["fid_own_features"]))})
+        columns = [column for column in rows[0] if column.startswith("acd_epoch_")] + list(SEED_COLUMNS)
+        summary = {column: mean_and_std([row[column] for row in rows]) for column in columns}
+        table += rows
+        table.append({**key, "statistic": "mean", "seed": float("nan"),
+                      **{column: value[0] for column, value in summary.items()},
+                      "collapsed": sum(row["collapsed"] for row in rows)})
+        table.append({**key, "statistic": "std", "seed": float("nan"),
+                      **{column: value[1] for column, value in summary.items()}, "collapsed": float("nan")})
+    return table

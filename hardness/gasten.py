@@ -510,7 +510,7 @@ def ambiguous_count(generator: nn.Module, classifier: nn.Module, n_samples: int,
 def collapsed(discriminator_loss: float, fid_own_features: float) -> bool:
     """The collapse rule of the study over seeds, fixed before it ran: the discriminator's mean loss in the last
     step-2 epoch below 0.1 (it tells real from fake almost perfectly: BCE(real) + BCE(fake) < 0.1 needs
-    D(real) and 1 - D(fake) above about 0.95 on average) and FID (own features) above 100 (three times the
+    D(real) and 1 - D(fake) above about 0.95 on average) and FID (own features) above 100 (about three times the
     worst FID of the healthy one-seed runs, 31.6, and far below the collapsed one's 512)."""
     return discriminator_loss < COLLAPSE_DISCRIMINATOR_LOSS and fid_own_features > COLLAPSE_FID
 

@@ -14,7 +14,10 @@ decile, and the original's two bins below and above the median), accuracy_kept (
 only the lowest-VoG x% are kept), both with the predictions of the stage's last checkpoint (as the
 original; the final one for late and complete), extremes (the 10 lowest- and 10 highest-VoG training
 images of every class, each with its mean input-gradient map over the stage's checkpoints) and histograms
-(every stage).
+(every stage); for a table (csv:, or an npz of [N, D] features) extremes shows the rows themselves, their
+standardised values and mean input gradients as heat maps labelled by sample id, instead of images.
+Any --dataset_name of docs/your_data.md: the saved arrays also carry the class names and the sample ids of
+both parts; result and figure names carry the dataset's label.
 Prints whether the paper's claims hold: top-decile error above bottom-decile error, and with --noise_ratio
 the AUROC with which late-stage VoG separates the flipped training labels from the clean ones.
 """
@@ -31,9 +34,9 @@ from torch import Tensor, nn
 from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN
 from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, add_common_arguments,
                    add_dataset_arguments, calibrate, checkpoint_epochs, checkpoint_predictions, derived_seed,
-                   flip_labels, input_gradients, keep_freed_memory_in_heap, load_dataset, positive_int,
-                   resolve_device, run_script, run_settings, save_figure, save_npz_with_settings, simple_nn_size,
-                   stage_windows, train_networks, unit_interval, vog_scores, write_atomically)
+                   flip_labels, input_channels, input_gradients, keep_freed_memory_in_heap, load_dataset_from_args,
+                   positive_int, resolve_device, run_script, run_settings, save_figure, save_npz_with_settings,
+                   simple_nn_size, stage_windows, train_networks, unit_interval, vog_scores, write_atomically)
 
 NOISE, SPLIT, TRAIN = range(3)     # stages of the run, each with its own seed
 EXTREMES = 10                      # lowest- and highest-VoG images shown per class
@@ -86,10 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- checkpoints
 
 def network_for(args: argparse.Namespace, data: Tensor, num_classes: int) -> nn.Module:
-    """An untrained --evaluation_network for `data`: the skeleton the checkpoints are loaded into."""
+    """An untrained --evaluation_network for `data` ([N, C, H, W] images, or [N, D] features for a SimpleNN): the
+    skeleton the checkpoints are loaded into."""
     if args.evaluation_network == "ResNet":
         return ResNet18(data.shape[1], num_classes).to(data.device)
-    depth, width = simple_nn_size(data.shape[1])
+    depth, width = simple_nn_size(input_channels(data))
     return SimpleNN(data[0].numel(), width, depth, num_classes).to(data.device)
 
 
@@ -215,6 +219,41 @@ def plot_extremes(images: Tensor, maps: Tensor, shown: Tensor, grid: tuple[int, 
     return fig
 
 
+def plot_extreme_rows(rows: Tensor, maps: Tensor, shown: Tensor, grid: tuple[int, int], class_names: list[str],
+                      sample_ids: list[str], title: str) -> plt.Figure:
+    """A table's extremes: rows [C * 2 * EXTREMES, D] (per class the lowest VoG, then the highest) with their
+    gradient maps [C * 2 * EXTREMES, D] and sample ids; `shown` marks the places that hold a sample;
+    grid = (C, 2 * EXTREMES). Per class four heat maps, one line per sample labelled by its id: the lowest-VoG
+    rows' standardised values and their mean input gradients (each line scaled to its own largest gradient),
+    then the same for the highest-VoG rows."""
+    classes, places = grid
+    half = places // 2
+    values = torch.where(shown[:, None], rows, torch.nan).view(classes, places, -1).numpy()      # [C, 20, D]
+    gradients = maps / maps.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    gradients = torch.where(shown[:, None], gradients, torch.nan).view(classes, places, -1).numpy()
+    limit = float(rows[shown].abs().max()) if shown.any() else 1.0
+    ticks = range(rows.shape[1]) if rows.shape[1] <= 20 else []         # feature numbers, where they fit
+    fig, axes = plt.subplots(classes, 4, figsize=(11, classes * (0.16 * half + 0.7)), squeeze=False)
+    ids = np.array(sample_ids, dtype=object).reshape(classes, places)
+    for c in range(classes):
+        for side, part in enumerate((slice(0, half), slice(half, places))):
+            for kind, (matrix, scale) in enumerate(((values, limit), (gradients, 1.0))):
+                ax = axes[c, 2 * side + kind]
+                ax.imshow(matrix[c, part], cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto",
+                          interpolation="nearest")
+                ax.set_yticks(range(half), ids[c, part] if kind == 0 else [""] * half, fontsize=6)
+                ax.set_xticks(ticks, [str(f + 1) for f in ticks], fontsize=6)
+                if c == 0:
+                    ax.set_title(f"{('lowest', 'highest')[side]} VoG: {('values', 'gradients')[kind]}", fontsize=8)
+        axes[c, 0].set_ylabel(class_names[c], fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"feature (1-{rows.shape[1]}, in the source's column order)", fontsize=7)
+    fig.suptitle(f"{title}\n{EXTREMES} lowest- and {EXTREMES} highest-VoG training rows of every class (standardised "
+                 "values; mean input gradients, each row scaled to its largest)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_histograms(train: np.ndarray, held_out: np.ndarray, vog_cal: str, title: str) -> plt.Figure:
     """train, held_out: [stages, n] VoG under one calibration."""
     fig, axes = plt.subplots(1, len(STAGES), figsize=(3.4 * len(STAGES), 3), sharey=True)
@@ -248,12 +287,13 @@ def main(args: argparse.Namespace) -> None:
     paths = None if args.checkpoint_dir is None else checkpoint_paths(args.checkpoint_dir)    # before the data
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
+    dataset = load_dataset_from_args(args, device)        # a ResNet on a table is refused here, before any work
     data, labels, num_classes = dataset.data, dataset.labels, dataset.num_classes
 
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(derived_seed(args.seed, SPLIT)))
     train_rows, held_rows = order[:int(args.train_ratio * len(labels))], order[int(args.train_ratio * len(labels)):]
     train_data, held_data, held_labels = data[train_rows], data[held_rows], labels[held_rows]
+    train_ids = [dataset.sample_ids[i] for i in train_rows.tolist()]
     train_labels, flipped = flip_labels(labels[train_rows], args.noise_ratio, num_classes,
                                         torch.Generator().manual_seed(derived_seed(args.seed, NOISE)))
     is_flipped = torch.zeros(len(train_rows), dtype=torch.bool)
@@ -277,6 +317,8 @@ def main(args: argparse.Namespace) -> None:
     save_npz_with_settings({
         "stages": np.array(STAGES), "calibrations": np.array(CALIBRATIONS), "checkpoint_epochs": np.array(epochs),
         "train_indices": dataset.indices[train_rows].numpy(), "held_out_indices": dataset.indices[held_rows].numpy(),
+        "train_sample_ids": np.array(train_ids), "class_names": np.array(dataset.class_names),
+        "held_out_sample_ids": np.array([dataset.sample_ids[i] for i in held_rows.tolist()]),
         "train_labels": train_labels.cpu().numpy(), "train_clean_labels": labels[train_rows].cpu().numpy(),
         "train_flipped": is_flipped.numpy(), "held_out_labels": held_labels.cpu().numpy(),
         "train_vog": train_vog, "held_out_vog": held_vog,
@@ -302,9 +344,16 @@ def main(args: argparse.Namespace) -> None:
     rows = places.clamp_min(0).to(device)                     # an empty place (-1) reads sample 0, never drawn
     gradients = input_gradients(model, checkpoints[window], train_data[rows], train_labels[rows], args.target,
                                 args.predicted_class)
-    maps = gradients.mean(0).mean(1).cpu()                    # over the stage's checkpoints, then channels: [C * 20, H, W]
-    saved += save_figure(plot_extremes(train_data[rows].cpu(), maps, places >= 0, extremes.shape,
-                                       dataset.class_names, title), Path(f"{figures}_extremes"))
+    maps = gradients.mean(0).cpu()                            # over the stage's checkpoints: [C * 20, ...]
+    if dataset.is_table:
+        shown_ids = [train_ids[i] if i >= 0 else "" for i in places.tolist()]
+        extremes_figure = plot_extreme_rows(train_data[rows].cpu(), maps, places >= 0, extremes.shape,
+                                            dataset.class_names, shown_ids, title)
+    else:
+        channel_means = maps.mean(1)                          # [C * 20, H, W]
+        extremes_figure = plot_extremes(train_data[rows].cpu(), channel_means, places >= 0, extremes.shape,
+                                        dataset.class_names, title)
+    saved += save_figure(extremes_figure, Path(f"{figures}_extremes"))
 
     train_accuracy = (train_predictions[-1] == train_labels.cpu().numpy()).mean()
     held_accuracy = (held_predictions[-1] == held_labels.cpu().numpy()).mean()

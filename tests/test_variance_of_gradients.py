@@ -1,17 +1,22 @@
 """variance_of_gradients.py end to end on a tiny synthetic MNIST: what it saves against a recomputation from
-its own checkpoints, the split and the label noise, reading checkpoints back, figures, and its errors."""
+its own checkpoints, the split and the label noise, reading checkpoints back, figures, and its errors; and on
+the user's own data (a table and an image folder the tests write), with their sample ids and class names."""
+import csv
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import variance_of_gradients as vog_script
 from conftest import REPO, synthetic_digits, write_mnist_layout
+from hardness.data import load_dataset
 from hardness.vog import CALIBRATIONS, STAGES, input_gradients, stage_windows, vog_from_gradients
 from neural_networks import SimpleNN
 
@@ -61,7 +66,7 @@ def test_saved_vog_equals_a_recomputation_from_the_saved_checkpoints(workdir):
     assert [p.name for p in paths] == [f"checkpoint_{k}_epoch_{e}.pt" for k, e in
                                        zip(range(1, 8), saved["checkpoint_epochs"])]
     states = [torch.load(path, weights_only=True) for path in paths]
-    subset = vog_script.load_dataset("MNIST", folder / "data", SUBSET, 3, torch.device("cpu"))
+    subset = load_dataset("MNIST", folder / "data", SUBSET, 3, torch.device("cpu"))
     position = {int(index): i for i, index in enumerate(subset.indices)}
     network = SimpleNN(784, 20, 2, 10)
     for part, labels in (("held_out", saved["held_out_labels"]), ("train", saved["train_labels"])):
@@ -167,7 +172,7 @@ def test_checkpoint_dir_errors_are_one_line(workdir, tmp_path):
 def test_missing_checkpoint_dir_is_named_before_the_data_are_read(tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("the data were read before --checkpoint_dir was checked")
-    monkeypatch.setattr(vog_script, "load_dataset", no_data)
+    monkeypatch.setattr(vog_script, "load_dataset_from_args", no_data)
     (tmp_path / "file.pt").touch()
     for folder, problem in [(tmp_path / "nowhere", "does not exist"), (tmp_path / "file.pt", "is not a folder"),
                             (tmp_path, "holds 1 \\*\\.pt checkpoint")]:
@@ -214,3 +219,109 @@ def test_help_explains_every_flag(module, capsys):
     for entry in entries:
         words = [w for w in entry.split() if not (w.startswith(("-", "{", "[")) or w.rstrip(",]").isupper())]
         assert len(words) >= 3, entry  # the flag comes with an explanation
+
+
+# ----------------------------------------------------------------------------- the user's own data
+
+def write_table(path: Path) -> dict[str, str]:
+    """60 rows of 3 features (class 'malignant' shifted by +2 in every feature), named p00..p59, the columns in
+    the order id, f1, diagnosis, f2, f3; returns each row's class by id."""
+    rng = np.random.default_rng(5)
+    classes = {f"p{i:02d}": ("benign", "malignant")[i % 3 == 0] for i in range(60)}
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "f1", "diagnosis", "f2", "f3"])
+        for sample_id, name in classes.items():
+            f1, f2, f3 = rng.normal(2.0 * (name == "malignant"), 1.0, size=3)
+            writer.writerow([sample_id, f"{f1:.4f}", name, f"{f2:.4f}", f"{f3:.4f}"])
+    return classes
+
+
+TABLE_FLAGS = ["--id_column", "id", "--label_column", "diagnosis", "--subset_size", "1000", "--epochs", "12",
+               "--checkpoints", "6", "--seed", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("vog_table")
+    classes = write_table(folder / "patients.csv")
+    done = run("--dataset_name", "csv:patients.csv", *TABLE_FLAGS, "--save_checkpoints", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return folder, classes, done
+
+
+def test_a_table_end_to_end_keeps_its_ids_and_class_names(table_run):
+    folder, classes, done = table_run
+    assert "--subset_size 1000 is more than its 60 samples; using all 60" in done.stderr
+    saved = np.load(folder / "Results/VoG/patients_1000_vog.npz")            # named by the file's name
+    assert saved["class_names"].tolist() == ["benign", "malignant"]          # sorted names
+    train, held = saved["train_sample_ids"].tolist(), saved["held_out_sample_ids"].tolist()
+    assert len(train) == 48 and len(held) == 12 and sorted(train + held) == sorted(classes)   # int(0.8 * 60)
+    names = saved["class_names"].tolist()
+    assert [names[c] for c in saved["train_clean_labels"]] == [classes[i] for i in train]
+    assert [names[c] for c in saved["held_out_labels"]] == [classes[i] for i in held]
+    assert saved["train_vog"].shape == (len(STAGES), len(CALIBRATIONS), 48)
+    for suffix in (".png", ".pdf"):
+        assert (folder / f"Figures/VoG/patients_1000_late_normalize_extremes{suffix}").stat().st_size > 0
+
+
+def test_a_table_trains_the_greyscale_simple_nn(table_run):
+    """3 features are not 3 colour channels: the SimpleNN is the greyscale one, 2 hidden layers of 20."""
+    folder, _, _ = table_run
+    paths = sorted((folder / "Results/VoG/checkpoints/patients_1000").glob("*.pt"))
+    state = torch.load(paths[0], weights_only=True)
+    assert {key: tuple(value.shape) for key, value in state.items()} == {
+        "hidden.0.weight": (20, 3), "hidden.0.bias": (20,), "hidden.1.weight": (20, 20), "hidden.1.bias": (20,),
+        "output.weight": (2, 20), "output.bias": (2,)}
+
+
+def test_extreme_rows_show_each_row_under_its_id():
+    """2 classes, 20 places each (10 lowest, 10 highest); class 1 holds only 2 samples, one on each side."""
+    rows = torch.arange(40 * 3, dtype=torch.float32).view(40, 3) / 10 - 6              # [40, 3]
+    maps = torch.ones(40, 3)
+    shown = torch.ones(40, dtype=torch.bool)
+    shown[21:39] = False
+    ids = [f"s{i}" if shown[i] else "" for i in range(40)]
+    fig = vog_script.plot_extreme_rows(rows, maps, shown, (2, 20), ["a", "b"], ids, "title")
+    axes = np.array(fig.axes).reshape(2, 4)
+    assert [t.get_text() for t in axes[0, 0].get_yticklabels()] == [f"s{i}" for i in range(10)]
+    assert [t.get_text() for t in axes[0, 2].get_yticklabels()] == [f"s{i}" for i in range(10, 20)]
+    assert [t.get_text() for t in axes[1, 0].get_yticklabels()] == ["s20"] + [""] * 9
+    assert [t.get_text() for t in axes[1, 2].get_yticklabels()] == [""] * 9 + ["s39"]
+    np.testing.assert_array_equal(axes[0, 2].get_images()[0].get_array(), rows[10:20].numpy())
+    shown_values = np.ma.filled(axes[1, 0].get_images()[0].get_array(), np.nan)
+    np.testing.assert_array_equal(shown_values[0], rows[20].numpy())
+    assert np.isnan(shown_values[1:]).all()                                  # empty places stay blank
+    assert axes[1, 0].get_ylabel() == "b"
+    plt.close(fig)
+
+
+def test_an_image_folder_end_to_end(tmp_path):
+    """Two class folders of 8x8 greyscale PNGs; the sample ids are the files' paths in the folder."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(rng.normal(80 + 100 * c, 30, size=(8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "pets" / name / f"{i}.png")
+    done = run("--dataset_name", "folder:pets", "--dataset_label", "my_pets", "--subset_size", "20", "--epochs", "6",
+               "--checkpoints", "3", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = np.load(tmp_path / "Results/VoG/my_pets_20_vog.npz")
+    assert saved["class_names"].tolist() == ["cat", "dog"]
+    ids = saved["train_sample_ids"].tolist() + saved["held_out_sample_ids"].tolist()
+    assert sorted(ids) == sorted(f"{name}/{i}.png" for name in ("cat", "dog") for i in range(10))
+    labels = np.concatenate([saved["train_clean_labels"], saved["held_out_labels"]])
+    assert [("cat", "dog")[c] for c in labels] == [sample_id.split("/")[0] for sample_id in ids]
+    assert (tmp_path / "Figures/VoG/my_pets_20_late_normalize_extremes.png").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--evaluation_network", "ResNet"], "patients is a table of 3 features, and a ResNet needs images"),
+    (["--label_column", "class"], "has no column 'class' (--label_column)"),
+])
+def test_bad_user_data_is_a_one_line_error_and_writes_nothing(tmp_path, flags, message):
+    write_table(tmp_path / "patients.csv")
+    done = run("--dataset_name", "csv:patients.csv", *TABLE_FLAGS, *flags, cwd=tmp_path)
+    assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["patients.csv"]

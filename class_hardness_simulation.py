@@ -4,10 +4,13 @@ overlap (the C x C cosine similarity of their mean last-hidden features) and the
 
     python class_hardness_simulation.py --config configs/class_hardness/gaussian_example.yaml
 
-The YAML file's keys are the defaults (the README lists every field); --seed sets training.seed and
---set section.key=value overrides any field. Saves <results_dir>/class_hardness/<output>/run_<i>/metrics.npz
-with metrics.json (settings) and config.yaml (the resolved config) beside it, refusing to replace an
-existing folder unless --overwrite, and draws the setting's figures to <figures_dir>/class_hardness/<output>/.
+The YAML file's keys are the defaults (docs/class_hardness.md lists every field); --seed sets training.seed and
+--set section.key=value overrides any field. dataset.name is a torchvision dataset, gaussian, or your own data
+(folder:PATH, npz:PATH, csv:PATH; docs/your_data.md), split into training and test samples by a seeded,
+stratified dataset.test_fraction (default 0.2). Saves <results_dir>/class_hardness/<output>/run_<i>/metrics.npz
+with metrics.json (settings) and config.yaml (the resolved config) beside it, and samples.npz (the class names
+and both splits' sample ids), refusing to replace an existing folder unless --overwrite, and draws the
+setting's figures to <figures_dir>/class_hardness/<output>/.
 """
 import argparse
 from pathlib import Path
@@ -28,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing results folder of the same output name")
     parser.add_argument("--data_root", type=Path, default=Path("./data"),
-                        help="where torchvision datasets are, or are fetched to (default ./data)")
+                        help="where torchvision datasets are, or are fetched to, and where image folders' decodings "
+                             "are cached (default ./data)")
     add_device_argument(parser)
     add_output_arguments(parser)
     return parser.parse_args(argv)
@@ -40,16 +44,16 @@ def main(args: argparse.Namespace) -> None:
     data = load_simulation_data(config["dataset"], args.data_root, device)
     results, steps = simulate(config, data)
     folder = args.results_dir / "class_hardness" / config["output"]
-    save_simulation(results, config, run_settings(args, device), folder, args.overwrite)
+    save_simulation(results, config, run_settings(args, device), folder, args.overwrite, data.samples())
     figures = draw_figures({config["output"]: results}, args.figures_dir / "class_hardness" / config["output"])
 
     final_accuracy = [r["accuracy_per_class"][-1] for r in results]
     print(f"{config['output']}: {len(results)} run(s), {data.num_classes} classes, {len(data.train_y)} training "
-          f"samples, evaluated at {len(steps)} steps up to {steps[-1]}")
+          f"and {len(data.test_y)} test samples, evaluated at {len(steps)} steps up to {steps[-1]}")
     print("final test accuracy per class (mean over runs): "
-          + ", ".join(f"{c}: {100 * sum(a[c] for a in final_accuracy) / len(results):.1f}%"
-                      for c in range(data.num_classes)))
-    print(f"saved {folder}/run_*/metrics.npz and {figures[0].parent}/ (PNG and PDF)")
+          + ", ".join(f"{name}: {100 * sum(a[c] for a in final_accuracy) / len(results):.1f}%"
+                      for c, name in enumerate(data.class_names)))
+    print(f"saved {folder}/run_*/metrics.npz, {folder}/samples.npz and {figures[0].parent}/ (PNG and PDF)")
 
 
 if __name__ == "__main__":

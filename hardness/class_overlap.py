@@ -1,11 +1,14 @@
 """Class-hardness simulations: how hard each class is, against how much its representation overlaps with the
-others'. A YAML config names the data (a torchvision dataset or Gaussian classes), the model (MLP, CNN,
-ResNet-50) and the training; independent runs train at once (MLP and CNN stacked under `torch.vmap`) and
-are evaluated at log-spaced optimizer steps: loss and accuracy overall and per class on both splits, and
-the C x C cosine similarity of the class means of the last hidden features (`overlap_dynamic`) beside
-that of the standardised inputs (`overlap_static`).
+others'. A YAML config names the data (a torchvision dataset, Gaussian classes, or the user's own folder:, npz:
+or csv: source split by a seeded, stratified `test_fraction`), the model (MLP, CNN, ResNet-50) and the training;
+independent runs train at once (MLP and CNN stacked under `torch.vmap`) and are evaluated at log-spaced
+optimizer steps: loss and accuracy overall and per class on both splits, and the C x C cosine similarity of
+the class means of the last hidden features (`overlap_dynamic`) beside that of the standardised inputs
+(`overlap_static`).
 """
+import csv
 import difflib
+import io
 import math
 import os
 import shutil
@@ -28,10 +31,13 @@ from tqdm import tqdm
 from hardness.cli import UserInputError
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
+from hardness.device import free_memory_bytes
 from hardness.engine import derived_seed
 from hardness.minibatch import StackedNetworks, epoch_orders
 from hardness.radii import one_hot_float
 from hardness.results import save_figure, save_npz_with_settings, write_atomically
+from hardness.user_data import (LABEL_PATTERN, SOURCES, UserData, default_label, load_csv, load_folder, load_npz,
+                                parse_source)
 from neural_networks import ACTIVATIONS, HardnessCNN, HardnessMLP, HardnessResNet50, kaiming_initialise
 
 DATASETS = {"mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "gaussian"}
@@ -39,7 +45,9 @@ GAUSSIAN_FIELDS = ("channels", "height", "width", "num_classes", "train_samples_
                    "std", "mean", "seed", "separation", "means")
 DEFAULTS: dict[str, Any] = {
     "dataset": {"name": None, "classes": None, "class_map": None, "shift": 0.0,
-                "channels": 1, "height": 8, "width": 8, "num_classes": 3, "train_samples_per_class": 20,
+                "test_fraction": None, "label": None, "label_column": None, "id_column": None, "image_size": None,
+                "skip_unreadable": False,
+                "channels": None, "height": 8, "width": 8, "num_classes": 3, "train_samples_per_class": 20,
                 "test_samples_per_class": 10, "std": 1.0, "mean": 0.0, "seed": 0, "separation": 0.0, "means": None},
     "model": {"type": "mlp", "depth": 1, "width": 32, "activation": "relu", "pooling": None, "cifar_stem": True,
               "init": "kaiming_normal"},
@@ -51,18 +59,29 @@ DEFAULTS: dict[str, Any] = {
 # the original's layout: the Gaussian fields nested under dataset.gaussian; its earlier name of cifar_stem
 ALIASES = {**{f"dataset.gaussian.{field}": f"dataset.{field}" for field in GAUSSIAN_FIELDS},
            "model.small_input": "model.cifar_stem"}
+# the fields of the user's own data, and the sources they apply to (channels also applies to gaussian)
+USER_FIELDS = {"test_fraction": SOURCES, "label": SOURCES, "label_column": ("csv",), "id_column": ("csv",),
+               "image_size": ("folder",), "skip_unreadable": ("folder",)}
+DEFAULT_TEST_FRACTION = 0.2
 EVALUATION_CHUNK = 2048
 PER_CLASS_KEYS = ("loss_per_class", "accuracy_per_class", "train_loss_per_class", "train_accuracy_per_class")
 
 
 def validate(config: dict) -> dict:
-    """The config with every field checked (a ConfigError names the first bad one) and the dataset name lowered."""
+    """The config with every field checked (a ConfigError names the first bad one), a built-in dataset's name
+    lowered and the defaults of the user-data fields filled in."""
     dataset = config["dataset"]
+    choices = f"{', '.join(sorted(DATASETS))} (any case), or your own data as folder:PATH, npz:PATH or csv:PATH"
     if dataset["name"] is None:
-        raise ConfigError("dataset.name", f"missing: name the data, one of {', '.join(sorted(DATASETS))}")
-    if not isinstance(dataset["name"], str) or dataset["name"].lower() not in DATASETS:
-        raise ConfigError("dataset.name", f"must be one of {', '.join(sorted(DATASETS))} (any case), got {dataset['name']!r}")
-    dataset["name"] = dataset["name"].lower()
+        raise ConfigError("dataset.name", f"missing: name the data, one of {choices}")
+    if not isinstance(dataset["name"], str):
+        raise ConfigError("dataset.name", f"must be one of {choices}, got {dataset['name']!r}")
+    source = user_source(dataset["name"])
+    if source is None:
+        if dataset["name"].lower() not in DATASETS:
+            raise ConfigError("dataset.name", f"must be one of {choices}, got {dataset['name']!r}")
+        dataset["name"] = dataset["name"].lower()
+    validate_user_fields(config, source)
     if dataset["classes"] is not None and dataset["class_map"] is not None:
         raise ConfigError("dataset.classes", "give classes or class_map, not both")
     if dataset["classes"] is not None:
@@ -80,8 +99,11 @@ def validate(config: dict) -> dict:
         if set(mapping.values()) != set(range(len(set(mapping.values())))):
             raise ConfigError("dataset.class_map", f"new labels must be 0..C-1, got {sorted(set(mapping.values()))}")
     check_number(config, "dataset.shift")
+    if dataset["name"] == "gaussian" and dataset["channels"] is None:
+        dataset["channels"] = 1
     for field in ("channels", "height", "width", "num_classes", "train_samples_per_class", "test_samples_per_class"):
-        check_number(config, f"dataset.{field}", 1, integer=True)
+        if dataset[field] is not None:
+            check_number(config, f"dataset.{field}", 1, integer=True)
     check_number(config, "dataset.std", 0, strict=True)
     check_number(config, "dataset.mean")
     check_number(config, "dataset.seed", 0, integer=True)
@@ -128,6 +150,76 @@ def validate(config: dict) -> dict:
     return config
 
 
+def user_source(name: str) -> tuple[str, Path] | None:
+    """('folder' | 'npz' | 'csv', path) of a user source named in dataset.name, or None for the other names."""
+    kind, _, path = name.partition(":")
+    if kind in SOURCES and not path:
+        raise ConfigError("dataset.name", f"{name!r} names no path; give {kind}:PATH")
+    return parse_source(name)
+
+
+def validate_user_fields(config: dict, source: tuple[str, Path] | None) -> None:
+    """Check the fields of the user's own data (USER_FIELDS, and channels for a folder), each given only for the
+    sources it applies to, and fill in their defaults: test_fraction 0.2, the label from the file's or folder's
+    name, label_column 'label'."""
+    dataset = config["dataset"]
+    kind = source[0] if source is not None else None
+    for field, kinds in USER_FIELDS.items():
+        if dataset[field] not in (None, False) and kind not in kinds:
+            raise ConfigError(f"dataset.{field}", f"applies to {' and '.join(f'{k}:' for k in kinds)} sources only, "
+                                                  f"not to {dataset['name']}")
+    if kind in ("npz", "csv") and dataset["channels"] is not None:
+        raise ConfigError("dataset.channels", f"applies to folder: sources and gaussian only; {kind}: data keep "
+                                              "their own shape")
+    if source is None:
+        return
+    path = source[1]
+    if not (path.is_dir() if kind == "folder" else path.is_file()):
+        raise ConfigError("dataset.name", f"{dataset['name']}: no such {'folder' if kind == 'folder' else 'file'}")
+    if dataset["test_fraction"] is None:
+        dataset["test_fraction"] = DEFAULT_TEST_FRACTION
+    check_number(config, "dataset.test_fraction", 0, strict=True)
+    if dataset["test_fraction"] >= 1:
+        raise ConfigError("dataset.test_fraction", f"must be below 1 (some of each class trains), "
+                                                   f"got {dataset['test_fraction']!r}")
+    label = dataset["label"]
+    if label is None:
+        dataset["label"] = default_label(kind, path)
+    elif not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label) or label.startswith("."):
+        raise ConfigError("dataset.label", f"must be letters, digits and . _ + -, not starting with a dot (it names "
+                                           f"the decoded folder's cache), got {label!r}")
+    if dataset["channels"] not in (None, 1, 3):
+        raise ConfigError("dataset.channels", f"a folder's images are converted to 1 (greyscale) or 3 (RGB) "
+                                              f"channels, got {dataset['channels']!r}")
+    size = dataset["image_size"]
+    if size is not None and (not isinstance(size, list) or len(size) != 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in size)):
+        raise ConfigError("dataset.image_size", f"must be [height, width] in pixels, got {size!r}")
+    if not isinstance(dataset["skip_unreadable"], bool):
+        raise ConfigError("dataset.skip_unreadable", f"must be true or false, got {dataset['skip_unreadable']!r}")
+    for field in ("label_column", "id_column"):
+        if dataset[field] is not None and (not isinstance(dataset[field], str) or not dataset[field]):
+            raise ConfigError(f"dataset.{field}", f"must be a column name, got {dataset[field]!r}")
+    if kind == "csv" and dataset["label_column"] is None:
+        dataset["label_column"] = "label"
+    if kind == "csv":
+        check_columns(dataset, path)
+
+
+def check_columns(dataset: dict, path: Path) -> None:
+    """dataset.label_column and dataset.id_column are columns of the csv's header row; a file that cannot be read
+    is left to the loader, whose error names it."""
+    try:
+        with open(path, newline="") as handle:
+            header = [name.strip() for name in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return
+    for field in ("label_column", "id_column"):
+        if dataset[field] is not None and dataset[field] not in header:
+            raise ConfigError(f"dataset.{field}", f"{dataset['name']} has no column {dataset[field]!r}; its columns "
+                                                  f"are {', '.join(header)}")
+
+
 def is_label(value: Any) -> bool:
     """A class given as an index (an integer, not a boolean) or a name."""
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
@@ -155,12 +247,23 @@ def evaluation_steps(total_steps: int, num_points: int) -> list[int]:
 
 @dataclass
 class SimulationData:
-    """Both splits, standardised with the training split's per-channel statistics, on one device."""
-    train_x: Tensor       # [N, C, H, W]
+    """Both splits, standardised with the training split's per-channel (images) or per-column (tables)
+    statistics, on one device, with the names of the classes (after class_map) and every sample's identity."""
+    train_x: Tensor       # [N, C, H, W] or [N, D]
     train_y: Tensor       # [N]
     test_x: Tensor
     test_y: Tensor
     num_classes: int
+    class_names: list[str]
+    train_ids: list[str]  # [N] "train/<i>" (position in the dataset's training split), or the user source's ids
+    test_ids: list[str]
+
+    def samples(self) -> dict[str, np.ndarray]:
+        """The arrays of samples.npz: class_names [C], train_sample_ids [N], test_sample_ids [M], and the
+        samples' (new) labels train_labels [N], test_labels [M]."""
+        return {"class_names": np.array(self.class_names), "train_sample_ids": np.array(self.train_ids),
+                "test_sample_ids": np.array(self.test_ids), "train_labels": self.train_y.cpu().numpy(),
+                "test_labels": self.test_y.cpu().numpy()}
 
 
 def gaussian_splits(dataset: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -218,12 +321,67 @@ def class_mapping(dataset: dict, labels: Tensor, names: Sequence[str] | None = N
     return mapping
 
 
+def read_user_source(dataset: dict, device: torch.device, root: Path) -> UserData:
+    """The folder:, npz: or csv: source dataset.name names, read whole (a folder decoded once and cached under
+    `root`), after checking that its float32 values fit in `device`'s free memory."""
+    kind, path = parse_source(dataset["name"])
+
+    def check_memory(samples: int, sample_shape: tuple[int, ...]) -> None:
+        needed = samples * math.prod(sample_shape) * 4 * (3 if device.type == "cpu" else 1)   # + raw + a copy
+        free = free_memory_bytes(device)
+        if needed > free:
+            raise ConfigError("dataset.name", f"{samples} samples of {dataset['name']} shaped {list(sample_shape)} "
+                                              f"need about {needed / 2**30:.1f} GiB, more than the "
+                                              f"{free / 2**30:.1f} GiB free on {device}; give a smaller source")
+
+    if kind == "folder":
+        size = dataset["image_size"]
+        return load_folder(path, root, dataset["label"], dataset["channels"], tuple(size) if size else None,
+                           dataset["skip_unreadable"], check_memory)
+    if kind == "npz":
+        return load_npz(path, check_memory)
+    return load_csv(path, dataset["label_column"], dataset["id_column"], check_memory)
+
+
+def stratified_split(labels: np.ndarray, classes: Sequence[int], fraction: float, seed: int,
+                     names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Training and test rows (each in increasing order) of the samples of `classes`: of a class of n samples,
+    ceil(fraction * n) (fraction * n rounded to 9 decimals first, so 0.1 * 30 is 3) go to the test split, drawn
+    without replacement from numpy's default_rng(seed), one class after another in increasing class order; the
+    rest train. A class left with no training sample is a ConfigError."""
+    generator = np.random.default_rng(seed)
+    train, test = [], []
+    for c in sorted(classes):
+        members = np.flatnonzero(labels == c)
+        held = math.ceil(round(fraction * len(members), 9))
+        if held >= len(members):
+            raise ConfigError("dataset.test_fraction", f"class {names[c]!r} has {len(members)} sample(s), and "
+                                                       f"{fraction} of them rounded up leaves none to train on")
+        drawn = generator.permutation(members)
+        test.append(drawn[:held])
+        train.append(drawn[held:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def merged_class_names(mapping: dict[int, int], names: Sequence[str] | None) -> list[str]:
+    """The name of every new label: its original class's name (its index for Gaussian classes), or the names of
+    the classes class_map merges into it joined by '+', in increasing original order."""
+    merged: dict[int, list[str]] = {}
+    for original, new in sorted(mapping.items()):
+        merged.setdefault(new, []).append(str(original) if names is None else str(names[original]))
+    return ["+".join(merged[new]) for new in range(len(merged))]
+
+
 def load_simulation_data(dataset: dict, root: Path, device: torch.device) -> SimulationData:
-    """Filter and relabel the classes, standardise per channel with the filtered training split's mean and
-    std (population), apply that to both splits, then add `shift`."""
-    names = None
+    """Filter and relabel the classes, standardise per channel (per column for a table) with the filtered training
+    split's mean and std (population), apply that to both splits, then add `shift`. A user source is split by
+    stratified_split with dataset.test_fraction and dataset.seed first."""
+    names, source = None, None
     if dataset["name"] == "gaussian":
         train_x, train_y, test_x, test_y = gaussian_splits(dataset)
+    elif parse_source(dataset["name"]) is not None:
+        source = read_user_source(dataset, device, Path(root))
+        names, train_y = source.class_names, torch.from_numpy(source.labels)
     else:
         splits = torchvision_splits(canonical_dataset_name(dataset["name"]), Path(root))
         names = splits[0].classes
@@ -235,25 +393,38 @@ def load_simulation_data(dataset: dict, root: Path, device: torch.device) -> Sim
     if missing:
         raise ConfigError("dataset.class_map" if dataset["class_map"] is not None else "dataset.classes",
                           f"label(s) {missing} not in {dataset['name']}")
+    if source is None:
+        train_ids, test_ids = [f"train/{i}" for i in range(len(train_y))], [f"test/{i}" for i in range(len(test_y))]
+    else:
+        rows = stratified_split(source.labels, list(mapping), dataset["test_fraction"], dataset["seed"], names)
+        values = torch.from_numpy(source.values)
+        values = values.float() / 255 if values.dtype == torch.uint8 else values.float()
+        train_x, test_x = [values[r] for r in rows]
+        train_y, test_y = [torch.from_numpy(source.labels[r]) for r in rows]
+        train_ids, test_ids = [[source.sample_ids[i] for i in r.tolist()] for r in rows]
     lookup = torch.full((int(max(train_y.max(), test_y.max(), max(mapping))) + 1,), -1)
     lookup[list(mapping)] = torch.tensor(list(mapping.values()))
     kept = []
-    for x, y in ((train_x, train_y), (test_x, test_y)):
+    for x, y, ids in ((train_x, train_y, train_ids), (test_x, test_y, test_ids)):
         new = lookup[y]
-        kept += [x[new >= 0], new[new >= 0]]
-    train_x, train_y, test_x, test_y = kept
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), correction=0, keepdim=True)
+        kept += [x[new >= 0], new[new >= 0], [ids[i] for i in torch.nonzero(new >= 0).flatten().tolist()]]
+    train_x, train_y, train_ids, test_x, test_y, test_ids = kept
+    dims = (0, *range(2, train_x.dim()))                  # per channel of [N, C, H, W], per column of [N, D]
+    mean = train_x.mean(dim=dims, keepdim=True)
+    std = train_x.std(dim=dims, correction=0, keepdim=True)
     std = torch.where(std > 0, std, 1)
     train_x, test_x = [(x - mean) / std + dataset["shift"] for x in (train_x, test_x)]
     return SimulationData(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device),
-                          len(set(mapping.values())))
+                          len(set(mapping.values())), merged_class_names(mapping, names), train_ids, test_ids)
 
 
 # ----------------------------------------------------------------------------- models and batched training
 
 def build_model(model: dict, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """The config's network, with Kaiming weights and zero biases."""
+    """The config's network, with Kaiming weights and zero biases; only the MLP takes a table ([D] inputs)."""
+    if len(input_shape) == 1 and model["type"] != "mlp":
+        raise ConfigError("model.type", f"{model['type']} needs images, and the data are a table of {input_shape[0]} "
+                                        "features; give mlp")
     if model["type"] == "mlp":
         network = HardnessMLP(input_shape, model["depth"], model["width"], num_classes, model["activation"])
     elif model["type"] == "cnn":
@@ -413,10 +584,11 @@ def package(metrics: dict[str, np.ndarray], steps: Sequence[int], static: np.nda
 # ----------------------------------------------------------------------------- results
 
 def save_simulation(results: Sequence[dict[str, np.ndarray]], config: dict, settings: dict, folder: Path,
-                    overwrite: bool) -> None:
+                    overwrite: bool, samples: dict[str, np.ndarray]) -> None:
     """run_<i>/metrics.npz with metrics.json (settings) and config.yaml (the resolved config) beside it, for
-    every run. The folder is written whole beside its place and then renamed into it, so a reader never sees
-    half of it; an existing one is refused unless `overwrite`."""
+    every run, and samples.npz (SimulationData.samples: the class names and both splits' sample ids). The folder
+    is written whole beside its place and then renamed into it, so a reader never sees half of it; an existing
+    one is refused unless `overwrite`."""
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise UserInputError(f"{folder} exists; give --overwrite to replace it, or another output name "
@@ -425,6 +597,9 @@ def save_simulation(results: Sequence[dict[str, np.ndarray]], config: dict, sett
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
         config_text = yaml.safe_dump(config, sort_keys=False)
+        packed = io.BytesIO()
+        np.savez_compressed(packed, **samples)
+        write_atomically(staging / "samples.npz", packed.getvalue())
         for i, arrays in enumerate(results):
             run_folder = staging / f"run_{i}"
             save_npz_with_settings(arrays, run_folder / "metrics.npz", {**settings, "config": config, "run": i})

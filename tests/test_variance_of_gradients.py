@@ -316,12 +316,9 @@ def test_an_image_folder_end_to_end(tmp_path):
     assert (tmp_path / "Figures/VoG/my_pets_20_late_normalize_extremes.png").is_file()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--evaluation_network", "ResNet"], "patients is a table of 3 features, and a ResNet needs images"),
-    (["--label_column", "class"], "has no column 'class' (--label_column)"),
-])
-def test_bad_user_data_is_a_one_line_error_and_writes_nothing(tmp_path, flags, message):
+def test_a_resnet_on_a_table_is_a_one_line_error_and_writes_nothing(tmp_path):
     write_table(tmp_path / "patients.csv")
-    done = run("--dataset_name", "csv:patients.csv", *TABLE_FLAGS, *flags, cwd=tmp_path)
-    assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = run("--dataset_name", "csv:patients.csv", *TABLE_FLAGS, "--evaluation_network", "ResNet", cwd=tmp_path)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "error: patients is a table of 3 features, and a ResNet needs images" in done.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["patients.csv"]

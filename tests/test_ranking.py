@@ -101,3 +101,28 @@ def test_the_benchmark_puts_the_consensus_beside_its_members():
     assert consensus["auroc"] == pytest.approx(1.0) and consensus["precision_at_k"] == pytest.approx(1.0)
     assert consensus["extra_seconds"] == pytest.approx(32.0) and consensus["noise_type"] == "pairs"
     assert "| toy | 0.5 pairs | consensus | 1.000 |" in markdown_table(rows)
+
+
+def test_an_npz_source_runs_end_to_end_with_its_ids_in_the_ranking(tmp_path):
+    """npz:PATH through hardness_scores.py: x [N, 8, 8] uint8, y, ids and class names; the ranking CSV names every
+    sample by its npz id and class name, and the scores file keeps the ids in subset order."""
+    import hardness_scores
+    rng = np.random.default_rng(2)
+    labels = np.arange(30) % 3
+    images = np.clip(rng.integers(0, 256, size=(3, 8, 8))[labels] + rng.normal(0, 25, (30, 8, 8)), 0, 255)
+    ids = np.array([f"cell_{i:02d}" for i in range(30)])
+    np.savez(tmp_path / "cells.npz", x=images.astype(np.uint8), y=labels, ids=ids,
+             class_names=np.array(["round", "long", "odd"]))
+    hardness_scores.main(hardness_scores.parse_args([
+        "--dataset_name", f"npz:{tmp_path / 'cells.npz'}", "--subset_size", "30", "--runs", "2", "--epochs", "20",
+        "--score_epoch", "5", "--trajectory_every", "5", "--cleanlab_folds", "2", "--seed", "1", "--device", "cpu",
+        "--data_root", str(tmp_path / "data"), "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F")]))
+    with open(tmp_path / "R/scores/cells_30_0_ranking.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["sample_id"] for row in rows) == sorted(ids.tolist())
+    given = {row["sample_id"]: row["given_label"] for row in rows}
+    assert all(given[f"cell_{i:02d}"] == ["round", "long", "odd"][i % 3] for i in range(30))
+    assert [int(row["consensus_rank"]) for row in rows] == sorted(int(row["consensus_rank"]) for row in rows)
+    saved = np.load(tmp_path / "R/scores/cells_30_0.npz")
+    assert sorted(saved["sample_ids"].tolist()) == sorted(ids.tolist())
+    assert (tmp_path / "R/scores/cells_30_0_report.html").is_file()

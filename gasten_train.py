@@ -43,10 +43,10 @@ import torch
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (AMBIGUOUS_HALF_WIDTH, AMBIGUOUS_NOISE_SEED, AMBIGUOUS_SAMPLES, COLLAPSE_DISCRIMINATOR_LOSS,
                              COLLAPSE_FID, EVALUATION_CHUNK, GAN, Embedding, PairData, Scorer, ambiguous_count,
-                             classifier_folder, epoch_folders, feature_cnn, fixed_test_noise, frechet_metric, generate,
+                             classifier_path, epoch_folders, feature_cnn, fixed_test_noise, frechet_metric, generate,
                              in_ambiguous_band, inception_features, load_classifier, load_gan, load_pair, make_gan,
                              over_seeds, pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, run_seed,
-                             save_gan, write_metrics_csv)
+                             save_gan, step1_checkpoint, write_metrics_csv)
 from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, positive_int,
                    resolve_device, run_script, run_settings, save_figure, write_atomically)
 
@@ -168,31 +168,6 @@ def load_config(args: argparse.Namespace) -> dict:
     except ValueError as error:
         raise ConfigError("step2.weights", str(error)) from None
     return config
-
-
-def classifier_path(config: dict, results_dir: Path, name: str) -> Path:
-    """A classifier's folder: `name` itself when it is a folder, else the pair's classifier of that name."""
-    dataset = config["dataset"]
-    path = Path(name)
-    return path if path.is_dir() else classifier_folder(results_dir, dataset["name"], dataset["pos"], dataset["neg"],
-                                                        name)
-
-
-def step1_checkpoint(step1_folder: Path, epoch: int | str) -> tuple[int, Path]:
-    """The step-1 epoch (a number, best = lowest FID (own features), last) and its checkpoint folder."""
-    found = epoch_folders(step1_folder)
-    if not found:
-        raise UserInputError(f"{step1_folder} holds no step-1 checkpoints (epoch_<e>/generator.pt)")
-    if epoch == "last":
-        epoch = max(found)
-    elif epoch == "best":
-        if not (Path(step1_folder) / "metrics.csv").is_file():
-            raise UserInputError(f"step-1 epoch best needs {step1_folder}/metrics.csv, which is missing")
-        rows = read_metrics_csv(Path(step1_folder) / "metrics.csv")
-        epoch = int(min((r for r in rows if int(r["epoch"]) in found), key=lambda r: r["fid_own_features"])["epoch"])
-    if epoch not in found:
-        raise UserInputError(f"no step-1 checkpoint of epoch {epoch} in {step1_folder} (found {sorted(found)})")
-    return epoch, found[epoch]
 
 
 def validate(config: dict, args: argparse.Namespace) -> None:

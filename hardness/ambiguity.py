@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hardness.cli import UserInputError, add_device_argument, add_output_arguments
 from hardness.config import ConfigError, check_choice, check_number, read_config
-from hardness.gasten import (Z_DIM, classifier_folder, epoch_folders, feature_cnn, frechet_distance, frechet_metric,
+from hardness.gasten import (Z_DIM, classifier_path, epoch_folders, feature_cnn, frechet_distance, frechet_metric,
                              generate, load_classifier, load_pair)
 from hardness.results import save_figure, save_npz_with_settings
 from neural_networks import DCGANGenerator, FeatureCNN
@@ -75,12 +75,8 @@ def gasten_cell(config: dict, results_dir: Path, device: torch.device) -> tuple[
     settings = json.loads((checkpoint / "config.json").read_text())
     generator = DCGANGenerator(Z_DIM).to(device)
     generator.load_state_dict(torch.load(checkpoint / "generator.pt", map_location=device, weights_only=True))
-    dataset = settings["config"]["dataset"]
-    classifier_path = Path(config["classifier"])
-    if not classifier_path.is_dir():
-        classifier_path = classifier_folder(results_dir, dataset["name"], dataset["pos"], dataset["neg"],
-                                            config["classifier"])
-    return generator.eval(), load_classifier(classifier_path, device), settings["config"]
+    classifier = load_classifier(classifier_path(settings["config"], results_dir, config["classifier"]), device)
+    return generator.eval(), classifier, settings["config"]
 
 
 def ambiguous_samples(generator: nn.Module, classifier: nn.Module, n_samples: int, acd: float,

@@ -90,6 +90,14 @@ def classifier_folder(results_dir: Path, dataset: str, pos: int, neg: int, name:
     return Path(results_dir) / "gasten" / "classifiers" / f"{dataset.lower()}_{pos}v{neg}" / name
 
 
+def classifier_path(config: dict, results_dir: Path, name: str) -> Path:
+    """A classifier's folder: `name` itself when it is a folder, else the pair's classifier of that name."""
+    dataset = config["dataset"]
+    path = Path(name)
+    return path if path.is_dir() else classifier_folder(results_dir, dataset["name"], dataset["pos"], dataset["neg"],
+                                                        name)
+
+
 def train_classifier(kind: str, nf: int, epochs: int, data: PairData, seed: int, batch_size: int = 64,
                      lr: float = 1e-3, patience: int = 3, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """BCE, Adam, minibatches of the training part of a seeded 5/6 : 1/6 split of the pair's training images;
@@ -466,6 +474,23 @@ def epoch_folders(folder: Path) -> dict[int, Path]:
     return found
 
 
+def step1_checkpoint(step1_folder: Path, epoch: int | str) -> tuple[int, Path]:
+    """The step-1 epoch (a number, best = lowest FID (own features), last) and its checkpoint folder."""
+    found = epoch_folders(step1_folder)
+    if not found:
+        raise UserInputError(f"{step1_folder} holds no step-1 checkpoints (epoch_<e>/generator.pt)")
+    if epoch == "last":
+        epoch = max(found)
+    elif epoch == "best":
+        if not (Path(step1_folder) / "metrics.csv").is_file():
+            raise UserInputError(f"step-1 epoch best needs {step1_folder}/metrics.csv, which is missing")
+        rows = read_metrics_csv(Path(step1_folder) / "metrics.csv")
+        epoch = int(min((r for r in rows if int(r["epoch"]) in found), key=lambda r: r["fid_own_features"])["epoch"])
+    if epoch not in found:
+        raise UserInputError(f"no step-1 checkpoint of epoch {epoch} in {step1_folder} (found {sorted(found)})")
+    return epoch, found[epoch]
+
+
 def run_epochs(gan: GAN, images: Tensor, folder: Path, first_epoch: int, last_epoch: int, checkpoint_every: int,
                settings: dict, scorer: Scorer, rows: list[dict[str, Any]], noise_rng: torch.Generator,
                batch_size: int, classifier: nn.Module | None = None, weight: float | str = 0.0,
@@ -513,6 +538,55 @@ def collapsed(discriminator_loss: float, fid_own_features: float) -> bool:
     D(real) and 1 - D(fake) above about 0.95 on average) and FID (own features) above 100 (about three times the
     worst FID of the healthy one-seed runs, 31.6, and far below the collapsed one's 512)."""
     return discriminator_loss < COLLAPSE_DISCRIMINATOR_LOSS and fid_own_features > COLLAPSE_FID
+
+
+STEP_TERMS = ("adversarial", "confusion", "adversarial_gradient_norm", "confusion_gradient_norm", "gradient_cosine",
+              "discriminator_real", "discriminator_fake", "positive_share")
+
+
+def generator_step_terms(gan: GAN, classifier: nn.Module, noise: Tensor, real: Tensor,
+                         batch_size: int) -> dict[str, float]:
+    """What a step-2 generator step sees, in batches of `batch_size` of `noise` [n, 64] and `real` [n, 1, 28, 28]
+    with G and D in training mode as train_epoch has them (an incomplete last batch left out, as there), averaged
+    over the batches: the adversarial term BCE(D(G(z)), 1) (-mean D(G(z)) for WGAN-GP), the confusion term
+    mean |0.5 - C(G(z))|, the norms of their gradients in G's parameters and the cosine between the two gradients
+    (the weight multiplies the confusion gradient), the mean D(x) of real images and D(G(z)), and the share of
+    G(z) that C calls positive."""
+    parameters = list(gan.generator.parameters())
+    gan.generator.train()
+    gan.discriminator.train()
+    sums = dict.fromkeys(STEP_TERMS, 0.0)
+    batches = [(z, x) for z, x in zip(noise.split(batch_size), real.split(batch_size)) if len(z) == batch_size]
+    if not batches:
+        raise UserInputError(f"{len(noise)} samples make no full batch of {batch_size}")
+    for z, x in batches:
+        fake = gan.generator(z)                                                    # [b, 1, 28, 28]
+        adversarial = _generator_gan_loss(gan, fake)
+        probabilities = classifier(fake)                                          # [b]
+        confusion = average_confusion_distance(probabilities)
+        adversarial_gradient = torch.cat([g.flatten() for g in torch.autograd.grad(adversarial, parameters,
+                                                                                     retain_graph=True)])
+        confusion_gradient = torch.cat([g.flatten() for g in torch.autograd.grad(confusion, parameters)])
+        with torch.no_grad():
+            terms = {"adversarial": adversarial, "confusion": confusion,
+                     "adversarial_gradient_norm": adversarial_gradient.norm(),
+                     "confusion_gradient_norm": confusion_gradient.norm(),
+                     "gradient_cosine": F.cosine_similarity(adversarial_gradient, confusion_gradient, dim=0),
+                     "discriminator_real": gan.discriminator(x).mean(),
+                     "discriminator_fake": gan.discriminator(fake).mean(),
+                     "positive_share": (probabilities > 0.5).float().mean()}
+        for key, value in terms.items():
+            sums[key] += float(value.detach())
+    return {key: value / len(batches) for key, value in sums.items()}
+
+
+def classifier_on_real(classifier: nn.Module, images: Tensor, targets: Tensor) -> dict[str, float]:
+    """A classifier's accuracy, ACD and share of images with C in [0.4, 0.6] on real `images` with 0/1 `targets`."""
+    with torch.no_grad():
+        probabilities = torch.cat([classifier(chunk) for chunk in images.split(EVALUATION_CHUNK)])   # [n]
+    return {"accuracy": float(((probabilities > 0.5).float() == targets).float().mean()),
+            "acd": float(average_confusion_distance(probabilities)),
+            "in_band_share": float(in_ambiguous_band(probabilities).float().mean())}
 
 
 def run_seed(run_folder: Path) -> tuple[str, int]:

@@ -1,0 +1,171 @@
+"""GASTeN, why step 2 moves ACD the way it does: the generator's two loss terms at every step-2 checkpoint.
+
+    python gasten_step2_diagnostics.py Results/gasten/mnist_7v1_seeds Results/gasten/mnist_7v1_seeds_seed1 ...
+
+For every step-2 cell of the run folders (one per GAN seed, as --summarize_seeds takes them) and every checkpoint
+it has, epoch 0 being the step-1 checkpoint it started from, G and D are loaded and shown --samples noise vectors
+(drawn from --seed) and as many real training images of the pair, in batches of the run's batch size, as a
+training step sees them: the adversarial term BCE(D(G(z)), 1) and the confusion term mean |0.5 - C(G(z))|, the
+norms of their gradients in G's parameters and the cosine between them, the mean D on real images and on G(z),
+and the share of G(z) that C calls positive (hardness.gasten.generator_step_terms). Each classifier's accuracy,
+ACD and share in [0.4, 0.6] on the pair's real test images tell what ACD a generator of perfectly realistic
+images would get. Step 2 needs checkpoints to look at: configs/gasten/mnist_7v1_seeds.yaml keeps every epoch.
+
+Writes <results_dir>/gasten/<name>_over_seeds/step2_diagnostics.{csv,md,json} (a row per seed, cell and epoch;
+the means over seeds; the settings) and the figure <figures_dir>/gasten/<name>_over_seeds/step2_diagnostics.{png,pdf}.
+"""
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hardness.gasten import (STEP_TERMS, Z_DIM, classifier_nf, classifier_on_real, classifier_path, epoch_folders,
+                             generator_step_terms, load_classifier, load_gan, load_pair, make_gan, run_seed,
+                             step1_checkpoint)
+from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, positive_int,
+                   resolve_device, run_script, run_settings, save_figure, write_atomically)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_folders", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="the run folders of one config, one per GAN seed (<name>, <name>_seed<s>)")
+    parser.add_argument("--samples", type=positive_int, default=1024,
+                        help="noise vectors and real images each checkpoint is shown (default 1024)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the noise and of the choice of real images (default 0)")
+    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_device_argument(parser)
+    add_output_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def cells_of(run_folders: list[Path]) -> tuple[str, list[dict[str, Any]]]:
+    """The config name shared by the run folders, and every step-2 cell: its seed, classifier, weight, the
+    settings of its last checkpoint and {epoch: checkpoint folder}, epoch 0 being the step-1 start."""
+    names = {run_seed(folder)[0] for folder in run_folders}
+    if len(names) != 1:
+        raise UserInputError(f"give the run folders of one config (<name>, <name>_seed<s>), got the names {sorted(names)}")
+    cells = []
+    for folder in run_folders:
+        found = sorted(path for path in (Path(folder) / "step2").glob("*") if epoch_folders(path))
+        if not found:
+            raise UserInputError(f"no step-2 checkpoints (step2/<cell>/epoch_<e>/generator.pt) under {folder}")
+        for cell in found:
+            classifier, weight, step1_epoch = cell.name.rsplit("_", 2)
+            checkpoints = epoch_folders(cell)
+            settings = json.loads((checkpoints[max(checkpoints)] / "config.json").read_text())
+            step1_folder = Path(settings["step1_run"] or settings["config"]["step1"]["run"] or Path(folder) / "step1")
+            checkpoints[0] = step1_checkpoint(step1_folder, int(step1_epoch))[1]
+            cells.append({"seed": run_seed(folder)[1], "classifier": classifier, "nf": classifier_nf(classifier),
+                          "weight": weight, "step1_epoch": int(step1_epoch), "settings": settings,
+                          "checkpoints": dict(sorted(checkpoints.items())), "results_root": cell.parents[3]})
+    return names.pop(), cells
+
+
+def diagnose(cells: list[dict[str, Any]], samples: int, seed: int, data_root: Path,
+             device: torch.device) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """A row of generator_step_terms per cell and checkpoint, and each classifier's scores on real test images."""
+    config = cells[0]["settings"]["config"]
+    dataset = config["dataset"]
+    pair = load_pair(dataset["name"], dataset["pos"], dataset["neg"], data_root, device)
+    draw = torch.Generator().manual_seed(seed)
+    noise = torch.randn(samples, Z_DIM, generator=draw).to(device)                               # [samples, 64]
+    real = pair.train_x[torch.randperm(len(pair.train_x), generator=draw)[:samples].to(device)]   # [samples, 1, 28, 28]
+    rows, on_real = [], {}
+    for cell in tqdm(cells, desc="step-2 cells"):
+        settings = cell["settings"]
+        classifier = load_classifier(classifier_path(settings["config"], cell["results_root"], settings["classifier"]), device)
+        if cell["classifier"] not in on_real:
+            on_real[cell["classifier"]] = classifier_on_real(classifier, pair.test_x, pair.test_y)
+        for epoch, checkpoint in cell["checkpoints"].items():
+            gan = load_gan(make_gan(settings["config"]["model"]["loss"], device, 0), checkpoint, optimizers=False)
+            terms = generator_step_terms(gan, classifier, noise, real, settings["config"]["training"]["batch_size"])
+            rows.append({key: cell[key] for key in ("seed", "classifier", "nf", "weight", "step1_epoch")} |
+                        {"epoch": epoch, **terms})
+    return rows, on_real
+
+
+def means_over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per classifier, weight, step-1 epoch and epoch, the mean over the seeds of every term and the seed count."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["nf"], row["classifier"], float(row["weight"]), row["weight"], row["step1_epoch"],
+                           row["epoch"]), []).append(row)
+    return [{"nf": nf, "classifier": classifier, "weight": weight, "step1_epoch": step1_epoch, "epoch": epoch,
+             "seeds": len(members), **{key: float(np.mean([m[key] for m in members])) for key in STEP_TERMS}}
+            for (nf, classifier, _, weight, step1_epoch, epoch), members in sorted(groups.items())]
+
+
+def diagnostics_markdown(means: list[dict[str, Any]], on_real: dict[str, dict[str, float]]) -> str:
+    heads = ["nf", "weight", "epoch", "seeds", "adversarial", "confusion (= ACD)", "|grad adversarial|",
+             "|grad confusion|", "cosine", "D(real)", "D(G(z))", "C(G(z)) > 0.5"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + " --- |" * len(heads)]
+    for row in means:
+        lines.append(f"| {row['nf']} | {row['weight']} | {row['epoch']} | {row['seeds']} | {row['adversarial']:.3f} | "
+                     f"{row['confusion']:.3f} | {row['adversarial_gradient_norm']:.3f} | "
+                     f"{row['confusion_gradient_norm']:.4f} | {row['gradient_cosine']:+.3f} | "
+                     f"{row['discriminator_real']:.3f} | {row['discriminator_fake']:.3f} | {row['positive_share']:.3f} |")
+    lines += ["", "| classifier | accuracy | ACD | share in [0.4, 0.6] |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {scores['accuracy']:.4f} | {scores['acd']:.3f} | {scores['in_band_share']:.4f} |"
+              for name, scores in sorted(on_real.items(), key=lambda item: classifier_nf(item[0]))]
+    return "\n".join(lines) + "\n"
+
+
+def plot_diagnostics(means: list[dict[str, Any]], on_real: dict[str, dict[str, float]], title: str) -> plt.Figure:
+    """Mean over seeds against the step-2 epoch, a line per nf (colour) and weight (style): the confusion term
+    (ACD) beside the classifiers' ACD on real images, the ratio of the gradient norms, D on real and fake images."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    nfs = sorted({row["nf"] for row in means})
+    weights = list(dict.fromkeys(row["weight"] for row in means))
+    for nf in nfs:
+        for weight, style in zip(weights, ("-", "--", ":", "-.")):
+            rows = [row for row in means if row["nf"] == nf and row["weight"] == weight]
+            epochs = [row["epoch"] for row in rows]
+            kwargs = {"color": f"C{nfs.index(nf)}", "ls": style, "marker": "o", "ms": 3}
+            axes[0].plot(epochs, [row["confusion"] for row in rows], label=f"nf {nf}, weight {weight}", **kwargs)
+            axes[1].plot(epochs, [row["confusion_gradient_norm"] / row["adversarial_gradient_norm"] for row in rows],
+                         **kwargs)
+            axes[2].plot(epochs, [row["discriminator_real"] - row["discriminator_fake"] for row in rows], **kwargs)
+    for name, scores in on_real.items():
+        axes[0].axhline(scores["acd"], color=f"C{nfs.index(classifier_nf(name))}", lw=0.8, alpha=0.6)
+    for weight in weights:
+        if float(weight) > 0:
+            axes[1].axhline(1 / float(weight), color="grey", lw=0.8, ls=":")
+    axes[0].set_ylabel("ACD of G(z) (lines: real test images)")
+    axes[1].set_ylabel("|grad confusion| / |grad adversarial|")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("mean D(real) - mean D(G(z))")
+    for ax in axes:
+        ax.set_xlabel("step-2 epoch (0: the step-1 start)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def main(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    name, cells = cells_of(args.run_folders)
+    rows, on_real = diagnose(cells, args.samples, args.seed, args.data_root, device)
+    means = means_over_seeds(rows)
+    output = Path(args.results_dir) / "gasten" / f"{name}_over_seeds"
+    columns = list(rows[0])
+    write_atomically(output / "step2_diagnostics.csv", ("\n".join(
+        [",".join(columns)] + [",".join(str(row[column]) for column in columns) for row in rows]) + "\n").encode())
+    markdown = diagnostics_markdown(means, on_real)
+    write_atomically(output / "step2_diagnostics.md", markdown.encode())
+    write_atomically(output / "step2_diagnostics.json", (json.dumps(
+        {**run_settings(args, device), "classifiers_on_real_test_images": on_real}, indent=2, default=str) + "\n").encode())
+    save_figure(plot_diagnostics(means, on_real, f"{name}: {len(args.run_folders)} seeds, means over seeds"),
+                Path(args.figures_dir) / "gasten" / f"{name}_over_seeds" / "step2_diagnostics")
+    print(markdown + f"written to {output / 'step2_diagnostics.md'} and .csv")
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

@@ -1,6 +1,6 @@
 """GASTeN, why step 2 moves ACD the way it does: the generator's two loss terms at every step-2 checkpoint.
 
-    python gasten_step2_diagnostics.py Results/gasten/mnist_7v1_seeds Results/gasten/mnist_7v1_seeds_seed1 ...
+    python gasten_step2_diagnostics.py --run_folders Results/gasten/mnist_7v1_seeds Results/gasten/mnist_7v1_seeds_seed1 ...
 
 For every step-2 cell of the run folders (one per GAN seed, as --summarize_seeds takes them) and every checkpoint
 it has, epoch 0 being the step-1 checkpoint it started from, G and D are loaded and shown --samples noise vectors
@@ -33,7 +33,7 @@ from utils import (UserInputError, add_device_argument, add_output_arguments, no
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_folders", type=Path, nargs="+", metavar="RUN_DIR",
+    parser.add_argument("--run_folders", type=Path, nargs="+", required=True, metavar="RUN_DIR",
                         help="the run folders of one config, one per GAN seed (<name>, <name>_seed<s>)")
     parser.add_argument("--samples", type=positive_int, default=1024,
                         help="noise vectors and real images each checkpoint is shown (default 1024)")

@@ -97,7 +97,7 @@ def test_the_script_from_hand_made_run_folders(tmp_path, capsys):
             gan.generator.deconvolve[-2].bias.fill_(bias)
         save_gan(gan, folder, {"config": config, "classifier": "cnn-1-1.0", "step1_run": None})
     gasten_step2_diagnostics.main(gasten_step2_diagnostics.parse_args(
-        [str(run), "--samples", "8", "--device", "cpu", "--data_root", str(tmp_path / "data"),
+        ["--run_folders", str(run), "--samples", "8", "--device", "cpu", "--data_root", str(tmp_path / "data"),
          "--results_dir", str(results), "--figures_dir", str(tmp_path / "Figures")]))
     output = results / "gasten/study_over_seeds"
     with open(output / "step2_diagnostics.csv") as handle:

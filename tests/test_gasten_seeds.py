@@ -166,7 +166,8 @@ def test_ambiguous_counts_from_the_checkpoint_and_the_test_images(tmp_path):
 def test_the_grid_runs_each_seed_from_its_own_step1():
     grid = load_grid(REPO / "configs/sweeps/gasten_seeds.yaml")
     stages = {cells[0].stage: cells for cells in grid.stages}
-    assert list(stages) == ["classifiers", "step1", "step2_seed0", "step2_seed1", "step2_seed2", "summary"]
+    assert list(stages) == ["classifiers", "step1", "step2_seed0", "step2_seed1", "step2_seed2", "summary",
+                            "diagnostics"]
     assert sorted(cell.flags["seed"] for cell in stages["step1"]) == [0, 1, 2]
     for seed in (0, 1, 2):
         cells = stages[f"step2_seed{seed}"]
@@ -177,4 +178,5 @@ def test_the_grid_runs_each_seed_from_its_own_step1():
                    and c.flags["set"] == "step2.epochs=5" for c in cells)
     summary = stages["summary"][0].flags["summarize_seeds"]
     assert [Path(path).name for path in summary] == ["mnist_7v1_seeds", "mnist_7v1_seeds_seed1", "mnist_7v1_seeds_seed2"]
+    assert stages["diagnostics"][0].flags["run_folders"] == summary
     assert flag_errors(grid) == []

@@ -29,6 +29,7 @@ import numpy as np
 
 import torch
 
+from hardness.data import Dataset
 from hardness.ranking import Ranking, build_ranking, write_ranking
 from hardness.report import render_report, write_report
 from hardness.score_figures import plot_class_counts
@@ -78,19 +79,22 @@ def draw_figures(scores: dict[str, np.ndarray], labels: np.ndarray, class_names:
     return names
 
 
-def write_answer(scores: dict[str, np.ndarray], data: torch.Tensor, class_names: list[str], noise_ratio: float,
+def write_answer(scores: dict[str, np.ndarray], dataset: Dataset, class_names: list[str], noise_ratio: float,
                  title: str, settings: dict, top: int, path: Path) -> Ranking:
-    """The ranking CSV and the report beside the scores file `path`."""
+    """The ranking CSV and the report beside the scores file `path` (a table's rows shown as read, with their
+    column names)."""
     labels, flipped = scores["labels"], scores["flipped"] if noise_ratio > 0 else None
     ranking = build_ranking(scores, labels, scores["predicted_labels"], class_names, scores["sample_ids"].tolist(),
                             flipped)
     csv_path = path.with_name(f"{path.stem}_ranking.csv")
     write_ranking(ranking, csv_path)
+    shown = dataset.table_values if dataset.table_values is not None else dataset.data
     figures = {"data map: confidence against variability": plot_data_map(scores, scores["flipped"], title),
                "samples per class": plot_class_counts(labels, scores["predicted_labels"], ranking.order[:top],
                                                       class_names, title)}
     write_report(path.with_name(f"{path.stem}_report.html"),
-                 render_report(ranking, scores, data, labels, class_names, title, settings, csv_path.name, figures, top))
+                 render_report(ranking, scores, shown, labels, class_names, title, settings, csv_path.name, figures, top,
+                               feature_names=dataset.feature_names))
     return ranking
 
 
@@ -123,7 +127,7 @@ def main(args: argparse.Namespace) -> None:
         print("AUROC, flipped against clean labels: " + ", ".join(
             f"{n} {detection_scores(hardness_ranking(scores, n), scores['flipped'])['auroc']:.3f}"
             for n in names if n != "stragglers"))
-    ranking = write_answer(scores, dataset.data, class_names, args.noise_ratio, title, settings, args.report_top, path)
+    ranking = write_answer(scores, dataset, class_names, args.noise_ratio, title, settings, args.report_top, path)
     print("most suspicious: " + ", ".join(f"{row['sample_id']} ({row['given_label']} -> {row['predicted_label']})"
                                           for row in ranking.rows()[:5]))
     print("seconds: " + ", ".join(f"{key} {value:.1f}" for key, value in seconds.items()))

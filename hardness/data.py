@@ -49,6 +49,8 @@ class Dataset:
     indices: Tensor       # [N] positions in the train+test concatenation, or in the user's source (on the CPU)
     class_names: list[str]
     sample_ids: list[str]  # [N] each sample's identity in the source: "train/123", "test/45", a file's path, ...
+    feature_names: list[str] | None = None   # [D] a table's column names, where the source has them
+    table_values: Tensor | None = None       # [N, D] a table's values as read, before standardisation (on the CPU)
 
     @property
     def num_classes(self) -> int:
@@ -308,7 +310,8 @@ def user_dataset(source: UserData, label: str, subset_size: int, seed: int, devi
     values = values.float() / 255 if values.dtype == torch.uint8 else values
     data = standardise_columns(values) if values.dim() == 2 else standardise(values)[0]
     return Dataset(label, data.to(device), torch.from_numpy(source.labels[indices.numpy()]).to(device), indices,
-                   list(source.class_names), [source.sample_ids[i] for i in indices.tolist()])
+                   list(source.class_names), [source.sample_ids[i] for i in indices.tolist()], source.feature_names,
+                   values if values.dim() == 2 else None)
 
 
 def load_dataset_from_args(args: argparse.Namespace, device: torch.device, subset_size: int | None = None,

@@ -60,9 +60,10 @@ class SampleView:
     """What the page shows of samples: a thumbnail (images) or the first TABLE_COLUMNS values (tables), each made
     once however often the sample appears."""
 
-    def __init__(self, data: Tensor) -> None:
+    def __init__(self, data: Tensor, feature_names: Sequence[str] | None = None) -> None:
         self.data, self.cache = data, {}                    # data: [N, C, H, W] or [N, D]
         self.is_table = data.dim() == 2
+        self.feature_names = feature_names
 
     def __call__(self, position: int) -> str | list[str]:
         if position not in self.cache:
@@ -72,12 +73,13 @@ class SampleView:
         return self.cache[position]
 
     def header(self) -> list[str]:
-        """Column names of a table's shown values, with the number left out."""
+        """Column names of a table's shown values (x0, x1, ... where the source names none), with the number
+        left out."""
         if not self.is_table:
             return []
         width = self.data.shape[1]
-        return [f"x{j}" for j in range(min(width, TABLE_COLUMNS))] + ([f"(+{width - TABLE_COLUMNS})"]
-                                                                       if width > TABLE_COLUMNS else [])
+        names = list(self.feature_names) if self.feature_names is not None else [f"x{j}" for j in range(width)]
+        return names[:TABLE_COLUMNS] + ([f"(+{width - TABLE_COLUMNS})"] if width > TABLE_COLUMNS else [])
 
 
 def family_orders(scores: dict[str, np.ndarray], labels: np.ndarray, num_classes: int,
@@ -96,10 +98,11 @@ def family_orders(scores: dict[str, np.ndarray], labels: np.ndarray, num_classes
 
 def render_report(ranking: Ranking, scores: dict[str, np.ndarray], data: Tensor, labels: np.ndarray,
                   class_names: Sequence[str], title: str, settings: dict, csv_name: str,
-                  figures: dict[str, plt.Figure], top: int = 60, per_class: int = 6) -> str:
+                  figures: dict[str, plt.Figure], top: int = 60, per_class: int = 6,
+                  feature_names: Sequence[str] | None = None) -> str:
     """The page as HTML text: the `top` most suspicious samples, each class's `per_class` hardest by every family,
     the figures (title -> figure, closed here), the settings and a relative link to `csv_name`."""
-    view = SampleView(data)
+    view = SampleView(data, feature_names)
     columns = ranking.columns
     member_ranks = [name for name in ranking.members if f"{name}_rank" in columns]
 

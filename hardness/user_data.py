@@ -37,6 +37,7 @@ class UserData:
     labels: np.ndarray        # [N] int64 class indices into class_names
     class_names: list[str]
     sample_ids: list[str]     # [N]
+    feature_names: list[str] | None = None   # [D] a table's column names
 
 
 def parse_source(name: str) -> tuple[str, Path] | None:
@@ -120,7 +121,8 @@ def npz_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
 
 
 def load_npz(path: Path, check_memory: MemoryCheck) -> UserData:
-    """x ([N, D], [N, H, W] or [N, C, H, W], uint8 or numbers) and integer y [N]; optional ids [N] and class_names."""
+    """x ([N, D], [N, H, W] or [N, C, H, W], uint8 or numbers) and integer y [N]; optional ids [N], class_names
+    and, for a table, feature_names [D]."""
     source = f"npz:{path}"
     try:
         headers = {key: npz_shape(path, key) for key in ("x", "y")}
@@ -144,8 +146,13 @@ def load_npz(path: Path, check_memory: MemoryCheck) -> UserData:
             x, y = archive["x"], archive["y"].astype(np.int64)
             ids = archive["ids"] if "ids" in archive.files else None
             names = archive["class_names"] if "class_names" in archive.files else None
+            columns = archive["feature_names"] if "feature_names" in archive.files else None
         except ValueError as error:
-            raise UserInputError(f"{source}: ids and class_names must be string arrays, not objects ({error})") from error
+            raise UserInputError(f"{source}: ids, class_names and feature_names must be string arrays, not objects "
+                                 f"({error})") from error
+    if columns is not None and (len(x_shape) != 2 or columns.shape != (x_shape[1],)):
+        raise UserInputError(f"{source}: feature_names is shaped {list(columns.shape)}; it names the columns of a "
+                             f"table x [N, D], so it must be [D]")
     x = x.reshape(len(x), *sample_shape)
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
@@ -162,7 +169,7 @@ def load_npz(path: Path, check_memory: MemoryCheck) -> UserData:
     if ids is not None and ids.shape != (len(x),):
         raise UserInputError(f"{source}: ids is shaped {list(ids.shape)}; it must name every sample, [{len(x)}]")
     sample_ids = check_ids([str(i) for i in ids] if ids is not None else [str(i) for i in range(len(x))], source)
-    return UserData(x, labels, class_names, sample_ids)
+    return UserData(x, labels, class_names, sample_ids, None if columns is None else [str(c) for c in columns])
 
 
 # ----------------------------------------------------------------------------- csv
@@ -204,7 +211,7 @@ def load_csv(path: Path, label_column: str, id_column: str | None, check_memory:
     check_classes(class_names, labels, source)
     ids = ([row[header.index(id_column)].strip() for row in body] if id_column is not None
            else [str(i) for i in range(len(body))])
-    return UserData(table, labels, class_names, check_ids(ids, source))
+    return UserData(table, labels, class_names, check_ids(ids, source), [header[column] for column in features])
 
 
 # ----------------------------------------------------------------------------- image folders

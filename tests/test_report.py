@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import escape
 from PIL import Image
 
 import hardness_scores
@@ -109,6 +110,11 @@ def test_a_table_shows_its_rows_instead_of_thumbnails(reports):
     assert html.count('<tr class="sample') == 10                               # --report_top 10
     top = csv_rows(reports["table"])[0]
     assert top["given_label"] in ("no", "yes") and {"sample_id", "predicted_label", "consensus_rank"} <= set(top)
+    assert "<th>a</th><th>b</th><th>c</th></tr>" in html                   # the CSV's column names
+    with open(reports["table"].parents[2] / "farm.csv", newline="") as handle:
+        read = next(row for row in csv.DictReader(handle) if row["name"] == top["sample_id"])
+    row_html = next(row for row in html.split("<tr") if f'<td class="sample-id">{escape(top["sample_id"])}</td>' in row)
+    assert "".join(f"<td>{float(read[c]):.3g}</td>" for c in "abc") + "</tr>" in row_html          # as read
 
 
 @pytest.fixture(scope="module")

@@ -168,6 +168,10 @@ def test_npz_features_without_names_take_the_distinct_labels(tmp_path, capsys):
     assert dataset.class_names == ["3", "7"] and dataset.labels.tolist() == [[1, 0, 1, 0][i] for i in order]
     assert dataset.sample_ids == [str(i) for i in order] and dataset.is_table
     np.testing.assert_allclose(dataset.data.numpy(), standardised(x[order], (0,)), atol=1e-5)
+    assert dataset.feature_names is None
+    np.savez(tmp_path / "named.npz", x=x, y=np.array([7, 3, 7, 3]), feature_names=np.array(["length", "mass"]))
+    named = load_dataset_from_args(flags("--dataset_name", f"npz:{tmp_path}/named.npz"), CPU)
+    assert named.feature_names == ["length", "mass"]
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -180,6 +184,8 @@ def test_npz_features_without_names_take_the_distinct_labels(tmp_path, capsys):
      "class\\(es\\) c have no samples"),
     ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 0, 1]), "ids": np.array(["a", "b", "a", "c"])},
      "sample id 'a' names 2 samples"),
+    ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 0, 1]), "feature_names": np.array(["a", "b", "c"])},
+     "feature_names is shaped \\[3\\]; it names the columns of a table x \\[N, D\\], so it must be \\[D\\]"),
 ])
 def test_bad_npz_files_are_one_line_errors(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
@@ -197,6 +203,8 @@ def test_csv_names_ids_and_features(tmp_path):
     assert dataset.labels.tolist() == [[0, 1, 0][i] for i in order]
     table = np.array([[1.5, 3.0], [2.5, 3.0], [4.0, 9.0]])[order]
     np.testing.assert_allclose(dataset.data.numpy(), standardised(table, (0,)), atol=1e-5)
+    assert dataset.feature_names == ["petal", "sepal"]                       # the header, label and id left out
+    np.testing.assert_array_equal(dataset.table_values.numpy(), table)      # as read, for the report
 
 
 @pytest.mark.parametrize("text, extra, message", [

@@ -119,8 +119,9 @@ def diagnostics_markdown(means: list[dict[str, Any]], on_real: dict[str, dict[st
 
 def plot_diagnostics(means: list[dict[str, Any]], on_real: dict[str, dict[str, float]], title: str) -> plt.Figure:
     """Mean over seeds against the step-2 epoch, a line per nf (colour) and weight (style): the confusion term
-    (ACD) beside the classifiers' ACD on real images, the ratio of the gradient norms, D on real and fake images."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    (ACD) beside the classifiers' ACD on real images, the ratio of the gradient norms, the cosine between the two
+    gradients, D on real against fake images."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     nfs = sorted({row["nf"] for row in means})
     weights = list(dict.fromkeys(row["weight"] for row in means))
     for nf in nfs:
@@ -131,7 +132,8 @@ def plot_diagnostics(means: list[dict[str, Any]], on_real: dict[str, dict[str, f
             axes[0].plot(epochs, [row["confusion"] for row in rows], label=f"nf {nf}, weight {weight}", **kwargs)
             axes[1].plot(epochs, [row["confusion_gradient_norm"] / row["adversarial_gradient_norm"] for row in rows],
                          **kwargs)
-            axes[2].plot(epochs, [row["discriminator_real"] - row["discriminator_fake"] for row in rows], **kwargs)
+            axes[2].plot(epochs, [row["gradient_cosine"] for row in rows], **kwargs)
+            axes[3].plot(epochs, [row["discriminator_real"] - row["discriminator_fake"] for row in rows], **kwargs)
     for name, scores in on_real.items():
         axes[0].axhline(scores["acd"], color=f"C{nfs.index(classifier_nf(name))}", lw=0.8, alpha=0.6)
     for weight in weights:
@@ -140,7 +142,9 @@ def plot_diagnostics(means: list[dict[str, Any]], on_real: dict[str, dict[str, f
     axes[0].set_ylabel("ACD of G(z) (lines: real test images)")
     axes[1].set_ylabel("|grad confusion| / |grad adversarial|")
     axes[1].set_yscale("log")
-    axes[2].set_ylabel("mean D(real) - mean D(G(z))")
+    axes[2].set_ylabel("cosine(grad adversarial, grad confusion)")
+    axes[2].axhline(0, color="grey", lw=0.8, ls=":")
+    axes[3].set_ylabel("mean D(real) - mean D(G(z))")
     for ax in axes:
         ax.set_xlabel("step-2 epoch (0: the step-1 start)")
     axes[0].legend(fontsize=7)
@@ -162,7 +166,7 @@ def main(args: argparse.Namespace) -> None:
     write_atomically(output / "step2_diagnostics.md", markdown.encode())
     write_atomically(output / "step2_diagnostics.json", (json.dumps(
         {**run_settings(args, device), "classifiers_on_real_test_images": on_real}, indent=2, default=str) + "\n").encode())
-    save_figure(plot_diagnostics(means, on_real, f"{name}: {len(args.run_folders)} seeds, means over seeds"),
+    save_figure(plot_diagnostics(means, on_real, f"{name}: means over {len(args.run_folders)} seed(s)"),
                 Path(args.figures_dir) / "gasten" / f"{name}_over_seeds" / "step2_diagnostics")
     print(markdown + f"written to {output / 'step2_diagnostics.md'} and .csv")
 

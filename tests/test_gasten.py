@@ -451,9 +451,9 @@ def test_ambiguity_scripts_end_to_end(strokes_run):
         assert (strokes_run / "Figures/ambiguity/ambiguity" / f"{name}.png").is_file()
 
 
-@pytest.mark.parametrize("module", ["gasten_train_classifiers", "gasten_train", "ambiguity_patterns",
-                                    "ambiguity_generate_embeddings", "ambiguity_optimize_clustering",
-                                    "ambiguity_prototypes"])
+@pytest.mark.parametrize("module", ["gasten_train_classifiers", "gasten_train", "gasten_step2_diagnostics",
+                                    "ambiguity_patterns", "ambiguity_generate_embeddings",
+                                    "ambiguity_optimize_clustering", "ambiguity_prototypes"])
 def test_help_explains_every_flag(module, capsys):
     import importlib
     import re

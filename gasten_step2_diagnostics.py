@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from hardness.gasten import (STEP_TERMS, Z_DIM, classifier_nf, classifier_on_real, classifier_path, epoch_folders,
                              generator_step_terms, load_classifier, load_gan, load_pair, make_gan, run_seed,
-                             step1_checkpoint)
+                             shared_config_name, step1_checkpoint, write_table_csv)
 from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, positive_int,
                    resolve_device, run_script, run_settings, save_figure, write_atomically)
 
@@ -48,9 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def cells_of(run_folders: list[Path]) -> tuple[str, list[dict[str, Any]]]:
     """The config name shared by the run folders, and every step-2 cell: its seed, classifier, weight, the
     settings of its last checkpoint and {epoch: checkpoint folder}, epoch 0 being the step-1 start."""
-    names = {run_seed(folder)[0] for folder in run_folders}
-    if len(names) != 1:
-        raise UserInputError(f"give the run folders of one config (<name>, <name>_seed<s>), got the names {sorted(names)}")
+    name = shared_config_name(run_folders)
     cells = []
     for folder in run_folders:
         found = sorted(path for path in (Path(folder) / "step2").glob("*") if epoch_folders(path))
@@ -65,7 +63,7 @@ def cells_of(run_folders: list[Path]) -> tuple[str, list[dict[str, Any]]]:
             cells.append({"seed": run_seed(folder)[1], "classifier": classifier, "nf": classifier_nf(classifier),
                           "weight": weight, "step1_epoch": int(step1_epoch), "settings": settings,
                           "checkpoints": dict(sorted(checkpoints.items())), "results_root": cell.parents[3]})
-    return names.pop(), cells
+    return name, cells
 
 
 def diagnose(cells: list[dict[str, Any]], samples: int, seed: int, data_root: Path,
@@ -77,12 +75,14 @@ def diagnose(cells: list[dict[str, Any]], samples: int, seed: int, data_root: Pa
     draw = torch.Generator().manual_seed(seed)
     noise = torch.randn(samples, Z_DIM, generator=draw).to(device)                               # [samples, 64]
     real = pair.train_x[torch.randperm(len(pair.train_x), generator=draw)[:samples].to(device)]   # [samples, 1, 28, 28]
-    rows, on_real = [], {}
+    rows, classifiers, on_real = [], {}, {}
     for cell in tqdm(cells, desc="step-2 cells"):
         settings = cell["settings"]
-        classifier = load_classifier(classifier_path(settings["config"], cell["results_root"], settings["classifier"]), device)
-        if cell["classifier"] not in on_real:
-            on_real[cell["classifier"]] = classifier_on_real(classifier, pair.test_x, pair.test_y)
+        path = classifier_path(settings["config"], cell["results_root"], settings["classifier"])
+        if path not in classifiers:
+            classifiers[path] = load_classifier(path, device)
+            on_real[cell["classifier"]] = classifier_on_real(classifiers[path], pair.test_x, pair.test_y)
+        classifier = classifiers[path]
         for epoch, checkpoint in cell["checkpoints"].items():
             gan = load_gan(make_gan(settings["config"]["model"]["loss"], device, 0), checkpoint, optimizers=False)
             terms = generator_step_terms(gan, classifier, noise, real, settings["config"]["training"]["batch_size"])
@@ -159,9 +159,7 @@ def main(args: argparse.Namespace) -> None:
     rows, on_real = diagnose(cells, args.samples, args.seed, args.data_root, device)
     means = means_over_seeds(rows)
     output = Path(args.results_dir) / "gasten" / f"{name}_over_seeds"
-    columns = list(rows[0])
-    write_atomically(output / "step2_diagnostics.csv", ("\n".join(
-        [",".join(columns)] + [",".join(str(row[column]) for column in columns) for row in rows]) + "\n").encode())
+    write_table_csv(rows, output / "step2_diagnostics.csv")
     markdown = diagnostics_markdown(means, on_real)
     write_atomically(output / "step2_diagnostics.md", markdown.encode())
     write_atomically(output / "step2_diagnostics.json", (json.dumps(

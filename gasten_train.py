@@ -46,7 +46,8 @@ from hardness.gasten import (AMBIGUOUS_HALF_WIDTH, AMBIGUOUS_NOISE_SEED, AMBIGUO
                              classifier_path, epoch_folders, feature_cnn, fixed_test_noise, frechet_metric, generate,
                              in_ambiguous_band, inception_features, load_classifier, load_gan, load_pair, make_gan,
                              over_seeds, pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, run_seed,
-                             save_gan, step1_checkpoint, write_metrics_csv)
+                             save_gan, shared_config_name, step1_checkpoint, write_metrics_csv,
+                             write_table_csv)
 from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, positive_int,
                    resolve_device, run_script, run_settings, save_figure, write_atomically)
 
@@ -420,10 +421,7 @@ def cell_ambiguity(cell: Path, epoch: int, n_samples: int, data_root: Path, devi
 
 def seed_cells(run_folders: list[Path], n_samples: int, data_root: Path, device: torch.device) -> tuple[str, list[dict]]:
     """The config name shared by the run folders, and one dict per run and step-2 cell for over_seeds."""
-    names = {run_seed(folder)[0] for folder in run_folders}
-    if len(names) != 1:
-        raise UserInputError(f"--summarize_seeds takes the run folders of one config (<name>, <name>_seed<s>), "
-                             f"got the names {sorted(names)}")
+    name = shared_config_name(run_folders)
     cells, pairs = [], {}
     for folder in run_folders:
         found = sorted((Path(folder) / "step2").glob("*/metrics.csv"))
@@ -440,7 +438,7 @@ def seed_cells(run_folders: list[Path], n_samples: int, data_root: Path, device:
                           "fid_own_features": rows[-1]["fid_own_features"],
                           "discriminator_loss": rows[-1]["discriminator_loss"], "ambiguous": ambiguity["ambiguous"],
                           "real_in_band": ambiguity["real_in_band"]})
-    return names.pop(), cells
+    return name, cells
 
 
 def _number(value: float, digits: int) -> str:
@@ -478,12 +476,6 @@ def seeds_markdown(table: list[dict[str, Any]], n_samples: int) -> str:
         runs = [row for row in table if row["statistic"] == "seed" and row["nf"] == nf]
         lines.append(f"| {nf} | {len(runs)} | {sum(row['collapsed'] for row in runs)} |")
     return "\n".join(lines) + "\n"
-
-
-def write_table_csv(table: list[dict[str, Any]], path: Path) -> None:
-    columns = list(dict.fromkeys(key for row in table for key in row))
-    lines = [",".join(columns)] + [",".join(str(row.get(column, float("nan"))) for column in columns) for row in table]
-    write_atomically(path, ("\n".join(lines) + "\n").encode())
 
 
 def plot_over_seeds(table: list[dict[str, Any]], title: str) -> plt.Figure:

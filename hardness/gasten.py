@@ -596,6 +596,22 @@ def run_seed(run_folder: Path) -> tuple[str, int]:
     return (match[1], int(match[2])) if match else (Path(run_folder).name, 0)
 
 
+def shared_config_name(run_folders: Sequence[Path]) -> str:
+    """The config name of run folders of one config, one per GAN seed (<name>, <name>_seed<s>)."""
+    names = {run_seed(folder)[0] for folder in run_folders}
+    if len(names) != 1:
+        raise UserInputError(f"give the run folders of one config (<name>, <name>_seed<s>), got the names "
+                             f"{sorted(names)}")
+    return names.pop()
+
+
+def write_table_csv(table: Sequence[dict[str, Any]], path: Path) -> None:
+    """Rows of dicts as a CSV with every column any row has (nan where a row lacks it), written atomically."""
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    lines = [",".join(columns)] + [",".join(str(row.get(column, float("nan"))) for column in columns) for row in table]
+    write_atomically(path, ("\n".join(lines) + "\n").encode())
+
+
 def classifier_nf(name: str) -> int:
     """The filters of a classifier named <kind>-<nf>-<epochs>.<seed> (classifier_name)."""
     parts = name.split("-")

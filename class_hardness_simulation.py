@@ -16,7 +16,8 @@ import argparse
 from pathlib import Path
 
 from hardness.class_overlap import draw_figures, load_config, load_simulation_data, save_simulation, simulate
-from utils import add_device_argument, add_output_arguments, non_negative_int, resolve_device, run_script, run_settings
+from utils import (add_device_argument, add_output_arguments, class_hardness_path, non_negative_int, resolve_device,
+                   run_script, run_settings)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,9 +44,9 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     data = load_simulation_data(config["dataset"], args.data_root, device)
     results, steps = simulate(config, data)
-    folder = args.results_dir / "class_hardness" / config["output"]
+    folder = class_hardness_path(args.results_dir, config["output"])
     save_simulation(results, config, run_settings(args, device), folder, args.overwrite, data.samples())
-    figures = draw_figures({config["output"]: results}, args.figures_dir / "class_hardness" / config["output"])
+    figures = draw_figures({config["output"]: results}, class_hardness_path(args.figures_dir, config["output"]))
 
     final_accuracy = [r["accuracy_per_class"][-1] for r in results]
     print(f"{config['output']}: {len(results)} run(s), {data.num_classes} classes, {len(data.train_y)} training "

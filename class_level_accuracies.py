@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from utils import (UserInputError, add_common_arguments, add_dataset_arguments, class_accuracies_path,
-                   class_counts_path, confusion_matrices, derived_seed, keep_freed_memory_in_heap, load_dataset_from_args,
+from utils import (UserInputError, add_common_arguments, add_dataset_arguments, child_seeds, confusion_matrices,
+                   hard_samples_path, keep_freed_memory_in_heap, load_dataset_from_args,
                    load_pickle, positive_int, resolve_device, run_script, run_settings, save_figure, save_pickle,
                    train_and_predict)
 
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> None:
     train_mask, test_rows = train_and_test_rows(len(dataset.labels), args.overfit)
     train_masks, test_rows = train_mask.to(device).expand(args.runs, -1), test_rows.to(device)
 
-    predictions = train_and_predict("SimpleNN", [derived_seed(args.seed, run) for run in range(args.runs)],
+    predictions = train_and_predict("SimpleNN", child_seeds(args.seed, args.runs),
                                     dataset.data, dataset.labels, dataset.num_classes, args.epochs, train_masks,
                                     test_rows)
     confusion = confusion_matrices(predictions, dataset.labels[test_rows], torch.ones_like(test_rows, dtype=torch.bool),
@@ -60,25 +60,27 @@ def main(args: argparse.Namespace) -> None:
     accuracy = (confusion.diagonal(dim1=1, dim2=2) / confusion.sum(2)).cpu().numpy()  # [runs, classes]
     error_mean, error_std = (1 - accuracy).mean(0), (1 - accuracy).std(0)
 
-    counts_path = args.hard_counts or class_counts_path(args.results_dir, dataset.name, "stragglers", 20000)
+    counts_path = args.hard_counts or hard_samples_path(args.results_dir, "class_counts", dataset.name, "stragglers",
+                                                        subset_size=20000)
     correlation = None
     if Path(counts_path).is_file():
         hard_counts = load_pickle(counts_path, "hard_sample_distribution_over_classes.py")["mean"]
         correlation = float(np.corrcoef(hard_counts, error_mean)[0, 1])
 
     tested_on = "training samples" if args.overfit else "held-out 1/7"
-    suffix = "_overfit" if args.overfit else ""
     save_pickle({"settings": run_settings(args, device), "class_names": dataset.class_names,
                  "per_class_accuracy": accuracy, "hard_counts_path": str(counts_path), "pearson": correlation,
                  "sample_ids": dataset.sample_ids, "test_sample_ids": [dataset.sample_ids[i] for i in test_rows.tolist()]},
-                class_accuracies_path(args.results_dir, dataset.name, args.subset_size, args.overfit))
+                hard_samples_path(args.results_dir, "class_accuracies", dataset.name, subset_size=args.subset_size,
+                                  overfit=args.overfit))
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(range(dataset.num_classes), error_mean, yerr=error_std, capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xticks(range(dataset.num_classes), dataset.class_names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("1 - accuracy")
     ax.set_title(f"{dataset.name}: per-class error on the {tested_on}, mean ± std over {args.runs} SimpleNNs")
     fig.tight_layout()
-    figures = save_figure(fig, args.figures_dir / "Figure8" / f"class_level_error_{dataset.name}_{args.subset_size}{suffix}")
+    figures = save_figure(fig, hard_samples_path(args.figures_dir, "class_error_figure", dataset.name,
+                                                subset_size=args.subset_size, overfit=args.overfit))
 
     print(f"per-class error on the {tested_on} ({len(test_rows)} samples), mean +- std over {args.runs} networks:")
     for name, m, s in zip(dataset.class_names, error_mean, error_std):

@@ -14,7 +14,7 @@ from itertools import permutations
 import numpy as np
 
 from utils import (STRATEGIES, UserInputError, add_results_arguments, dataset_label, distinct,
-                   existing_f1_results, identification_key, load_pickle, overlap_results_path, results_folders,
+                   existing_f1_results, identification_key, hard_samples_path, load_pickle, results_folders,
                    run_script, run_settings, save_pickle)
 
 PAIRING_SETTINGS = ("seed", "runs", "train_ratios", "noise_ratio", "epochs", "snapshot")  # fix the identifications
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserInputError(f"need the hard-sample indices of at least two strategies for {dataset_name} "
                              f"with --subset_size {args.subset_size} (and the same --reduce_hard); see the missing files above")
     table = {pair: (float(np.nanmean(values)), float(np.nanstd(values)), len(values)) for pair, values in shares.items()}
-    path = overlap_results_path(args.results_dir, dataset_name, args.subset_size)
+    path = hard_samples_path(args.results_dir, "overlap", dataset_name, subset_size=args.subset_size)
     save_pickle({"settings": run_settings(args), "shares": shares, "table": table, **subset}, path)
     print("share of A's hard samples that B also marks hard (mean +- std over distinct paired identifications):")
     for (first, second), (mean, std, count) in table.items():

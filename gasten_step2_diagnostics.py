@@ -27,8 +27,8 @@ from tqdm import tqdm
 from hardness.gasten import (STEP_TERMS, Z_DIM, classifier_nf, classifier_on_real, classifier_path, epoch_folders,
                              generator_step_terms, load_classifier, load_gan, load_pair, make_gan, run_seed,
                              shared_config_name, step1_checkpoint, write_table_csv)
-from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, positive_int,
-                   resolve_device, run_script, run_settings, save_figure, write_atomically)
+from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, non_negative_int,
+                   positive_int, resolve_device, run_script, run_settings, save_figure, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,14 +158,14 @@ def main(args: argparse.Namespace) -> None:
     name, cells = cells_of(args.run_folders)
     rows, on_real = diagnose(cells, args.samples, args.seed, args.data_root, device)
     means = means_over_seeds(rows)
-    output = Path(args.results_dir) / "gasten" / f"{name}_over_seeds"
+    output = gasten_path(args.results_dir, "over_seeds", name)
     write_table_csv(rows, output / "step2_diagnostics.csv")
     markdown = diagnostics_markdown(means, on_real)
     write_atomically(output / "step2_diagnostics.md", markdown.encode())
     write_atomically(output / "step2_diagnostics.json", (json.dumps(
         {**run_settings(args, device), "classifiers_on_real_test_images": on_real}, indent=2, default=str) + "\n").encode())
     save_figure(plot_diagnostics(means, on_real, f"{name}: means over {len(args.run_folders)} seed(s)"),
-                Path(args.figures_dir) / "gasten" / f"{name}_over_seeds" / "step2_diagnostics")
+                gasten_path(args.figures_dir, "diagnostics_figure", name))
     print(markdown + f"written to {output / 'step2_diagnostics.md'} and .csv")
 
 

@@ -42,14 +42,15 @@ import torch
 
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (AMBIGUOUS_HALF_WIDTH, AMBIGUOUS_NOISE_SEED, AMBIGUOUS_SAMPLES, COLLAPSE_DISCRIMINATOR_LOSS,
-                             COLLAPSE_FID, EVALUATION_CHUNK, GAN, Embedding, PairData, Scorer, ambiguous_count,
+                             COLLAPSE_FID, GAN, Embedding, PairData, Scorer, ambiguous_count,
                              classifier_path, epoch_folders, feature_cnn, fixed_test_noise, frechet_metric, generate,
                              in_ambiguous_band, inception_features, load_classifier, load_gan, load_pair, make_gan,
                              over_seeds, pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, run_seed,
                              save_gan, shared_config_name, step1_checkpoint, write_metrics_csv,
                              write_table_csv)
-from utils import (UserInputError, add_device_argument, add_output_arguments, non_negative_int, positive_int,
-                   resolve_device, run_script, run_settings, save_figure, write_atomically)
+from hardness.prediction import predict
+from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, non_negative_int,
+                   positive_int, resolve_device, run_script, run_settings, save_figure, write_atomically)
 
 DEFAULTS: dict[str, Any] = {
     "name": None,
@@ -258,11 +259,11 @@ class Run:
         dataset = config["dataset"]
         self.pair = f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}"
         folder_name = run_folder_name(config["name"], config["training"]["seed"])
-        self.folder = args.results_dir / "gasten" / folder_name
-        self.figures = args.figures_dir / "gasten" / folder_name
+        self.folder = gasten_path(args.results_dir, "run", folder_name)
+        self.figures = gasten_path(args.figures_dir, "run_figures", folder_name)
         self.data = load_pair(dataset["name"], dataset["pos"], dataset["neg"], args.data_root, device)
         self.noise = fixed_test_noise(args.results_dir, config["test_noise_seed"], device)
-        self.stats = args.results_dir / "gasten" / "stats"
+        self.stats = gasten_path(args.results_dir, "statistics")
         self.own_features = frechet_metric(feature_cnn(dataset["name"], args.data_root, args.results_dir, device),
                                            self.data.train_x, self.stats, f"{self.pair}_own_features")
         self.inception = None if inception is None else frechet_metric(inception, self.data.train_x, self.stats,
@@ -380,8 +381,8 @@ def summarize(run_folder: Path, figures_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         row.pop("pareto", None)
     write_metrics_csv(rows, Path(run_folder) / "metrics.csv")
-    save_figure(plot_fid_against_acd(rows, Path(run_folder).name), figures_dir / "gasten" / Path(run_folder).name /
-                "fid_against_acd")
+    save_figure(plot_fid_against_acd(rows, Path(run_folder).name),
+                gasten_path(figures_dir, "run_figures", Path(run_folder).name) / "fid_against_acd")
     return rows
 
 
@@ -409,8 +410,7 @@ def cell_ambiguity(cell: Path, epoch: int, n_samples: int, data_root: Path, devi
     key = (dataset["name"], dataset["pos"], dataset["neg"])
     if key not in pairs:
         pairs[key] = load_pair(*key, data_root, device)
-    with torch.no_grad():
-        real = torch.cat([classifier(chunk) for chunk in pairs[key].test_x.split(EVALUATION_CHUNK)])   # [test]
+    real = predict(classifier, pairs[key].test_x)                                                  # [test]
     counted = {"epoch": epoch, "samples": n_samples, "noise_seed": AMBIGUOUS_NOISE_SEED,
                "band": [0.5 - AMBIGUOUS_HALF_WIDTH, 0.5 + AMBIGUOUS_HALF_WIDTH],
                "ambiguous": ambiguous_count(gan.generator, classifier, n_samples),
@@ -532,11 +532,11 @@ def summarize_seeds(run_folders: list[Path], results_dir: Path, figures_dir: Pat
     markdown's path."""
     name, cells = seed_cells(run_folders, n_samples, data_root, device)
     table = over_seeds(cells)
-    output = Path(results_dir) / "gasten" / f"{name}_over_seeds"
+    output = gasten_path(results_dir, "over_seeds", name)
     write_table_csv(table, output / "over_seeds.csv")
     write_atomically(output / "over_seeds.md", seeds_markdown(table, n_samples).encode())
     save_figure(plot_over_seeds(table, f"{name}: {len(run_folders)} seeds"),
-                Path(figures_dir) / "gasten" / f"{name}_over_seeds" / "over_seeds")
+                gasten_path(figures_dir, "over_seeds_figure", name))
     return output / "over_seeds.md"
 
 

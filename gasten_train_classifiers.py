@@ -13,10 +13,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from hardness.gasten import (CLASSIFIERS, PAIR_DATASETS, classifier_folder, classifier_name, load_pair,
+from hardness.gasten import (CLASSIFIERS, PAIR_DATASETS, classifier_name, load_pair,
                              save_classifier, train_classifier)
-from utils import (add_device_argument, add_output_arguments, non_negative_int, positive_float, positive_int,
-                   resolve_device, run_script, run_settings, save_figure)
+from utils import (add_device_argument, add_output_arguments, gasten_path, non_negative_int, positive_float,
+                   positive_int, resolve_device, run_script, run_settings, save_figure)
 
 DEFAULT_EPOCHS = {"mnist": 1, "fashionmnist": 3}
 
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
         model, history = train_classifier(args.classifier_type, nf, args.epochs, data, args.seed, args.batch_size,
                                           args.lr, args.early_stop)
         name = classifier_name(args.classifier_type, nf, args.epochs, args.seed)
-        folder = classifier_folder(args.results_dir, args.dataset, args.pos, args.neg, name)
+        folder = gasten_path(args.results_dir, "classifier", name, args.dataset, args.pos, args.neg)
         save_classifier(model, args.classifier_type, nf, folder, {**run_settings(args, device), **history})
         accuracies[name] = history["test_accuracy"]
         print(f"{name}: test accuracy {100 * history['test_accuracy']:.2f}% (best epoch {history['best_epoch']}), "
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{args.dataset} {args.pos} (1) vs {args.neg} (0)")
     fig.tight_layout()
-    save_figure(fig, args.figures_dir / "gasten" / f"classifiers_{args.dataset}_{args.pos}v{args.neg}")
+    save_figure(fig, gasten_path(args.figures_dir, "classifiers_figure", dataset=args.dataset, pos=args.pos, neg=args.neg))
 
 
 if __name__ == "__main__":

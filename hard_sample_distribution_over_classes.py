@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (STRATEGIES, UserInputError, add_results_arguments, class_counts_path, dataset_label,
+from utils import (STRATEGIES, UserInputError, add_results_arguments, dataset_label, hard_samples_path,
                    distinct, existing_f1_results, identification_key, load_pickle, results_folders, run_script,
                    run_settings, save_figure, save_pickle)
 
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> None:
     identifications, class_names, sample_ids, read = distinct_identifications(args, dataset_name)
     counts = np.array([[len(indices) for indices in found["hard_indices"]] for found in identifications])
     mean, std = counts.mean(0), counts.std(0)
-    path = class_counts_path(args.results_dir, dataset_name, args.strategy, args.subset_size)
+    path = hard_samples_path(args.results_dir, "class_counts", dataset_name, args.strategy, subset_size=args.subset_size)
     save_pickle({"settings": run_settings(args), "read": [str(file) for file in read], "class_names": class_names,
                  "sample_ids": sample_ids, "counts": counts, "mean": mean, "std": std}, path)
 
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> None:
     ax.set_title(f"{dataset_name}, {args.strategy}: hard samples per class, mean ± std over "
                  f"{len(counts)} identifications")
     fig.tight_layout()
-    figures = save_figure(fig, args.figures_dir / "Figure8" / f"hard_sample_distribution_{dataset_name}_{args.strategy}")
+    figures = save_figure(fig, hard_samples_path(args.figures_dir, "distribution_figure", dataset_name, args.strategy))
 
     print(f"hard samples per class over {len(counts)} distinct identifications (n = {len(counts)}; "
           f"read {', '.join(map(str, read))}):")

@@ -33,13 +33,13 @@ from hardness.data import Dataset
 from hardness.ranking import Ranking, build_ranking, write_ranking
 from hardness.report import render_report, write_report
 from hardness.score_figures import plot_class_counts
-from hardness.setting import setting_path
+from hardness.setting import saved_setting_path, setting_name
 from hardness.user_data import parse_source
 from utils import (RANKINGS, UserInputError, add_dataset_arguments, add_scoring_arguments, check_scoring_arguments,
                    dataset_label, detection_scores, hardness_ranking, load_dataset_from_args, load_setting_arrays,
                    load_settings, plot_correlations, plot_data_map, plot_top_k_classes, positive_int,
                    rank_correlations, resolve_device, run_script, run_settings, save_figure, save_setting,
-                   score_setting, unit_interval)
+                   score_setting, scores_path, unit_interval)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,19 +80,19 @@ def draw_figures(scores: dict[str, np.ndarray], labels: np.ndarray, class_names:
 
 
 def write_answer(scores: dict[str, np.ndarray], dataset: Dataset, class_names: list[str], noise_ratio: float,
-                 title: str, settings: dict, top: int, path: Path) -> Ranking:
-    """The ranking CSV and the report beside the scores file `path` (a table's rows shown as read, with their
-    column names)."""
+                 title: str, settings: dict, top: int, results_dir: Path, name: str) -> Ranking:
+    """The ranking CSV and the report of the setting `name` (a table's rows shown as read, with their column
+    names)."""
     labels, flipped = scores["labels"], scores["flipped"] if noise_ratio > 0 else None
     ranking = build_ranking(scores, labels, scores["predicted_labels"], class_names, scores["sample_ids"].tolist(),
                             flipped)
-    csv_path = path.with_name(f"{path.stem}_ranking.csv")
+    csv_path = scores_path(results_dir, "ranking", name)
     write_ranking(ranking, csv_path)
     shown = dataset.table_values if dataset.table_values is not None else dataset.data
     figures = {"data map: confidence against variability": plot_data_map(scores, scores["flipped"], title),
                "samples per class": plot_class_counts(labels, scores["predicted_labels"], ranking.order[:top],
                                                       class_names, title)}
-    write_report(path.with_name(f"{path.stem}_report.html"),
+    write_report(scores_path(results_dir, "report", name),
                  render_report(ranking, scores, shown, labels, class_names, title, settings, csv_path.name, figures, top,
                                feature_names=dataset.feature_names))
     return ranking
@@ -100,8 +100,8 @@ def write_answer(scores: dict[str, np.ndarray], dataset: Dataset, class_names: l
 
 def main(args: argparse.Namespace) -> None:
     label = dataset_label(args.dataset_name, args.dataset_label)
-    path = setting_path(args.results_dir, label, args.subset_size, args.noise_ratio, args.network, args.noise_type)
     if args.replot:
+        path = saved_setting_path(args, label)
         scores, settings = load_setting_arrays(path), load_settings(path)
         class_names, seconds, notes = settings["class_names"], settings["seconds"], settings["notes"]
         dataset = load_dataset_from_args(args, torch.device("cpu"), seed=settings["seed"])
@@ -112,6 +112,8 @@ def main(args: argparse.Namespace) -> None:
         device = resolve_device(args.device)
         setting = score_setting(args.dataset_name, args.subset_size, args.noise_ratio, args, device)
         settings = run_settings(args, device)
+        path = scores_path(args.results_dir, "scores", setting_name(
+            args.dataset_name, setting.dataset, args.subset_size, args.noise_ratio, args.network, args.noise_type))
         save_setting(setting, path, settings)
         dataset, class_names = setting.dataset, setting.dataset.class_names
         scores = {**setting.run.scores, "flipped": setting.flipped, "labels": setting.labels.cpu().numpy(),
@@ -121,13 +123,14 @@ def main(args: argparse.Namespace) -> None:
 
     runs = scores["confidence"].shape[0]
     title = f"{label}, {len(scores['labels'])} samples, {args.noise_ratio:g} noise, {runs} {args.network} runs"
-    stem = args.figures_dir / "scores" / path.stem
+    stem = scores_path(args.figures_dir, "figures", path.stem)
     names = draw_figures(scores, scores["labels"], class_names, title, args.top_k, stem)
     if scores["flipped"].any():
         print("AUROC, flipped against clean labels: " + ", ".join(
             f"{n} {detection_scores(hardness_ranking(scores, n), scores['flipped'])['auroc']:.3f}"
             for n in names if n != "stragglers"))
-    ranking = write_answer(scores, dataset, class_names, args.noise_ratio, title, settings, args.report_top, path)
+    ranking = write_answer(scores, dataset, class_names, args.noise_ratio, title, settings, args.report_top,
+                           args.results_dir, path.stem)
     print("most suspicious: " + ", ".join(f"{row['sample_id']} ({row['given_label']} -> {row['predicted_label']})"
                                           for row in ranking.rows()[:5]))
     print("seconds: " + ", ".join(f"{key} {value:.1f}" for key, value in seconds.items()))

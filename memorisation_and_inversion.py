@@ -26,10 +26,10 @@ from hardness.memorisation import (EPOCH_OFFSET, MOMENTS, SCORES, WHOLE_TRAJECTO
                                    mean_std, plot_settings, run_inversion_epoch, smoothed_inversions)
 from hardness.minibatch import StackedNetworks, train_minibatch
 from neural_networks import memorisation_cnn, memorisation_mlp
-from utils import (RadiiRecorder, StragglerTracker, UserInputError, add_common_arguments, add_dataset_arguments,
-                   canonical_dataset_name, derived_seed, flip_labels, load_dataset, positive_float, positive_int,
-                   resolve_device, results_folders, run_script, run_settings, save_figure, save_npz_with_settings, unit_interval,
-                   write_atomically)
+from utils import (MemorisationStage, RadiiRecorder, StragglerTracker, UserInputError, add_common_arguments,
+                   add_dataset_arguments, canonical_dataset_name, flip_labels, load_dataset, memorisation_path, positive_float,
+                   positive_int, resolve_device, results_folders, run_script, run_settings, save_figure,
+                   save_npz_with_settings, stage_generator, stage_seed, unit_interval, write_atomically)
 
 DEFAULT_EPOCHS = {"mlp": 100, "cnn": 100}
 
@@ -86,16 +86,16 @@ def result_path(args: argparse.Namespace, dataset_name: str) -> Path:
                  (f"epochs{args.epochs}", args.epochs != DEFAULT_EPOCHS[args.model]),
                  (f"lr{args.lr:g}", args.lr != 0.01), (f"batch{args.batch_size}", args.batch_size != 128)]
     suffix = "".join(f"_{name}" for name, differs in differing if differs)
-    return args.results_dir / "memorisation" / f"{dataset_name}_{args.model}_{args.subset_size}_{args.noise_ratio:g}{suffix}.npz"
+    return memorisation_path(args.results_dir, "setting", f"{dataset_name}_{args.model}_{args.subset_size}_{args.noise_ratio:g}{suffix}")
 
 
 def build_networks(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int,
                    device: torch.device) -> StackedNetworks:
-    """--runs networks, run r initialised from derived_seed(seed, 2, r)."""
+    """--runs networks, run r initialised from its INITIALISATION stage."""
     models = []
     for run in range(args.runs):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(args.seed, 2, run))
+            torch.manual_seed(stage_seed(args.seed, MemorisationStage.INITIALISATION, run))
             models.append(memorisation_mlp(input_shape, num_classes, args.width, args.latent) if args.model == "mlp"
                           else memorisation_cnn(input_shape, num_classes, args.latent))
     return StackedNetworks([model.to(device) for model in models])
@@ -107,13 +107,13 @@ def train_and_record(args: argparse.Namespace, device: torch.device) -> tuple[di
     n, num_classes = args.subset_size, dataset.num_classes
     data, heldout = dataset.data[:n], dataset.data[n:]
     clean, heldout_clean = dataset.labels[:n], dataset.labels[n:]
-    labels, flipped = flip_labels(clean, args.noise_ratio, num_classes, torch.Generator().manual_seed(derived_seed(args.seed, 1)))
-    heldout_noisy, _ = flip_labels(heldout_clean, args.noise_ratio, num_classes,
-                                   torch.Generator().manual_seed(derived_seed(args.seed, 4)))
+    labels, flipped, _ = flip_labels(clean, args.noise_ratio, num_classes, args.seed)
+    heldout_noisy, _, _ = flip_labels(heldout_clean, args.noise_ratio, num_classes, args.seed,
+                                      stage=MemorisationStage.HELDOUT_NOISE)
 
     networks = build_networks(args, tuple(data.shape[1:]), num_classes, device)
     optimizer = torch.optim.SGD(networks.parameters(), lr=args.lr, momentum=args.momentum)
-    shuffles = [torch.Generator().manual_seed(derived_seed(args.seed, 3, run)) for run in range(args.runs)]
+    shuffles = [stage_generator(args.seed, MemorisationStage.MINIBATCH_ORDER, run) for run in range(args.runs)]
     radii = RadiiRecorder(args.runs, num_classes, 0, args.epochs - 1, device)
     checks = StragglerTracker(args.runs, labels, num_classes, start=args.check_start - EPOCH_OFFSET,
                               interval=args.check_interval)
@@ -122,10 +122,8 @@ def train_and_record(args: argparse.Namespace, device: torch.device) -> tuple[di
                              observers=[radii, checks, recorder], description=f"{args.runs} {args.model}(s)")
 
     inverted_at = checks.inverted_at.cpu().numpy()
-    flipped_mask = np.zeros(n, dtype=bool)
-    flipped_mask[flipped.cpu().numpy()] = True
     arrays = {**recorder.arrays(), "radii": radii.radii, "train_loss": losses, "labels": labels.cpu().numpy(),
-              "clean_labels": clean.cpu().numpy(), "flipped": flipped_mask,
+              "clean_labels": clean.cpu().numpy(), "flipped": flipped.cpu().numpy(),
               "inversion_checked": np.where(inverted_at >= 0, inverted_at + EPOCH_OFFSET, -1),
               "inversion_smoothed": smoothed_inversions(radii.radii, args.smoothing, args.check_start),
               "stragglers": checks.hard("copy").cpu().numpy(), "sample_ids": np.array(dataset.sample_ids[:n]),
@@ -187,10 +185,10 @@ def summarize(args: argparse.Namespace) -> None:
     names = list(table)
     lines = ["| | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     lines += [f"| {row} | " + " | ".join(table[name][row] for name in names) + " |" for row in table[names[0]]]
-    summary = args.results_dir / "memorisation" / "summary.md"
+    summary = memorisation_path(args.results_dir, "summary")
     write_atomically(summary, ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
-    saved = save_figure(plot_settings(panels), args.figures_dir / "memorisation" / "memorisation_and_inversion")
+    saved = save_figure(plot_settings(panels), memorisation_path(args.figures_dir, "summary_figure"))
     print(f"wrote {summary} and {saved[0]}")
 
 
@@ -206,10 +204,10 @@ def main(args: argparse.Namespace) -> None:
     row = summary_rows(arrays, analysis)
     path = result_path(args, dataset_name)
     save_npz_with_settings(arrays, path, {**settings, "summary": row})
-    save_figure(plot_settings([(setting_title(settings), analysis)]), args.figures_dir / "memorisation" / path.stem)
+    save_figure(plot_settings([(setting_title(settings), analysis)]), memorisation_path(args.figures_dir, "setting_figure", path.stem))
     for name, value in row.items():
         print(f"{name}: {value}")
-    print(f"saved {path} and its .json; figure in {args.figures_dir / 'memorisation'}")
+    print(f"saved {path} and its .json; figure {memorisation_path(args.figures_dir, 'setting_figure', path.stem)}.png")
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ import numpy as np
 
 import torch
 
-from hardness.setting import ScoredSetting, setting_path
+from hardness.setting import ScoredSetting, setting_name
 from utils import (UserInputError, add_dataset_arguments, add_scoring_arguments, benchmark_rows,
                    canonical_dataset_name, check_scoring_arguments, combine_rows, markdown_table, plot_trajectory_auroc,
                    positive_int, resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
-                   trajectory_auroc, unit_interval, write_atomically)
+                   scores_path, trajectory_auroc, unit_interval, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,12 +117,12 @@ def merge_sweep(args: argparse.Namespace) -> None:
         with open(table, newline="") as handle:
             rows += list(csv.DictReader(handle))
     combined = combine_rows(rows)
-    folder = args.results_dir / "scores"
-    write_atomically(folder / "benchmark_sweep.csv", csv_bytes(combined))
-    write_atomically(folder / "benchmark_sweep.md", (f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n\n"
-                                                     + markdown_table(combined)).encode())
+    stem = scores_path(args.results_dir, "benchmark", suffix="_sweep")
+    write_atomically(stem.with_suffix(".csv"), csv_bytes(combined))
+    write_atomically(stem.with_suffix(".md"), (f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n\n"
+                                               + markdown_table(combined)).encode())
     print(markdown_table(combined))
-    print(f"merged {len(tables)} tables into {folder / 'benchmark_sweep.csv'} and .md")
+    print(f"merged {len(tables)} tables into {stem}.csv and .md")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -138,8 +138,8 @@ def main(args: argparse.Namespace) -> None:
         setting = (moved_setting(args, device) if noise_ratio is None
                    else score_setting(dataset_name, args.subset_size, noise_ratio, args, device))
         label, noise_ratio = setting.dataset.name, noise_ratio if noise_ratio is not None else float(setting.flipped.mean())
-        save_setting(setting, setting_path(args.results_dir, label, args.subset_size, noise_ratio, args.network,
-                                           noise_type),
+        name = setting_name(dataset_name, setting.dataset, args.subset_size, noise_ratio, args.network, noise_type)
+        save_setting(setting, scores_path(args.results_dir, "scores", name),
                      {**settings, "dataset_name": dataset_name, "noise_ratio": noise_ratio, "noise_type": noise_type})
         rows += benchmark_rows(setting, label, noise_ratio, args.network, noise_type)
         key = f"{label}, {noise_ratio:g} noise"
@@ -149,18 +149,18 @@ def main(args: argparse.Namespace) -> None:
         inversion[key] = float(inverted[inverted >= 0].mean()) if (inverted >= 0).any() else float("nan")
         print(markdown_table([row for row in rows if row["dataset"] == label and row["noise_ratio"] == noise_ratio]))
 
-    folder = args.results_dir / "scores"
     suffix = ("" if args.network == "SimpleNN" else f"_{args.network}") + ("" if noise_type == "uniform"
                                                                           else f"_{noise_type}")
-    write_atomically(folder / f"benchmark{suffix}.csv", csv_bytes(rows))
+    stem = scores_path(args.results_dir, "benchmark", suffix=suffix)
+    write_atomically(stem.with_suffix(".csv"), csv_bytes(rows))
     table = markdown_table(rows)
-    write_atomically(folder / f"benchmark{suffix}.md", (f"`{settings['command']}`\n\n" + table).encode())
+    write_atomically(stem.with_suffix(".md"), (f"`{settings['command']}`\n\n" + table).encode())
     figure = save_figure(plot_trajectory_auroc(curves, epochs, inversion),
-                         args.figures_dir / "scores" / f"benchmark_auroc_by_epoch{suffix}")
+                         scores_path(args.figures_dir, "benchmark_figure", suffix=suffix))
     for key, by_score in curves.items():
         best = {name: int(epochs[key][values.argmax()]) for name, values in by_score.items()}
         print(f"{key}: best epoch per score {best}, mean inversion epoch {inversion[key]:.0f}")
-    print(f"saved {folder / f'benchmark{suffix}.csv'}, {folder / f'benchmark{suffix}.md'} and {figure[0]}")
+    print(f"saved {stem}.csv, {stem}.md and {figure[0]}")
 
 
 if __name__ == "__main__":

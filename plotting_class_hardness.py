@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hardness.class_overlap import draw_figures, load_simulation
 from hardness.cli import UserInputError
-from utils import add_output_arguments, run_script
+from utils import add_output_arguments, class_hardness_path, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,14 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    folders = [path if path.exists() else args.results_dir / "class_hardness" / path for path in args.results]
+    folders = [path if path.exists() else class_hardness_path(args.results_dir, path) for path in args.results]
     repeated = sorted({folder.name for folder in folders if [f.name for f in folders].count(folder.name) > 1})
     if repeated:
         raise UserInputError(f"--results names {', '.join(repeated)} more than once; each setting is drawn once, "
                              "by its folder's name")
     settings = {folder.name: load_simulation(folder) for folder in folders}
     name = args.name or "_vs_".join(settings)
-    figures = draw_figures(settings, args.figures_dir / "class_hardness" / name)
+    figures = draw_figures(settings, class_hardness_path(args.figures_dir, name))
     for setting, runs in settings.items():
         final = sum(r["accuracy"][-1] for r in runs) / len(runs)
         print(f"{setting}: {len(runs)} run(s), final test accuracy {100 * final:.1f}%")

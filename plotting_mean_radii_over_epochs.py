@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from utils import (add_output_arguments, class_grid, dataset_label, load_pickle, mean_inversion_epochs,
-                   radii_results_path, run_script, save_figure)
+                   inversion_path, run_script, save_figure)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def plot_per_class(results: dict, dataset_name: str, figures_dir: Path) -> list[
     fig.suptitle(f"{dataset_name}: class-manifold radii, mean ± std over {len(results['radii'])} runs "
                  "(dashed: mean inversion epoch)")
     fig.tight_layout()
-    return save_figure(fig, figures_dir / "Figure2" / f"mean_std_radii_on_{dataset_name}")
+    return save_figure(fig, inversion_path(figures_dir, "mean_std_figure", dataset_name))
 
 
 def plot_overlay(results: dict, dataset_name: str, figures_dir: Path) -> list[Path]:
@@ -67,12 +67,12 @@ def plot_overlay(results: dict, dataset_name: str, figures_dir: Path) -> list[Pa
     ax.set_title(f"{dataset_name}: mean ± std over {len(results['radii'])} runs (dots: mean inversion epoch)")
     ax.legend(fontsize=7, ncol=2, title="class")
     fig.tight_layout()
-    return save_figure(fig, figures_dir / "Figure2" / f"mean_std_radii_overlay_on_{dataset_name}")
+    return save_figure(fig, inversion_path(figures_dir, "overlay_figure", dataset_name))
 
 
 def main(args: argparse.Namespace) -> None:
     dataset_name = dataset_label(args.dataset_name)
-    path = args.results_path or radii_results_path(args.results_dir, dataset_name)
+    path = args.results_path or inversion_path(args.results_dir, "radii", dataset_name)
     results = load_pickle(path, f"python replicate_inversion_results_on_multiple_classes.py --dataset_name {dataset_name}")
     figures = plot_per_class(results, dataset_name, args.figures_dir) + plot_overlay(results, dataset_name,
                                                                                       args.figures_dir)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from utils import (STRATEGIES, UserInputError, add_results_arguments, dataset_label, existing_f1_results,
-                   load_pickle, results_folders, run_script, save_figure)
+                   hard_samples_path, load_pickle, results_folders, run_script, save_figure)
 
 PANELS = {False: [("a", "accuracy"), ("b", "recall"), ("c", "precision"), ("d", "F1")],
           True: [("e", "accuracy"), ("f", "recall"), ("g", "precision"), ("h", "F1")]}
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> None:
         for letter, metric in panels:
             title = f"{dataset_name}: {metric} when reducing {reduced} training samples"
             fig = plot_metric(by_strategy, metric, reduced, title)
-            saved += save_figure(fig, args.figures_dir / "Figure7" / f"{letter}_{reduced}_{metric}")
+            saved += save_figure(fig, hard_samples_path(args.figures_dir, "figure7", panel=f"{letter}_{reduced}_{metric}"))
     if not saved:
         raise UserInputError(f"no results for {dataset_name} with --subset_size {args.subset_size} in "
                              f"{args.results_dir}/F1_results/; run verifying_importance_of_stragglers.py first")

@@ -16,7 +16,7 @@ import torch
 from neural_networks import BatchedSimpleNN
 from utils import (INVERSION_START, RadiiRecorder, StragglerTracker, UserInputError, add_common_arguments,
                    add_dataset_arguments, class_grid, input_channels, keep_freed_memory_in_heap, load_dataset_from_args,
-                   mean_inversion_epochs, positive_float, positive_int, radii_results_path, resolve_device, run_script,
+                   mean_inversion_epochs, positive_float, positive_int, inversion_path, resolve_device, run_script,
                    run_settings, save_figure, save_pickle, simple_nn_size, train_full_batch)
 
 
@@ -56,7 +56,7 @@ def plot_radii(radii: np.ndarray, epochs: np.ndarray, class_names: list[str], da
         ax.set_title(f"class {class_names[c]}", fontsize=9)
     fig.suptitle(f"Class-manifold radii on {dataset_name}, {len(radii)} runs")
     fig.tight_layout()
-    return save_figure(fig, figures_dir / f"radii_on_{dataset_name}")
+    return save_figure(fig, inversion_path(figures_dir, "radii_figure", dataset_name))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> None:
                               description=f"{args.number_of_runs} runs")
     inversion_epochs = inversions.inverted_at.cpu().numpy()
 
-    path = radii_results_path(args.results_dir, dataset.name)
+    path = inversion_path(args.results_dir, "radii", dataset.name)
     save_pickle({"settings": run_settings(args, device), "class_names": dataset.class_names,
                  "epochs": recorder.epochs, "radii": recorder.radii, "losses": losses,
                  "inversion_epochs": inversion_epochs, "subset_indices": dataset.indices.numpy(),

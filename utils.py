@@ -27,10 +27,9 @@ from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_c
                           add_output_arguments,
                           add_results_arguments, budget_share_or_count, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
-from hardness.data import (benchmark_splits, canonical_dataset_name, dataset_label, flip_labels, load_dataset,
-                           load_dataset_from_args)
+from hardness.data import benchmark_splits, canonical_dataset_name, dataset_label, load_dataset, load_dataset_from_args
 from hardness.device import keep_freed_memory_in_heap, resolve_device
-from hardness.engine import (RadiiRecorder, derived_seed, input_channels, simple_nn_size, train_and_predict, train_full_batch,
+from hardness.engine import (RadiiRecorder, input_channels, simple_nn_size, train_and_predict, train_full_batch,
                              train_networks)
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
@@ -40,12 +39,15 @@ from hardness.score_figures import plot_correlations, plot_data_map, plot_top_k_
 from hardness.scoring import RANKINGS, SETS, hardness_ranking
 from hardness.setting import (add_scoring_arguments, check_scoring_arguments, load_setting_arrays, load_settings,
                               save_setting, score_setting)
+from hardness.noise import NOISE_TYPES, flip_labels
+from hardness.seeds import (ClassHardnessStage, MemorisationStage, NetworkStage, Stage, VogStage, child_seeds, derived_seed,
+                            stage_generator, stage_seed)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
 from hardness.radii import mean_inversion_epochs
-from hardness.results import (class_accuracies_path, class_counts_path, class_grid, distinct, existing_f1_results,
-                              f1_results_path, identification_key, load_pickle, overlap_results_path,
-                              radii_results_path, results_folders, run_settings, scores_results_path, save_figure, save_npz_with_settings, save_pickle,
-                              write_atomically)
+from hardness.results import (class_grid, class_hardness_path, distinct, existing_f1_results, gasten_path,
+                              hard_samples_path, identification_key, inversion_path, load_pickle, memorisation_path,
+                              results_folders, run_settings, save_figure, save_npz_with_settings, save_pickle,
+                              scores_name, scores_path, sweep_path, vog_path, write_atomically)
 from hardness.sweep import load_grid, render_flags, run_local, status_table, submit_slurm, wait_for_slurm
 from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, checkpoint_epochs, checkpoint_predictions,
                           input_gradients, stage_windows, vog_from_gradients, vog_scores)
@@ -53,20 +55,24 @@ from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, c
 __all__ = [
     "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
     "budget_share_or_count", "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
-    "benchmark_splits", "canonical_dataset_name", "dataset_label", "flip_labels", "load_dataset", "load_dataset_from_args",
+    "benchmark_splits", "canonical_dataset_name", "dataset_label", "load_dataset", "load_dataset_from_args",
     "keep_freed_memory_in_heap", "resolve_device",
-    "RadiiRecorder", "derived_seed", "input_channels", "simple_nn_size", "train_and_predict", "train_full_batch", "train_networks",
+    "RadiiRecorder", "input_channels", "simple_nn_size", "train_and_predict", "train_full_batch", "train_networks",
     "INVERSION_INTERVAL", "INVERSION_START", "STRATEGIES", "StragglerTracker", "class_counts",
     "identify_hard_samples",
+    "NOISE_TYPES", "flip_labels",
+    "ClassHardnessStage", "MemorisationStage", "NetworkStage", "Stage", "VogStage", "child_seeds", "derived_seed",
+    "stage_generator", "stage_seed",
     "METRICS", "confusion_matrices", "train_and_evaluate",
     "RANKINGS", "SETS", "add_scoring_arguments", "benchmark_rows", "check_scoring_arguments", "combine_rows", "detection_scores",
     "hardness_ranking", "load_setting_arrays", "load_settings", "markdown_table", "plot_correlations", "plot_data_map",
     "plot_top_k_classes", "plot_trajectory_auroc", "rank_correlations", "save_setting", "score_setting",
     "trajectory_auroc",
     "mean_inversion_epochs",
-    "class_accuracies_path", "class_counts_path", "class_grid", "distinct", "existing_f1_results", "f1_results_path",
-    "identification_key", "load_pickle", "overlap_results_path", "radii_results_path", "results_folders", "run_settings", "scores_results_path", "save_figure",
-    "save_npz_with_settings", "save_pickle", "write_atomically",
+    "class_grid", "class_hardness_path", "distinct", "existing_f1_results", "gasten_path", "hard_samples_path",
+    "identification_key", "inversion_path", "load_pickle", "memorisation_path", "results_folders", "run_settings",
+    "save_figure", "save_npz_with_settings", "save_pickle", "scores_name", "scores_path", "sweep_path", "vog_path",
+    "write_atomically",
     "load_grid", "render_flags", "run_local", "status_table", "submit_slurm", "wait_for_slurm",
     "CALIBRATIONS", "STAGES", "CheckpointRecorder", "calibrate", "checkpoint_epochs", "checkpoint_predictions",
     "input_gradients", "stage_windows", "vog_from_gradients", "vog_scores",

@@ -32,13 +32,13 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN
-from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, add_common_arguments,
-                   add_dataset_arguments, calibrate, checkpoint_epochs, checkpoint_predictions, derived_seed,
+from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, VogStage, add_common_arguments,
+                   add_dataset_arguments, calibrate, checkpoint_epochs, checkpoint_predictions,
                    flip_labels, input_channels, input_gradients, keep_freed_memory_in_heap, load_dataset_from_args,
                    positive_int, resolve_device, run_script, run_settings, save_figure, save_npz_with_settings,
-                   simple_nn_size, stage_windows, train_networks, unit_interval, vog_scores, write_atomically)
+                   simple_nn_size, stage_generator, stage_seed, stage_windows, train_networks, unit_interval,
+                   vog_path, vog_scores, write_atomically)
 
-NOISE, SPLIT, TRAIN = range(3)     # stages of the run, each with its own seed
 EXTREMES = 10                      # lowest- and highest-VoG images shown per class
 KEPT_SHARES = np.arange(10, 101, 10)
 
@@ -102,7 +102,7 @@ def trained_checkpoints(args: argparse.Namespace, data: Tensor, labels: Tensor,
     """Train the network on (data, labels), keeping --checkpoints state dicts evenly over --epochs, and
     the epochs they were kept after."""
     recorder = CheckpointRecorder(checkpoint_epochs(args.epochs, args.checkpoints))
-    train_networks(args.evaluation_network, [derived_seed(args.seed, TRAIN)], data, labels, num_classes, args.epochs,
+    train_networks(args.evaluation_network, [stage_seed(args.seed, VogStage.TRAIN)], data, labels, num_classes, args.epochs,
                    batch_size=args.batch_size, observers=[recorder], description="training")
     states = recorder.checkpoints
     if args.evaluation_network == "SimpleNN":  # the engine's batched model of one run, as a SimpleNN
@@ -290,14 +290,12 @@ def main(args: argparse.Namespace) -> None:
     dataset = load_dataset_from_args(args, device)        # a ResNet on a table is refused here, before any work
     data, labels, num_classes = dataset.data, dataset.labels, dataset.num_classes
 
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(derived_seed(args.seed, SPLIT)))
+    order = torch.randperm(len(labels), generator=stage_generator(args.seed, VogStage.SPLIT))
     train_rows, held_rows = order[:int(args.train_ratio * len(labels))], order[int(args.train_ratio * len(labels)):]
     train_data, held_data, held_labels = data[train_rows], data[held_rows], labels[held_rows]
     train_ids = [dataset.sample_ids[i] for i in train_rows.tolist()]
-    train_labels, flipped = flip_labels(labels[train_rows], args.noise_ratio, num_classes,
-                                        torch.Generator().manual_seed(derived_seed(args.seed, NOISE)))
-    is_flipped = torch.zeros(len(train_rows), dtype=torch.bool)
-    is_flipped[flipped.cpu()] = True
+    train_labels, is_flipped, _ = flip_labels(labels[train_rows], args.noise_ratio, num_classes, args.seed)
+    is_flipped = is_flipped.cpu()
 
     model = network_for(args, data, num_classes)
     if paths is not None:
@@ -306,14 +304,14 @@ def main(args: argparse.Namespace) -> None:
         checkpoints, epochs = trained_checkpoints(args, train_data, train_labels, num_classes)
     if args.save_checkpoints:
         save_checkpoints(checkpoints, epochs or list(range(len(checkpoints))),
-                         args.results_dir / "VoG" / "checkpoints" / f"{dataset.name}_{args.subset_size}")
+                         vog_path(args.results_dir, "checkpoints", f"{dataset.name}_{args.subset_size}"))
     train_vog = all_vog(model, checkpoints, train_data, train_labels, args)          # [stages, calibrations, n]
     held_vog = all_vog(model, checkpoints, held_data, held_labels, args)
     train_predictions = checkpoint_predictions(model, checkpoints, train_data).cpu().numpy()     # [K, n]
     held_predictions = checkpoint_predictions(model, checkpoints, held_data).cpu().numpy()
 
     name = f"{dataset.name}_{args.subset_size}"
-    path = args.results_dir / "VoG" / f"{name}_vog.npz"
+    path = vog_path(args.results_dir, "scores", name)
     save_npz_with_settings({
         "stages": np.array(STAGES), "calibrations": np.array(CALIBRATIONS), "checkpoint_epochs": np.array(epochs),
         "train_indices": dataset.indices[train_rows].numpy(), "held_out_indices": dataset.indices[held_rows].numpy(),
@@ -334,7 +332,7 @@ def main(args: argparse.Namespace) -> None:
     kept_accuracy = np.array([1 - wrong[order[:-(-share * len(held) // 100)]].mean()   # the lowest ceil(x% of n)
                               for share in KEPT_SHARES])
     title = f"{dataset.name} {args.subset_size}, {args.evaluation_network}, {args.mode} VoG ({args.vog_cal})"
-    figures = args.figures_dir / "VoG" / f"{name}_{args.mode}_{args.vog_cal}"
+    figures = vog_path(args.figures_dir, "figures", name, args.mode, args.vog_cal)
     saved = save_figure(plot_error_by_vog(held, wrong, title), Path(f"{figures}_error_by_vog"))
     saved += save_figure(plot_accuracy_kept(kept_accuracy, title), Path(f"{figures}_accuracy_kept"))
     saved += save_figure(plot_histograms(train_vog[:, cal], held_vog[:, cal], args.vog_cal, title),

@@ -42,7 +42,7 @@ from neural_networks import VoGToyNet
 from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, add_device_argument,
                    add_output_arguments, calibrate, input_gradients, non_negative_int, positive_float, positive_int,
                    resolve_device, run_script, run_settings, save_figure, save_npz_with_settings, stage_windows,
-                   train_full_batch, vog_from_gradients)
+                   train_full_batch, vog_from_gradients, vog_path)
 
 SAMPLES, TRAIN, NUM_CLASSES = 500, 450, 2
 LR, STEPS = 1e-3, 15      # the original's training
@@ -227,12 +227,13 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model, results = experiment(args, device)
     name = run_name(args)
-    path = args.results_dir / "VoG" / f"{name}.npz"
+    path = vog_path(args.results_dir, "toy", name)
     save_npz_with_settings(results, path, run_settings(args, device))
 
     points, labels = toy_data()
-    figures = plot_decision_boundary(model, points, labels, args.figures_dir / "VoG" / f"{name}_decision_boundary")
-    figures += plot_vog_against_distance(results, args, args.figures_dir / "VoG" / f"{name}_vog_by_distance")
+    figures = plot_decision_boundary(model, points, labels, vog_path(args.figures_dir, "decision_boundary_figure", name))
+    figures += plot_vog_against_distance(results, args,
+                                         vog_path(args.figures_dir, "vog_by_distance_figure", name))
     print(f"train accuracy {results['train_accuracy']:.1%}, test accuracy {results['test_accuracy']:.1%}")
     print(f"Spearman correlation of VoG with the distance to the decision boundary ({args.split} split, "
           f"{args.mode} checkpoints, {args.vog_cal}): {results['spearman']:.3f}")

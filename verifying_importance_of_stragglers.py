@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (INVERSION_INTERVAL, INVERSION_START, METRICS, STRATEGIES, add_common_arguments,
-                   add_dataset_arguments, benchmark_splits, budget_share_or_count, class_counts, derived_seed,
-                   f1_results_path, flip_labels, identify_hard_samples, keep_freed_memory_in_heap,
+from utils import (INVERSION_INTERVAL, INVERSION_START, METRICS, STRATEGIES, Stage, add_common_arguments,
+                   add_dataset_arguments, benchmark_splits, budget_share_or_count, class_counts,
+                   flip_labels, hard_samples_path, identify_hard_samples, keep_freed_memory_in_heap,
                    load_dataset_from_args, positive_int, resolve_device, run_script, run_settings, save_figure,
-                   save_pickle, train_and_evaluate, unit_interval)
+                   save_pickle, stage_generator, stage_seed, train_and_evaluate, unit_interval)
 
-NOISE, IDENTIFY, SPLIT, EVALUATE = range(4)  # stages of the experiment, each with its own seeds
 TEST_SETS = ("full", "hard", "easy")
 
 
@@ -110,9 +109,8 @@ def plot_accuracies(metrics: dict, args: argparse.Namespace, dataset_name: str) 
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{dataset_name}, {args.strategy}, {args.runs} x {args.runs} networks per point")
     fig.tight_layout()
-    name = f1_results_path(args.results_dir, dataset_name, args.strategy, args.reduce_hard, args.subset_size,
-                           "accuracy", args.snapshot).stem
-    return save_figure(fig, args.figures_dir / "straggler_ratio_vs_generalisation" / name)
+    return save_figure(fig, hard_samples_path(args.figures_dir, "generalisation_figure", dataset_name, args.strategy,
+                                              args.reduce_hard, args.subset_size, args.snapshot))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -120,16 +118,15 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     dataset = load_dataset_from_args(args, device)
     num_classes, data, clean_labels = dataset.num_classes, dataset.data, dataset.labels
-    labels, flipped = flip_labels(clean_labels, args.noise_ratio, num_classes,
-                                  torch.Generator().manual_seed(derived_seed(args.seed, NOISE)))
+    labels, flipped, _ = flip_labels(clean_labels, args.noise_ratio, num_classes, args.seed)
 
     plan = list(product(args.train_ratios, range(args.runs)))  # one identification each, all found at once
     hard, inversion_epochs = identify_hard_samples(
-        args.strategy, [derived_seed(args.seed, IDENTIFY, i) for i in range(len(plan))], data, clean_labels, labels,
+        args.strategy, [stage_seed(args.seed, Stage.IDENTIFY, i) for i in range(len(plan))], data, clean_labels, labels,
         num_classes, args.epochs, args.level, args.noise_ratio, args.snapshot, budget=args.budget,
         class_names=dataset.class_names)
     hard_counts = class_counts(hard, labels, num_classes).cpu().numpy()
-    caught = hard[:, flipped].float().mean(1).tolist() if len(flipped) else [None] * len(plan)
+    caught = hard[:, flipped].float().mean(1).tolist() if flipped.any() else [None] * len(plan)
 
     metrics = {ratio: {test_set: {remaining: {metric: [] for metric in METRICS}
                                   for remaining in args.remaining_train_ratios} for test_set in TEST_SETS}
@@ -138,9 +135,9 @@ def main(args: argparse.Namespace) -> None:
     for i, (train_ratio, run) in enumerate(tqdm(plan, desc="identifications evaluated")):
         hard_i = hard[i].cpu()
         train, test = benchmark_splits(hard_i, train_ratio, args.remaining_train_ratios, args.reduce_hard,
-                                       args.nested_splits, torch.Generator().manual_seed(derived_seed(args.seed, SPLIT, i)))
+                                       args.nested_splits, stage_generator(args.seed, Stage.SPLIT, i))
         train, test = train.repeat_interleave(args.runs, 0), test.repeat_interleave(args.runs, 0)  # [networks, N]
-        seeds = [derived_seed(args.seed, EVALUATE, i, j) for j in range(len(train))]
+        seeds = [stage_seed(args.seed, Stage.EVALUATE, i, j) for j in range(len(train))]
         scores = train_and_evaluate(args.evaluation_network, seeds, data, labels, num_classes, args.epochs, train,
                                     {"full": test, "hard": test & hard_i, "easy": test & ~hard_i}, args.batch_size)
         for test_set, metric in product(TEST_SETS, METRICS):
@@ -156,8 +153,8 @@ def main(args: argparse.Namespace) -> None:
             "inversion_epochs": inversion_epochs[i]})
 
     settings = run_settings(args, device)
-    paths = {kind: f1_results_path(args.results_dir, dataset.name, args.strategy, args.reduce_hard, args.subset_size,
-                                   kind, args.snapshot) for kind in ("metrics", "indices")}
+    paths = {kind: hard_samples_path(args.results_dir, kind, dataset.name, args.strategy, args.reduce_hard,
+                                     args.subset_size, args.snapshot) for kind in ("metrics", "indices")}
     save_pickle({"settings": settings, "metrics": metrics, "class_names": dataset.class_names,
                  "sample_ids": dataset.sample_ids}, paths["metrics"])
     save_pickle({"settings": settings, "class_names": dataset.class_names, "subset_indices": dataset.indices.numpy(),
@@ -168,9 +165,9 @@ def main(args: argparse.Namespace) -> None:
 
     print(f"hard samples per class (mean over {len(plan)} identifications): "
           + ", ".join(f"{name} {count:.1f}" for name, count in zip(dataset.class_names, hard_counts.mean(0))))
-    if len(flipped):
+    if flipped.any():
         print(f"flipped labels caught as hard: {100 * np.mean(caught):.1f}% +- {100 * np.std(caught):.1f}% "
-              f"of {len(flipped)}")
+              f"of {int(flipped.sum())}")
     print("mean accuracy on the test sets (full / hard / easy):")
     for train_ratio, remaining in product(args.train_ratios, args.remaining_train_ratios):
         by_set = metrics[train_ratio]

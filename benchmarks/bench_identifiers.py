@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
-from utils import (STRATEGIES, add_benchmark_dataset_arguments, derived_seed, identify_hard_samples,  # noqa: E402
+from utils import (STRATEGIES, Stage, add_benchmark_dataset_arguments, stage_seed, identify_hard_samples,  # noqa: E402
                    keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device, train_and_evaluate)
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     print(f"{'identification':<16} {'s':>7} {'peak GiB':>9}")
     for strategy in args.strategies:
         seconds = seconds_on_device(device, lambda: identify_hard_samples(
-            strategy, [derived_seed(args.seed, 0)], data, labels, labels, classes, args.epochs, progress=False)[0])
+            strategy, [stage_seed(args.seed, Stage.IDENTIFY)], data, labels, labels, classes, args.epochs, progress=False)[0])
         print(f"{strategy:<16} {seconds:>7.1f} {peak_memory_gib(device):>9.2f}", flush=True)
 
     masks = torch.rand(max(args.networks), len(labels), generator=torch.Generator().manual_seed(args.seed)) < 0.9

@@ -20,7 +20,7 @@ from hardness.device import device_name, peak_memory_gib, seconds_on_device  # n
 from hardness.engine import train_simple_nns  # noqa: E402
 from hardness.identifiers import VOG_CHECKPOINTS  # noqa: E402
 from hardness.vog import STAGES, CheckpointRecorder, checkpoint_epochs, vog_scores  # noqa: E402
-from utils import (add_benchmark_dataset_arguments, derived_seed, identify_hard_samples, keep_freed_memory_in_heap,  # noqa: E402
+from utils import (Stage, add_benchmark_dataset_arguments, child_seeds, stage_seed, identify_hard_samples, keep_freed_memory_in_heap,  # noqa: E402
                    load_dataset, positive_int, resolve_device)
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{'VoG of every sample':<40} {'s':>7} {'peak GiB':>9}")
     for runs, stages in ((1, STAGES), (1, ["late"]), (args.runs, ["late"])):
         recorder = CheckpointRecorder(checkpoint_epochs(args.epochs, VOG_CHECKPOINTS))
-        model = train_simple_nns([derived_seed(args.seed, run) for run in range(runs)], data, labels, classes,
+        model = train_simple_nns(child_seeds(args.seed, runs), data, labels, classes,
                                  args.epochs, observers=[recorder], progress=False)
         seconds = seconds_on_device(device, lambda: vog_scores(model, recorder.checkpoints, data, labels, stages))
         what = f"{runs} network(s), {'all stages' if len(stages) > 1 else 'late stage'}"
@@ -53,7 +53,7 @@ def main() -> None:
     seconds = {}
     for strategy in ("confidence", "vog"):
         seconds[strategy] = seconds_on_device(device, lambda: identify_hard_samples(
-            strategy, [derived_seed(args.seed, 1, run) for run in range(args.runs)], data, labels, labels, classes,
+            strategy, [stage_seed(args.seed, Stage.IDENTIFY, run) for run in range(args.runs)], data, labels, labels, classes,
             args.epochs, progress=False)[0])
         print(f"{strategy:<40} {seconds[strategy]:>7.1f} {peak_memory_gib(device):>9.2f}", flush=True)
     print(f"vog / confidence: {seconds['vog'] / seconds['confidence']:.2f}x")

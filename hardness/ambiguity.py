@@ -28,7 +28,8 @@ from hardness.cli import UserInputError, add_device_argument, add_output_argumen
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (Z_DIM, classifier_path, epoch_folders, feature_cnn, frechet_distance, frechet_metric,
                              generate, load_classifier, load_pair)
-from hardness.results import save_figure, save_npz_with_settings
+from hardness.prediction import predict
+from hardness.results import gasten_path, save_figure, save_npz_with_settings
 from neural_networks import DCGANGenerator, FeatureCNN
 
 DEFAULTS: dict[str, Any] = {
@@ -84,11 +85,9 @@ def ambiguous_samples(generator: nn.Module, classifier: nn.Module, n_samples: in
     """Sample `n_samples` images from seeded noise; keep those with C in [0.5 - acd, 0.5 + acd]."""
     noise = torch.randn(n_samples, Z_DIM, generator=torch.Generator().manual_seed(seed))
     images = generate(generator, noise.to(next(generator.parameters()).device))
-    with torch.no_grad():
-        probabilities = torch.cat([classifier(chunk) for chunk in images.split(1024)])
-        kept = (probabilities - 0.5).abs() <= acd
-        embeddings = torch.cat([classifier.embed(chunk) for chunk in images[kept].split(1024)]) if kept.any() else \
-            torch.zeros(0, classifier.output.in_features)
+    probabilities = predict(classifier, images)
+    kept = (probabilities - 0.5).abs() <= acd
+    embeddings = predict(classifier.embed, images[kept]) if kept.any() else torch.zeros(0, classifier.output.in_features)
     return {"images": images, "probabilities": probabilities, "kept": kept, "embeddings": embeddings}
 
 
@@ -222,9 +221,9 @@ def ambiguity_parser(description: str, device: bool = True) -> argparse.Argument
 
 
 def step_paths(config: dict, results_dir: Path, figures_dir: Path) -> dict[str, Path]:
-    folder = Path(results_dir) / "ambiguity" / config["output"]
+    folder = gasten_path(results_dir, "ambiguity", config["output"])
     return {"embeddings": folder / "embeddings.npz", "clustering": folder / "clustering.npz",
-            "prototypes": folder / "prototypes.npz", "figures": Path(figures_dir) / "ambiguity" / config["output"]}
+            "prototypes": folder / "prototypes.npz", "figures": gasten_path(figures_dir, "ambiguity_figures", config["output"])}
 
 
 def _load(path: Path, script: str) -> dict[str, np.ndarray]:
@@ -242,7 +241,7 @@ def generate_embeddings(config: dict, results_dir: Path, data_root: Path, device
     dataset = gasten["dataset"]
     pair = load_pair(dataset["name"], dataset["pos"], dataset["neg"], data_root, device)
     own = frechet_metric(feature_cnn(dataset["name"], data_root, results_dir, device), pair.train_x,
-                         Path(results_dir) / "gasten" / "stats",
+                         gasten_path(results_dir, "statistics"),
                          f"{dataset['name']}_{dataset['pos']}v{dataset['neg']}_own_features")
     kept = found["kept"]
     distances = {"fid_all": frechet_distance(own, found["images"]),

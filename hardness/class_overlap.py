@@ -32,7 +32,8 @@ from hardness.cli import UserInputError
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
 from hardness.device import free_memory_bytes
-from hardness.engine import derived_seed
+from hardness.prediction import PREDICTION_CHUNK
+from hardness.seeds import ClassHardnessStage, stage_generator, stage_seed
 from hardness.minibatch import StackedNetworks, epoch_orders
 from hardness.radii import one_hot_float
 from hardness.results import save_figure, save_npz_with_settings, write_atomically
@@ -63,7 +64,6 @@ ALIASES = {**{f"dataset.gaussian.{field}": f"dataset.{field}" for field in GAUSS
 USER_FIELDS = {"test_fraction": SOURCES, "label": SOURCES, "label_column": ("csv",), "id_column": ("csv",),
                "image_size": ("folder",), "skip_unreadable": ("folder",)}
 DEFAULT_TEST_FRACTION = 0.2
-EVALUATION_CHUNK = 2048
 PER_CLASS_KEYS = ("loss_per_class", "accuracy_per_class", "train_loss_per_class", "train_accuracy_per_class")
 
 
@@ -480,7 +480,7 @@ def evaluate(group: RunGroup, x: Tensor, y: Tensor, num_classes: int) -> dict[st
     group.train(False)
     losses, correct, feature_sums = 0, 0, 0
     with torch.no_grad():
-        for xs, ys in zip(x.split(EVALUATION_CHUNK), y.split(EVALUATION_CHUNK)):
+        for xs, ys in zip(x.split(PREDICTION_CHUNK), y.split(PREDICTION_CHUNK)):
             logits, features = group.forward(xs)                                          # [runs, n, C], [runs, n, F]
             one_hot = one_hot_float(ys, num_classes, torch.float64)                       # [n, C]
             loss = F.cross_entropy(logits.transpose(1, 2), ys.expand(len(logits), -1), reduction="none")  # [runs, n]
@@ -509,12 +509,12 @@ def train_group(config: dict, data: SimulationData, runs: Sequence[int], steps: 
     models = []
     for run in runs:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(training["seed"], 0, run))
+            torch.manual_seed(stage_seed(training["seed"], ClassHardnessStage.INITIALISATION, run))
             models.append(build_model(config["model"], data.train_x.shape[1:], data.num_classes).to(data.train_x.device))
     group = RunGroup(models)
     optimizer = (torch.optim.SGD if training["optimizer"] == "sgd" else torch.optim.Adam)(group.parameters(),
                                                                                           lr=training["lr"])
-    shuffles = [torch.Generator().manual_seed(derived_seed(training["seed"], 1, run)) for run in runs]
+    shuffles = [stage_generator(training["seed"], ClassHardnessStage.MINIBATCH_ORDER, run) for run in runs]
     records: list[dict[str, Tensor]] = []
 
     def record() -> None:

@@ -5,6 +5,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+USER_ERROR_STATUS = 2      # the exit status of a user error, argparse's
+
 
 class UserInputError(Exception):
     """An error in what the user asked for; scripts print it as one line and exit."""
@@ -130,8 +132,10 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_script(main: Callable[[argparse.Namespace], None], parse_args: Callable[[], argparse.Namespace]) -> None:
-    """Run a script's main on its parsed flags; a UserInputError becomes one line on stderr and exit status 1."""
+    """Run a script's main on its parsed flags; a UserInputError becomes one line on stderr and exit status 2, as
+    argparse's own errors do."""
     try:
         main(parse_args())
     except UserInputError as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_STATUS)

@@ -1,9 +1,8 @@
 """Data: fetching a torchvision dataset (with registry fallbacks offline), loading the seeded, standardised
 subset of it or of the user's own data (hardness.user_data) as tensors on the device after a memory estimate,
-label noise, and the train/test splits of the hard-sample benchmark."""
+and the train/test splits of the hard-sample benchmark."""
 import argparse
 import contextlib
-import fcntl
 import gzip
 import inspect
 import math
@@ -23,6 +22,7 @@ from torch import Tensor
 from hardness.cli import UserInputError
 from hardness.device import free_memory_bytes
 from hardness.engine import simple_nn_size
+from hardness.locks import file_lock
 from hardness.results import write_atomically
 from hardness.user_data import MemoryCheck, UserData, check_label, default_label, load_csv, load_folder, load_npz, parse_source
 
@@ -157,13 +157,8 @@ def fetch_dataset(name: str, root: Path) -> None:
 def fetch_lock(root: Path, name: str) -> Iterator[None]:
     """Hold an exclusive lock on <root>/.fetch_<name>.lock, so that processes sharing a data folder (the cells of
     a sweep) fetch a dataset one at a time; the lock goes with the process if it dies."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".fetch_{name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(Path(root) / f".fetch_{name}.lock"):
+        yield
 
 
 def torchvision_splits(name: str, root: Path) -> list:
@@ -346,33 +341,7 @@ def split_sample_ids(indices: Tensor, train_size: int) -> list[str]:
     return [f"train/{i}" if i < train_size else f"test/{i - train_size}" for i in indices.tolist()]
 
 
-# ----------------------------------------------------------------------------- label noise and splits
-
-def flip_labels(labels: Tensor, ratio: float, num_classes: int, generator: torch.Generator,
-                pairs: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Give int(ratio * N) samples, chosen uniformly without replacement, another label: drawn uniformly from the
-    other classes, or with `pairs` ([C] int64, pairs[c] != c) the one confusable class pairs[c] of their class.
-    Returns the new labels and the positions of the flipped samples (on labels' device)."""
-    chosen = torch.randperm(len(labels), generator=generator)[:int(ratio * len(labels))]
-    noisy = labels.cpu().clone()
-    if pairs is None:
-        offsets = torch.randint(1, num_classes, (len(chosen),), generator=generator)
-        noisy[chosen] = (noisy[chosen] + offsets) % num_classes
-    else:
-        noisy[chosen] = pairs.cpu()[noisy[chosen]]
-    return noisy.to(labels.device), chosen.to(labels.device)
-
-
-def confusable_classes(data: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """[C] int64: for every class, the other class whose mean input is nearest (Euclidean) to its own, the
-    class its samples are moved into by pair noise (`--noise_type pairs`)."""
-    flat = data.reshape(len(data), -1).double()                                           # [N, D]
-    means = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64, device=data.device)
-    means.index_add_(0, labels, flat)
-    means /= torch.bincount(labels, minlength=num_classes).clamp(min=1)[:, None]         # [C, D]
-    distances = torch.cdist(means, means).fill_diagonal_(float("inf"))                    # [C, C]
-    return distances.argmin(1).cpu()
-
+# ----------------------------------------------------------------------------- the benchmark's splits
 
 def split_train_test(hard: Tensor, train_ratio: float, generator: torch.Generator) -> Tensor:
     """Training mask [N]: int(train_ratio * n) random hard samples and as many of the easy ones; the rest is test."""

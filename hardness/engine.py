@@ -19,17 +19,13 @@ from tqdm import tqdm
 
 from hardness.cli import UserInputError
 from hardness.device import free_memory_bytes
+from hardness.prediction import PREDICTION_CHUNK, evaluating, predict
 from hardness.radii import class_radii
 from neural_networks import BatchedSimpleNN, ResNet18
 
 SIMPLE_NN_LR = 0.1                            # full-batch SGD
-RESNET_LR, RESNET_WEIGHT_DECAY, RESNET_EVAL_CHUNK = 1e-3, 1e-2, 500
+RESNET_LR, RESNET_WEIGHT_DECAY = 1e-3, 1e-2
 MAX_NETWORK_SAMPLES = 4_000_000               # SimpleNNs x samples trained at once (about 7 GiB on a CPU)
-
-
-def derived_seed(*keys: int) -> int:
-    """A seed fixed by `keys` (e.g. the run's seed, a stage, an index), independent of any other keys' seed."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------- observers
@@ -247,13 +243,10 @@ def train_resnets(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classe
     return models
 
 
-def resnet_logits(model: ResNet18, data: Tensor) -> Tensor:
-    """A ResNet's logits [N, C] in eval mode, chunk by chunk; the model is left in training mode."""
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(chunk)[0] for chunk in data.split(RESNET_EVAL_CHUNK)])
-    model.train()
-    return logits
+def resnet_logits(model: ResNet18, data: Tensor, chunk: int = PREDICTION_CHUNK) -> Tensor:
+    """A ResNet's logits [N, C] in eval mode, `chunk` samples at a time; the model is left in its mode."""
+    with evaluating(model):
+        return predict(lambda part: model(part)[0], data, chunk)
 
 
 class WholeDataObservers:

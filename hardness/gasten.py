@@ -31,13 +31,14 @@ from tqdm import tqdm
 
 from hardness.cli import UserInputError
 from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
-from hardness.results import write_atomically
+from hardness.prediction import PREDICTION_CHUNK, evaluating, predict
+from hardness.results import gasten_path, write_atomically
 from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
                              PairClassifierMLP)
 
 PAIR_DATASETS = ("mnist", "fashionmnist")
 CLASSIFIERS: dict[str, type[nn.Module]] = {"cnn": PairClassifierCNN, "mlp": PairClassifierMLP}
-Z_DIM, TEST_NOISE_SAMPLES, EVALUATION_CHUNK = 64, 2048, 512
+Z_DIM, TEST_NOISE_SAMPLES = 64, 2048
 
 
 # ----------------------------------------------------------------------------- data
@@ -86,16 +87,12 @@ def classifier_name(kind: str, nf: int, epochs: int, seed: int) -> str:
     return f"{kind}-{nf}-{epochs}.{seed}"
 
 
-def classifier_folder(results_dir: Path, dataset: str, pos: int, neg: int, name: str) -> Path:
-    return Path(results_dir) / "gasten" / "classifiers" / f"{dataset.lower()}_{pos}v{neg}" / name
-
-
 def classifier_path(config: dict, results_dir: Path, name: str) -> Path:
     """A classifier's folder: `name` itself when it is a folder, else the pair's classifier of that name."""
     dataset = config["dataset"]
     path = Path(name)
-    return path if path.is_dir() else classifier_folder(results_dir, dataset["name"], dataset["pos"], dataset["neg"],
-                                                        name)
+    return path if path.is_dir() else gasten_path(results_dir, "classifier", name, dataset["name"], dataset["pos"],
+                                                  dataset["neg"])
 
 
 def train_classifier(kind: str, nf: int, epochs: int, data: PairData, seed: int, batch_size: int = 64,
@@ -201,7 +198,7 @@ def frechet_metric(extractor: nn.Module, real_images: Tensor, cache_dir: Path | 
             setattr(metric, name, saved[name])
         return metric
     with torch.no_grad():
-        for chunk in real_images.split(EVALUATION_CHUNK):
+        for chunk in real_images.split(PREDICTION_CHUNK):
             metric.update(chunk, real=True)
     if cache is not None:
         write_atomically(cache, lambda temporary: torch.save({name: getattr(metric, name) for name in states},
@@ -213,7 +210,7 @@ def frechet_distance(metric: FrechetInceptionDistance, images: Tensor) -> float:
     """The distance between `images` and the metric's real images (needs more images than features)."""
     metric.reset()
     with torch.no_grad():
-        for chunk in images.split(EVALUATION_CHUNK):
+        for chunk in images.split(PREDICTION_CHUNK):
             metric.update(chunk, real=False)
     return float(metric.compute())
 
@@ -254,7 +251,7 @@ def inception_features(weights: Path, device: torch.device) -> InceptionFeatures
 def feature_cnn(dataset: str, root: Path, results_dir: Path, device: torch.device, progress: bool = True) -> FeatureCNN:
     """The extractor of "FID (own features)": FeatureCNN trained on all ten classes of the dataset (2 epochs,
     Adam lr 1e-3, batch 128, seed 0), cached under <results_dir>/gasten/feature_cnn_<dataset>.pt."""
-    path = Path(results_dir) / "gasten" / f"feature_cnn_{dataset.lower()}.pt"
+    path = gasten_path(results_dir, "feature_cnn", dataset=dataset)
     model = FeatureCNN().to(device)
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
@@ -279,7 +276,7 @@ def feature_cnn(dataset: str, root: Path, results_dir: Path, device: torch.devic
 
 def fixed_test_noise(results_dir: Path, seed: int, device: torch.device) -> Tensor:
     """[2048, 64] standard normal noise drawn from `seed`, cached so that every run scores the same z."""
-    path = Path(results_dir) / "gasten" / f"test_noise_{seed}.pt"
+    path = gasten_path(results_dir, "test_noise", seed=seed)
     if not path.is_file():
         noise = torch.randn(TEST_NOISE_SAMPLES, Z_DIM, generator=torch.Generator().manual_seed(seed))
         write_atomically(path, lambda temporary: torch.save(noise, temporary))
@@ -288,12 +285,8 @@ def fixed_test_noise(results_dir: Path, seed: int, device: torch.device) -> Tens
 
 def generate(generator: nn.Module, noise: Tensor) -> Tensor:
     """Images of `noise` with the generator in eval mode (left in the mode it was in)."""
-    training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        images = torch.cat([generator(z) for z in noise.split(EVALUATION_CHUNK)])
-    generator.train(training)
-    return images
+    with evaluating(generator):
+        return predict(generator, noise)
 
 
 def pareto_efficient(points: np.ndarray) -> np.ndarray:
@@ -437,8 +430,7 @@ class Scorer:
 
     def __call__(self, generator: nn.Module) -> dict[str, float]:
         images = generate(generator, self.noise)
-        with torch.no_grad():
-            probabilities = torch.cat([self.classifier(chunk) for chunk in images.split(EVALUATION_CHUNK)])
+        probabilities = predict(self.classifier, images)
         scores = {"acd": float(average_confusion_distance(probabilities)),
                   "fid_own_features": frechet_distance(self.own_features, images),
                   "fid_classifier": frechet_distance(self.classifier_features, images)}
@@ -527,8 +519,7 @@ def ambiguous_count(generator: nn.Module, classifier: nn.Module, n_samples: int,
     device = next(generator.parameters()).device
     noise = torch.randn(n_samples, Z_DIM, generator=torch.Generator().manual_seed(seed)).to(device)  # [n, 64]
     images = generate(generator, noise)                                                            # [n, 1, 28, 28]
-    with torch.no_grad():
-        probabilities = torch.cat([classifier(chunk) for chunk in images.split(EVALUATION_CHUNK)])  # [n]
+    probabilities = predict(classifier, images)                                                    # [n]
     return int(in_ambiguous_band(probabilities).sum())
 
 
@@ -582,8 +573,7 @@ def generator_step_terms(gan: GAN, classifier: nn.Module, noise: Tensor, real: T
 
 def classifier_on_real(classifier: nn.Module, images: Tensor, targets: Tensor) -> dict[str, float]:
     """A classifier's accuracy, ACD and share of images with C in [0.4, 0.6] on real `images` with 0/1 `targets`."""
-    with torch.no_grad():
-        probabilities = torch.cat([classifier(chunk) for chunk in images.split(EVALUATION_CHUNK)])   # [n]
+    probabilities = predict(classifier, images)                                                     # [n]
     return {"accuracy": float(((probabilities > 0.5).float() == targets).float().mean()),
             "acd": float(average_confusion_distance(probabilities)),
             "in_band_share": float(in_ambiguous_band(probabilities).float().mean())}

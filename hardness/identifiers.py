@@ -10,7 +10,8 @@ from torch import Tensor
 
 from hardness.cli import UserInputError
 from hardness.dynamics import RANKINGS, DynamicsRecorder
-from hardness.engine import TrainingState, derived_seed, network_logits, train_simple_nns
+from hardness.engine import TrainingState, network_logits, train_simple_nns
+from hardness.seeds import NetworkStage, stage_seed
 from hardness.radii import one_hot_float
 from hardness.vog import CheckpointRecorder, calibrate, checkpoint_epochs, vog_scores
 
@@ -102,7 +103,7 @@ def identify_stragglers(seeds: Sequence[int], data: Tensor, labels: Tensor, num_
     pending = list(range(len(seeds)))
     for attempt in range(MAX_INVERSION_ATTEMPTS):
         tracker = StragglerTracker(len(pending), labels, num_classes)
-        train_simple_nns([derived_seed(seeds[i], 0, attempt) for i in pending], data, labels, num_classes, epochs,
+        train_simple_nns([stage_seed(seeds[i], NetworkStage.STRAGGLER_ATTEMPT, attempt) for i in pending], data, labels, num_classes, epochs,
                          observers=[tracker], progress=progress,
                          description=f"stragglers: {len(pending)} network(s), attempt {attempt + 1}")
         epochs_found = tracker.inverted_at.cpu().numpy()
@@ -221,7 +222,7 @@ def identify_hard_samples(strategy: str, seeds: Sequence[int], data: Tensor, cle
     else:
         inversion_epochs = np.full((len(seeds), num_classes), -1)
         budgets = budget_counts(budget, sizes).expand(len(seeds), -1)
-    fresh_seeds = [derived_seed(seed, 1) for seed in seeds]
+    fresh_seeds = [stage_seed(seed, NetworkStage.FRESH_NETWORK) for seed in seeds]
     if strategy == "vog":
         scores = vog_hardness(fresh_seeds, data, noisy_labels, num_classes, epochs, level, progress)
     elif strategy in DYNAMICS_STRATEGIES:

@@ -13,8 +13,8 @@ from torch.func import functional_call, stack_module_state
 from tqdm import tqdm
 
 from hardness.engine import Observer, TrainingState
+from hardness.prediction import predict
 
-EVALUATION_CHUNK = 2000                      # samples per forward pass when the whole data is observed
 
 
 class StackedNetworks:
@@ -35,11 +35,9 @@ class StackedNetworks:
         call = lambda params, buffers, inputs: functional_call(self.base, (params, buffers), (inputs,))  # noqa: E731
         return torch.vmap(call, in_dims=(0, 0, 0 if per_run else None))(self.params, self.buffers, x)
 
-    def whole_data(self, data: Tensor, chunk: int = EVALUATION_CHUNK) -> tuple[Tensor, Tensor]:
+    def whole_data(self, data: Tensor) -> tuple[Tensor, Tensor]:
         """logits [runs, N, C] and latent [runs, N, D] of every sample, without gradients, chunk by chunk."""
-        with torch.no_grad():
-            passes = [self.forward(part) for part in data.split(chunk)]
-        return torch.cat([p[0] for p in passes], 1), torch.cat([p[1] for p in passes], 1)
+        return predict(self.forward, data, sample_dim=1)
 
 
 def epoch_orders(shuffles: Sequence[torch.Generator], size: int, device: torch.device) -> Tensor:

@@ -28,42 +28,120 @@ os.umask(_UMASK)
 
 
 # ----------------------------------------------------------------------------- where results live
+# One function per system names every file its scripts write: results under --results_dir, figures under
+# --figures_dir (a stem: save_figure adds .png and .pdf). The docs of each system show the same names.
 
-def radii_results_path(results_dir: Path, dataset_name: str) -> Path:
-    """replicate_inversion_results_on_multiple_classes.py: a dataset's radius curves."""
-    return Path(results_dir) / "Radii_over_epoch" / f"{dataset_name}_all_epoch_radii.pkl"
-
-
-def f1_results_path(results_dir: Path, dataset_name: str, strategy: str, reduce_hard: bool, subset_size: int,
-                    kind: str, snapshot: str = "copy") -> Path:
-    """verifying_importance_of_stragglers.py: its `metrics` or hard-sample `indices`. Runs with the original
-    code's snapshot bug (--snapshot last) get a suffix so that they never replace the correct ones."""
-    suffix = "" if snapshot == "copy" else f"_snapshot_{snapshot}"
-    return Path(results_dir) / "F1_results" / f"{dataset_name}_{strategy}_{reduce_hard}_{subset_size}_{kind}{suffix}.pkl"
+def _path(root: Path, templates: dict[str, str], kind: str, fields: dict[str, Any]) -> Path:
+    if kind not in templates:
+        raise ValueError(f"unknown kind of path {kind!r}; known: {', '.join(templates)}")
+    return Path(root) / templates[kind].format(**fields)
 
 
-def overlap_results_path(results_dir: Path, dataset_name: str, subset_size: int) -> Path:
-    """compute_overlap.py: the overlap table of the strategies' hard sets."""
-    return Path(results_dir) / "F1_results" / f"{dataset_name}_{subset_size}_overlap.pkl"
+INVERSION_PATHS = {"radii": "Radii_over_epoch/{dataset}_all_epoch_radii.pkl",     # results
+                   "radii_figure": "radii_on_{dataset}",                           # figures
+                   "mean_std_figure": "Figure2/mean_std_radii_on_{dataset}",
+                   "overlay_figure": "Figure2/mean_std_radii_overlay_on_{dataset}"}
 
 
-def class_counts_path(results_dir: Path, dataset_name: str, strategy: str, subset_size: int) -> Path:
-    """hard_sample_distribution_over_classes.py: the per-class hard-sample counts."""
-    return Path(results_dir) / "Hard_sample_distribution" / f"{dataset_name}_{strategy}_{subset_size}_class_counts.pkl"
+def inversion_path(root: Path, kind: str, dataset: str) -> Path:
+    """Section 3 (replicate_inversion_results_on_multiple_classes.py, plotting_mean_radii_over_epochs.py)."""
+    return _path(root, INVERSION_PATHS, kind, {"dataset": dataset})
 
 
-def scores_results_path(results_dir: Path, dataset_name: str, subset_size: int, noise_ratio: float,
-                        network: str = "SimpleNN") -> Path:
-    """hardness_scores.py and mislabel_detection_benchmark.py: every score of one setting (.npz, .json beside);
-    scores of ResNets end in _ResNet."""
-    suffix = "" if network == "SimpleNN" else f"_{network}"
-    return Path(results_dir) / "scores" / f"{dataset_name}_{subset_size}_{noise_ratio:g}{suffix}.npz"
+HARD_SAMPLES_PATHS = {
+    "metrics": "F1_results/{dataset}_{strategy}_{reduce_hard}_{subset_size}_metrics{snapshot}.pkl",     # results
+    "indices": "F1_results/{dataset}_{strategy}_{reduce_hard}_{subset_size}_indices{snapshot}.pkl",
+    "overlap": "F1_results/{dataset}_{subset_size}_overlap.pkl",
+    "class_counts": "Hard_sample_distribution/{dataset}_{strategy}_{subset_size}_class_counts.pkl",
+    "class_accuracies": "Class_level_accuracies/{dataset}_{subset_size}{overfit}.pkl",
+    "generalisation_figure": "straggler_ratio_vs_generalisation/"                                       # figures
+                             "{dataset}_{strategy}_{reduce_hard}_{subset_size}_accuracy{snapshot}",
+    "figure7": "Figure7/{panel}",
+    "distribution_figure": "Figure8/hard_sample_distribution_{dataset}_{strategy}",
+    "class_error_figure": "Figure8/class_level_error_{dataset}_{subset_size}{overfit}"}
 
 
-def class_accuracies_path(results_dir: Path, dataset_name: str, subset_size: int, overfit: bool) -> Path:
-    """class_level_accuracies.py: per-class accuracies of every network."""
-    suffix = "_overfit" if overfit else ""
-    return Path(results_dir) / "Class_level_accuracies" / f"{dataset_name}_{subset_size}{suffix}.pkl"
+def hard_samples_path(root: Path, kind: str, dataset: str = "", strategy: str = "", reduce_hard: bool = False,
+                      subset_size: int = 0, snapshot: str = "copy", overfit: bool = False, panel: str = "") -> Path:
+    """Sections 4-5 and Figures 7-8 (verifying_importance_of_stragglers.py and the scripts that read its
+    pickles). Runs with the original code's snapshot bug (--snapshot last) get a suffix so that they never replace
+    the correct ones; class accuracies of --overfit runs end in _overfit."""
+    return _path(root, HARD_SAMPLES_PATHS, kind, {
+        "dataset": dataset, "strategy": strategy, "reduce_hard": reduce_hard, "subset_size": subset_size,
+        "snapshot": "" if snapshot == "copy" else f"_snapshot_{snapshot}", "overfit": "_overfit" if overfit else "",
+        "panel": panel})
+
+
+VOG_PATHS = {"toy": "VoG/{name}.npz", "scores": "VoG/{name}_vog.npz", "checkpoints": "VoG/checkpoints/{name}",
+             "decision_boundary_figure": "VoG/{name}_decision_boundary",
+             "vog_by_distance_figure": "VoG/{name}_vog_by_distance", "figures": "VoG/{name}_{mode}_{vog_cal}"}
+
+
+def vog_path(root: Path, kind: str, name: str, mode: str = "", vog_cal: str = "") -> Path:
+    """Variance of Gradients: the toy run `name` (variance_of_gradients_toy.py's run_name), or the scores,
+    checkpoints and figure stem of <dataset or label>_<subset_size> (variance_of_gradients.py)."""
+    return _path(root, VOG_PATHS, kind, {"name": name, "mode": mode, "vog_cal": vog_cal})
+
+
+def class_hardness_path(root: Path, name: str) -> Path:
+    """Class-hardness simulations: the results folder of a config's `output` (run_<i>/metrics.npz, samples.npz,
+    ...) under --results_dir, or its figures folder under --figures_dir."""
+    return Path(root) / "class_hardness" / name
+
+
+GASTEN_PATHS = {"classifier": "gasten/classifiers/{dataset}_{pos}v{neg}/{name}",                 # results
+                "feature_cnn": "gasten/feature_cnn_{dataset}.pt", "test_noise": "gasten/test_noise_{seed}.pt",
+                "statistics": "gasten/stats", "run": "gasten/{name}", "over_seeds": "gasten/{name}_over_seeds",
+                "ambiguity": "ambiguity/{name}",
+                "classifiers_figure": "gasten/classifiers_{dataset}_{pos}v{neg}",                  # figures
+                "run_figures": "gasten/{name}", "over_seeds_figure": "gasten/{name}_over_seeds/over_seeds",
+                "diagnostics_figure": "gasten/{name}_over_seeds/step2_diagnostics",
+                "ambiguity_figures": "ambiguity/{name}"}
+
+
+def gasten_path(root: Path, kind: str, name: str = "", dataset: str = "", pos: int = 0, neg: int = 0,
+                seed: int = 0) -> Path:
+    """GASTeN and its ambiguity step: a classifier's folder (<type>-<nf>-<epochs>.<seed>), the feature CNN, the
+    fixed test noise, the cached real-image statistics, a run folder (<name>_seed<s>), the over-seeds summary of a
+    config `name`, an ambiguity `output`, and their figures; dataset names in lower case."""
+    return _path(root, GASTEN_PATHS, kind, {"name": name, "dataset": dataset.lower(), "pos": pos, "neg": neg,
+                                            "seed": seed})
+
+
+SCORES_PATHS = {"scores": "scores/{name}.npz", "ranking": "scores/{name}_ranking.csv",                  # results
+                "report": "scores/{name}_report.html", "benchmark": "scores/benchmark{suffix}",
+                "figures": "scores/{name}", "benchmark_figure": "scores/benchmark_auroc_by_epoch{suffix}"}  # figures
+
+
+def scores_name(dataset: str, samples: int, noise_ratio: float, network: str = "SimpleNN",
+                noise_type: str = "uniform") -> str:
+    """The <name> of a scored setting: <dataset>_<samples>_<noise_ratio>[_ResNet][_pairs|_moved], where <samples>
+    is --subset_size for a built-in dataset and the number of samples scored for a user's source."""
+    return (f"{dataset}_{samples}_{noise_ratio:g}" + ("" if network == "SimpleNN" else f"_{network}")
+            + ("" if noise_type == "uniform" else f"_{noise_type}"))
+
+
+def scores_path(root: Path, kind: str, name: str = "", suffix: str = "") -> Path:
+    """hardness_scores.py and mislabel_detection_benchmark.py: a setting's scores (.npz, .json beside), ranking,
+    report and figure stem by its scores_name; the benchmark's tables (add .csv or .md) and figure, whose `suffix`
+    is _ResNet, _pairs, _moved or _sweep as the run."""
+    return _path(root, SCORES_PATHS, kind, {"name": name, "suffix": suffix})
+
+
+MEMORISATION_PATHS = {"setting": "memorisation/{name}.npz", "summary": "memorisation/summary.md",     # results
+                      "setting_figure": "memorisation/{name}",                                        # figures
+                      "summary_figure": "memorisation/memorisation_and_inversion"}
+
+
+def memorisation_path(root: Path, kind: str, name: str = "") -> Path:
+    """memorisation_and_inversion.py: a setting's arrays (.json beside) and figure by the setting's name, the
+    summary table and its figure."""
+    return _path(root, MEMORISATION_PATHS, kind, {"name": name})
+
+
+def sweep_path(root: Path, grid: str) -> Path:
+    """sweep.py: a grid's folder (manifest.json, <stage>/<cell>/)."""
+    return Path(root) / "sweeps" / grid
 
 
 def results_folders(results_dir: Path, sweep: Path | None = None) -> list[Path]:
@@ -83,12 +161,12 @@ def existing_f1_results(folders: Sequence[Path], dataset_name: str, strategy: st
     """The path of a verifying_importance_of_stragglers.py result in the first of `folders` that holds it (a note
     on stderr if several do); else None, and a note on stderr naming the file and the command that makes it."""
     paths = [path for folder in folders
-             if (path := f1_results_path(folder, dataset_name, strategy, reduce_hard, subset_size, kind)).is_file()]
+             if (path := hard_samples_path(folder, kind, dataset_name, strategy, reduce_hard, subset_size)).is_file()]
     if len(paths) > 1:
         print(f"{len(paths)} folders hold {paths[0].name}; reading {paths[0]}", file=sys.stderr)
     if paths:
         return paths[0]
-    path = f1_results_path(folders[0], dataset_name, strategy, reduce_hard, subset_size, kind)
+    path = hard_samples_path(folders[0], kind, dataset_name, strategy, reduce_hard, subset_size)
     print(f"missing {path}: make it with python verifying_importance_of_stragglers.py --dataset_name {dataset_name} "
           f"--strategy {strategy} --subset_size {subset_size}" + (" --reduce_hard" if reduce_hard else ""),
           file=sys.stderr)

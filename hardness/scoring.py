@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from hardness.device import seconds_on_device
 from hardness.dynamics import RANKINGS as DYNAMICS_RANKINGS
 from hardness.dynamics import DynamicsRecorder
-from hardness.engine import (TrainingState, WholeDataObservers, derived_seed, network_logits, train_networks,
+from hardness.engine import (TrainingState, WholeDataObservers, network_logits, train_networks,
                              train_resnets, train_simple_nns)
 from hardness.identifiers import SCORERS, VOG_CHECKPOINTS, VOG_STAGE, StragglerTracker
+from hardness.seeds import NetworkStage, child_seeds, stage_seed
 from hardness.vog import CheckpointRecorder, calibrate, checkpoint_epochs, vog_scores
 
 RANKINGS = {"confidence": ("confidence", -1), "energy": ("energy", 1), "vog": ("vog", 1), **DYNAMICS_RANKINGS,
@@ -119,7 +120,7 @@ def confident_learning(seeds: Sequence[int], data: Tensor, labels: Tensor, num_c
     generator = torch.Generator().manual_seed(fold_seed)
     fold_of = torch.stack([torch.randperm(n, generator=generator) % folds for _ in range(runs)]).to(labels.device)
     train_masks = fold_of[:, None, :] != torch.arange(folds, device=labels.device)[None, :, None]  # [runs, K, N]
-    model = train_networks(network, [derived_seed(seed, k) for seed in seeds for k in range(folds)], data, labels,
+    model = train_networks(network, [fold for seed in seeds for fold in child_seeds(seed, folds)], data, labels,
                            num_classes, epochs, train_masks.flatten(0, 1).float(), batch_size, progress=progress,
                            description=f"cleanlab: {runs} x {folds} fold networks")
     probabilities = network_logits(model, data).softmax(-1).view(runs, folds, n, num_classes)
@@ -154,7 +155,7 @@ def aum_threshold_flags(seeds: Sequence[int], data: Tensor, labels: Tensor, num_
         def make_observers(runs: int) -> dict[str, TimedObserver]:
             recorder = DynamicsRecorder(data, relabelled, num_classes + 1, runs, range(epochs), 0, grand=False)
             return {"dynamics": TimedObserver(recorder, data.device)}
-        _, sets, _ = train_observed(network, [derived_seed(seed, part) for seed in seeds], data, relabelled,
+        _, sets, _ = train_observed(network, [child_seeds(seed, 2)[part] for seed in seeds], data, relabelled,
                                     num_classes + 1, epochs, batch_size, make_observers, progress,
                                     f"AUM threshold pass {part + 1}")
         aum = stacked_dynamics(sets)["aum"]                                                   # [runs, N]
@@ -227,13 +228,13 @@ def score_training_run(seeds: Sequence[int], data: Tensor, labels: Tensor, num_c
     if cleanlab_folds:
         start = time.perf_counter()
         arrays["cleanlab"], arrays["cleanlab_flagged"] = confident_learning(
-            seeds, data, labels, num_classes, epochs, cleanlab_folds, derived_seed(seeds[0], 2), network, batch_size,
+            seeds, data, labels, num_classes, epochs, cleanlab_folds, stage_seed(seeds[0], NetworkStage.FOLD_ASSIGNMENT), network, batch_size,
             progress)
         seconds["cleanlab"] = time.perf_counter() - start
     if aum_threshold:
         start = time.perf_counter()
         arrays["aum_flagged"] = aum_threshold_flags(seeds, data, labels, num_classes, epochs,
-                                                    derived_seed(seeds[0], 3), network, batch_size, progress)
+                                                    stage_seed(seeds[0], NetworkStage.AUM_THRESHOLD), network, batch_size, progress)
         seconds["aum_flagged"] = time.perf_counter() - start
     notes = []
     if (inversion < 0).any():

@@ -10,14 +10,13 @@ import torch
 from torch import Tensor
 
 from hardness.cli import UserInputError, add_common_arguments, non_negative_int, positive_int
-from hardness.data import Dataset, confusable_classes, flip_labels, load_dataset_from_args
-from hardness.engine import derived_seed
+from hardness.data import Dataset, load_dataset_from_args
 from hardness.identifiers import VOG_CHECKPOINTS
-from hardness.results import save_npz_with_settings, scores_results_path
+from hardness.noise import NOISE_TYPES, flip_labels
+from hardness.results import save_npz_with_settings, scores_name, scores_path
 from hardness.scoring import RANKINGS, ScoredRun, score_training_run
-
-
-NOISE_TYPES = ("uniform", "pairs")
+from hardness.seeds import Stage, stage_seed
+from hardness.user_data import parse_source
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser, runs: int) -> None:
@@ -63,9 +62,6 @@ def check_scoring_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         parser.error("--batch_size applies to --network ResNet only; SimpleNNs train full batch")
 
 
-NOISE, SCORE = 0, 4      # seed stages: the label noise as verifying_importance_of_stragglers.py flips it; the runs
-
-
 @dataclass
 class ScoredSetting:
     """One dataset subset with flipped labels and every score of its runs."""
@@ -76,12 +72,25 @@ class ScoredSetting:
     pairs: Tensor | None = None  # [C] the class each class was flipped into (pair noise)
 
 
-def setting_path(results_dir: Path, dataset_label: str, subset_size: int, noise_ratio: float, network: str,
-                 noise_type: str = "uniform") -> Path:
-    """The .npz of one scored setting: scores_results_path's, ending in _pairs for pair noise and _moved for a
-    folder scored against its list of moved files."""
-    path = scores_results_path(results_dir, dataset_label, subset_size, noise_ratio, network)
-    return path if noise_type == "uniform" else path.with_name(f"{path.stem}_{noise_type}{path.suffix}")
+def setting_name(dataset_name: str, dataset: Dataset, subset_size: int, noise_ratio: float, network: str,
+                 noise_type: str = "uniform") -> str:
+    """The <name> of a scored setting (results.scores_name): its samples are --subset_size for a built-in dataset
+    and the number of samples used of a user's source (a folder of 45 images is <label>_45_0, whatever
+    --subset_size says)."""
+    samples = subset_size if parse_source(dataset_name) is None else len(dataset.labels)
+    return scores_name(dataset.name, samples, noise_ratio, network, noise_type)
+
+
+def saved_setting_path(args: argparse.Namespace, label: str) -> Path:
+    """For --replot: the scores file of these flags, under its name or, for a user's source, under the name older
+    versions gave it (--subset_size as given); the new name when neither is there."""
+    names = [scores_name(label, args.subset_size, args.noise_ratio, args.network, args.noise_type)]
+    if parse_source(args.dataset_name) is not None:
+        dataset = load_dataset_from_args(args, torch.device("cpu"))
+        names.insert(0, setting_name(args.dataset_name, dataset, args.subset_size, args.noise_ratio, args.network,
+                                     args.noise_type))
+    paths = [scores_path(args.results_dir, "scores", name) for name in names]
+    return next((path for path in paths if path.is_file()), paths[0])
 
 
 def score_setting(dataset_name: str, subset_size: int, noise_ratio: float, args: argparse.Namespace,
@@ -92,16 +101,12 @@ def score_setting(dataset_name: str, subset_size: int, noise_ratio: float, args:
     seed = args.seed
     dataset = load_dataset_from_args(argparse.Namespace(**{**vars(args), "dataset_name": dataset_name}), device,
                                      subset_size=subset_size)
-    pairs = (confusable_classes(dataset.data, dataset.labels, dataset.num_classes)
-             if getattr(args, "noise_type", "uniform") == "pairs" else None)
-    labels, flipped_rows = flip_labels(dataset.labels, noise_ratio, dataset.num_classes,
-                                       torch.Generator().manual_seed(derived_seed(seed, NOISE)), pairs)
-    flipped = np.zeros(len(labels), dtype=bool)
-    flipped[flipped_rows.cpu().numpy()] = True
-    run = score_training_run([derived_seed(seed, SCORE, i) for i in range(args.runs)], dataset.data, labels,
+    labels, flipped, pairs = flip_labels(dataset.labels, noise_ratio, dataset.num_classes, seed,
+                                         getattr(args, "noise_type", "uniform"), dataset.data)
+    run = score_training_run([stage_seed(seed, Stage.SCORE, i) for i in range(args.runs)], dataset.data, labels,
                              dataset.num_classes, args.epochs, args.score_epoch, args.trajectory_every,
                              args.cleanlab_folds, args.aum_threshold_samples, args.network, args.batch_size)
-    return ScoredSetting(dataset, labels, flipped, run, pairs)
+    return ScoredSetting(dataset, labels, flipped.cpu().numpy(), run, pairs)
 
 
 def save_setting(setting: ScoredSetting, path: Path, settings: dict) -> None:

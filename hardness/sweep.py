@@ -16,7 +16,6 @@ never run again while it is. SLURM is asked only about the sweep's own jobs, at 
 """
 import contextlib
 import datetime
-import fcntl
 import io
 import itertools
 import json
@@ -40,7 +39,8 @@ from typing import Any
 import yaml
 
 from hardness.cli import UserInputError
-from hardness.results import write_atomically
+from hardness.locks import file_lock
+from hardness.results import sweep_path, write_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DEFAULTS: dict[str, Any] = {"partition": None, "timeout_min": 60, "cpus_per_task": 2, "gpus_per_task": 0,
@@ -227,7 +227,7 @@ def load_grid(path: Path, results_root: Path = Path("Results"), poll_s: float = 
     if unknown := set(spec) - {"name", "stages", "slurm"}:
         raise GridError(f"{path}: unknown field(s) {sorted(unknown)}; a grid has name, stages and slurm")
     name = str(spec.get("name") or path.stem)
-    folder = Path(results_root).resolve() / "sweeps" / name
+    folder = sweep_path(Path(results_root).resolve(), name)
     given = spec.get("slurm") or {}
     if not isinstance(given, dict):
         raise GridError(f"{path}: slurm: must be a mapping of setting: value, got {given!r}")
@@ -351,17 +351,8 @@ def write_state(cell: Cell, **fields: Any) -> None:
 @contextlib.contextmanager
 def cell_lock(cell: Cell, wait: bool = False) -> Iterator[bool]:
     """Hold the cell's lock (<cell>/.lock), waiting for its holder if `wait`: yields whether this process holds it."""
-    cell.folder.mkdir(parents=True, exist_ok=True)
-    with open(cell.folder / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(cell.folder / ".lock", wait) as handle:
+        yield handle is not None
 
 
 def is_locked(cell: Cell) -> bool:
@@ -425,11 +416,8 @@ def run_cell(cell: Cell, threads: int | None = None, job_id: str | None = None,
     date; returns the exit code, or NOT_RUN if another process holds the cell or the local sweep is stopping.
     The script's process inherits the cell's lock and leads its own process group. With `threads`, the script's
     math libraries use that many threads."""
-    cell.folder.mkdir(parents=True, exist_ok=True)
-    with open(cell.folder / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with file_lock(cell.folder / ".lock", wait=False) as lock:
+        if lock is None:
             return NOT_RUN
         if local is not None and local.stopped_by:
             return NOT_RUN
@@ -518,13 +506,8 @@ def cell_status(cell: Cell, queue: SlurmQueue) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def manifest_lock(sweep_folder: Path) -> Iterator[None]:
-    sweep_folder.mkdir(parents=True, exist_ok=True)
-    with open(sweep_folder / ".manifest.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(Path(sweep_folder) / ".manifest.lock"):
+        yield
 
 
 def manifest_entry(cell: Cell, status: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hardness.engine import TrainingState
+from hardness.prediction import PREDICTION_CHUNK, evaluating, predict
 from neural_networks import BatchedSimpleNN
 
 TARGETS = ("logit", "probability")
@@ -150,16 +151,11 @@ def vog_scores(model: nn.Module, checkpoints: Sequence[dict[str, Tensor]], data:
 
 
 def checkpoint_predictions(model: nn.Module, checkpoints: Sequence[dict[str, Tensor]], data: Tensor,
-                           chunk: int = 4096) -> Tensor:
+                           chunk: int = PREDICTION_CHUNK) -> Tensor:
     """[K, N] (or [K, runs, N]) the class each checkpoint predicts for each example, in eval mode."""
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.stack([torch.cat([_logits(functional_call(model, state, (x,))).argmax(-1)
-                                           for x in data.split(chunk)], dim=-1) for state in checkpoints])
-    finally:
-        model.train(training)
+    with evaluating(model):
+        return torch.stack([predict(lambda x: _logits(functional_call(model, state, (x,))).argmax(-1), data, chunk,
+                                    sample_dim=-1) for state in checkpoints])
 
 
 # ----------------------------------------------------------------------------- the score

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hardness.cli import (UserInputError, non_negative_int, positive_int, run_script,  # noqa: E402
                           unit_interval)
-from hardness.data import (as_nchw_uint8, confusable_classes, dataset_class, flip_labels,  # noqa: E402
-                           load_dataset, torchvision_splits)
+from hardness.data import as_nchw_uint8, dataset_class, load_dataset, torchvision_splits  # noqa: E402
+from hardness.noise import NOISE_TYPES, flip_labels  # noqa: E402
 from hardness.user_data import parse_source  # noqa: E402
 
 MOVED_COLUMNS = ("sample_id", "source_id", "true_class", "given_class")
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.05,
                         help="share of the images, int(ratio * N), put into a wrong class folder, in [0, 1) "
                              "(default 0.05)")
-    parser.add_argument("--noise_type", choices=["uniform", "pairs"], default="uniform",
+    parser.add_argument("--noise_type", choices=NOISE_TYPES, default="uniform",
                         help="wrong class drawn uniformly from the others, or the one confusable class of each class "
                              "(nearest class mean) (default uniform)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
@@ -83,9 +83,8 @@ def export(args: argparse.Namespace) -> tuple[Path, int]:
     if output.exists():
         raise UserInputError(f"{output} exists; remove it or give another --output")
     dataset = load_dataset(name, args.data_root, args.subset_size, args.seed, torch.device("cpu"))
-    pairs = confusable_classes(dataset.data, dataset.labels, dataset.num_classes) if args.noise_type == "pairs" else None
-    given, moved = flip_labels(dataset.labels, args.noise_ratio, dataset.num_classes,
-                               torch.Generator().manual_seed(args.seed), pairs)
+    given, moved, _ = flip_labels(dataset.labels, args.noise_ratio, dataset.num_classes, args.seed, args.noise_type,
+                                  dataset.data)
     splits = torchvision_splits(dataset.name, Path(args.data_root))
     images = torch.cat([as_nchw_uint8(split.data) for split in splits])[dataset.indices].numpy()   # [N, C, H, W]
     folders = class_folder_names(dataset.class_names)
@@ -103,14 +102,14 @@ def export(args: argparse.Namespace) -> tuple[Path, int]:
             writer = csv.writer(handle)
             writer.writerow(MOVED_COLUMNS)
             true, noisy = dataset.labels.tolist(), given.tolist()
-            for row in sorted(moved.tolist(), key=lambda row: paths[row]):
+            for row in sorted(moved.nonzero().flatten().tolist(), key=lambda row: paths[row]):
                 writer.writerow([paths[row], dataset.sample_ids[row], folders[true[row]], folders[noisy[row]]])
         os.chmod(staging, 0o755)
         os.replace(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return output, len(moved)
+    return output, int(moved.sum())
 
 
 def main(args: argparse.Namespace) -> None:

@@ -362,7 +362,7 @@ def test_scripts_end_to_end(tmp_path):
     assert arrays["overlap_dynamic"].shape == (4, 2, 2)
     assert yaml.safe_load((run_folder / "config.yaml").read_text())["dataset"]["class_map"] == {0: 0, 2: 1}
     again = run(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)
-    assert again.returncode == 1 and "exists; give --overwrite" in again.stderr
+    assert again.returncode == 2 and "exists; give --overwrite" in again.stderr
     other = run(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=shifted", "--set",
                 "dataset.shift=1.0", cwd=tmp_path)
     assert other.returncode == 0, other.stderr
@@ -370,7 +370,7 @@ def test_scripts_end_to_end(tmp_path):
     assert plotted.returncode == 0, plotted.stderr
     assert "gaussian_example: 1 run(s)" in plotted.stdout and "shifted: 1 run(s)" in plotted.stdout
     twice = run(PLOT, "--results", "shifted", "--results", "shifted", cwd=tmp_path)
-    assert twice.returncode == 1 and "--results names shifted more than once" in twice.stderr
+    assert twice.returncode == 2 and "--results names shifted more than once" in twice.stderr
     for name in ("loss_and_overlap", "accuracy_and_overlap", "overlap_dynamic_vs_static"):
         for suffix in (".png", ".pdf"):
             assert (tmp_path / "Figures/class_hardness/gaussian_example_vs_shifted" / f"{name}{suffix}").stat().st_size
@@ -378,7 +378,7 @@ def test_scripts_end_to_end(tmp_path):
                  "training.epochs=3", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
     mismatch = run(PLOT, "--results", "gaussian_example", "longer", cwd=tmp_path)
-    assert mismatch.returncode == 1 and "different steps" in mismatch.stderr
+    assert mismatch.returncode == 2 and "different steps" in mismatch.stderr
     assert not list((tmp_path / "Results").rglob("*.tmp"))
 
 
@@ -533,7 +533,7 @@ def test_a_bad_field_is_one_line_and_writes_nothing(tmp_path):
     done = run(SIMULATE, "--config", str(flowers_config(tmp_path)), "--device", "cpu", "--set", "model.type=cnn",
                cwd=tmp_path)
     message = "error: config field model.type: cnn needs images, and the data are a table of 3 features; give mlp"
-    assert done.returncode == 1 and done.stderr.strip() == message
+    assert done.returncode == 2 and done.stderr.strip() == message
     assert not (tmp_path / "Results").exists() and not (tmp_path / "Figures").exists()
 
 

@@ -306,7 +306,7 @@ def test_every_seed_has_its_own_run_folder(strokes_run):
     shutil.copytree(strokes_run / "Results/gasten/tiny/step1", strokes_run / "Results/gasten/mixed_seed1/step1")
     done = run(TRAIN, "--config", "tiny.yaml", "--device", "cpu", "--step", "1", "--seed", "1", "--set", "name=mixed",
                cwd=strokes_run)
-    assert done.returncode == 1 and "holds a run of seed 0, not 1" in done.stderr
+    assert done.returncode == 2 and "holds a run of seed 0, not 1" in done.stderr
 
 
 def test_summarize_rebuilds_the_table(strokes_run):
@@ -386,7 +386,7 @@ def test_bad_config_field_is_named(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("step2: {weights: [0, sometimes]}\n")
     done = run(TRAIN, "--config", str(config), "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 1 and "config field step2.weights" in done.stderr
+    assert done.returncode == 2 and "config field step2.weights" in done.stderr
 
 
 # ----------------------------------------------------------------------------- patterns in ambiguity

@@ -196,7 +196,7 @@ def test_readers_take_a_sweep_folder(workdir, tmp_path):
     swept = load(tmp_path / "out/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
     assert swept == load(workdir / "Results/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
     missing = run(OVERLAP, "--sweep", str(tmp_path / "nothing"), cwd=workdir)
-    assert missing.returncode == 1 and "holds no sweep cells" in missing.stderr
+    assert missing.returncode == 2 and "holds no sweep cells" in missing.stderr
 
 
 def test_class_level_split_is_disjoint_and_covers_the_subset():
@@ -249,13 +249,13 @@ def test_benchmark_flags_are_validated(capsys, args, message):
 def test_missing_inputs_are_one_line_errors(tmp_path):
     write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=10)
     done = run(VERIFY, "--dataset_name", "CIFAR11", cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip().startswith("error: unknown dataset 'CIFAR11'")
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: unknown dataset 'CIFAR11'")
     for script in (PLOT, DISTRIBUTION):
         done = run(script, cwd=tmp_path)
-        assert done.returncode == 1 and "Results/F1_results/MNIST_" in done.stderr and "20000" in done.stderr
+        assert done.returncode == 2 and "Results/F1_results/MNIST_" in done.stderr and "20000" in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("error:")
     done = run(OVERLAP, cwd=tmp_path)
-    assert done.returncode == 1 and "MNIST_stragglers_False_20000_indices.pkl" in done.stderr
+    assert done.returncode == 2 and "MNIST_stragglers_False_20000_indices.pkl" in done.stderr
     assert not (tmp_path / "Results").exists() or not list((tmp_path / "Results").rglob("*.pkl"))
 
 
@@ -337,10 +337,10 @@ def test_absent_stragglers_need_a_budget(tmp_path):
     common = ["--dataset_name", "npz:odd.npz", "--runs", "1", "--train_ratios", "0.5", "--remaining_train_ratios",
               "1.0", "--epochs", "30", "--device", "cpu", "--level", "class"]
     stragglers = run(VERIFY, *common, cwd=tmp_path)
-    assert stragglers.returncode == 1 and stragglers.stderr.strip().splitlines()[-1].startswith(
+    assert stragglers.returncode == 2 and stragglers.stderr.strip().splitlines()[-1].startswith(
         "error: class(es) lonely have fewer than 2 samples")
     confidence = run(VERIFY, *common, "--strategy", "confidence", cwd=tmp_path)
-    assert confidence.returncode == 1 and confidence.stderr.strip().splitlines()[-1] == (
+    assert confidence.returncode == 2 and confidence.stderr.strip().splitlines()[-1] == (
         "error: confidence takes its budget from the stragglers, and there is no straggler set: class(es) lonely never "
         "reached an inversion point; give --budget (a share of each class, e.g. 0.1, or a count per class)")
     assert not (tmp_path / "Results").exists() and not (tmp_path / "Figures").exists()

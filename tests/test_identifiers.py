@@ -12,9 +12,10 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
                                                     multiclass_precision, multiclass_recall)
 
 from hardness import engine, identifiers
-from hardness.data import benchmark_splits, confusable_classes, flip_labels, reduction_masks, split_train_test
-from hardness.engine import (RadiiRecorder, derived_seed, network_logits, resnet_logits, train_full_batch,
-                             train_networks)
+from hardness.data import benchmark_splits, reduction_masks, split_train_test
+from hardness.engine import RadiiRecorder, network_logits, resnet_logits, train_full_batch, train_networks
+from hardness.noise import confusable_classes, flip_labels
+from hardness.seeds import MemorisationStage, derived_seed
 from hardness.identifiers import (MAX_INVERSION_ATTEMPTS, IdentificationError, StragglerTracker, class_counts,
                                   hardness_scores, identify_hard_samples, identify_stragglers, select_hardest)
 from hardness.metrics import METRICS, classification_metrics, train_and_evaluate
@@ -536,25 +537,44 @@ def test_identify_hard_samples_with_stragglers_returns_them(blobs, stragglers):
 
 def test_flip_labels_changes_exactly_the_chosen_labels():
     labels = torch.arange(1000) % 10
-    noisy, flipped = flip_labels(labels, 0.3, 10, torch.Generator().manual_seed(5))
-    assert len(flipped) == 300 and len(flipped.unique()) == 300
-    changed = torch.zeros(1000, dtype=torch.bool)
-    changed[flipped] = True
-    assert (noisy[changed] != labels[changed]).all() and torch.equal(noisy[~changed], labels[~changed])
+    noisy, flipped, pairs = flip_labels(labels, 0.3, 10, seed=5)
+    assert flipped.dtype == torch.bool and int(flipped.sum()) == 300 and pairs is None
+    assert (noisy[flipped] != labels[flipped]).all() and torch.equal(noisy[~flipped], labels[~flipped])
     assert noisy.min() >= 0 and noisy.max() <= 9
     assert torch.equal(labels, torch.arange(1000) % 10)  # the input is left alone
-    again, flipped_again = flip_labels(labels, 0.3, 10, torch.Generator().manual_seed(5))
+    again, flipped_again, _ = flip_labels(labels, 0.3, 10, seed=5)
     assert torch.equal(noisy, again) and torch.equal(flipped, flipped_again)
+    other = flip_labels(labels, 0.3, 10, seed=5, stage=MemorisationStage.HELDOUT_NOISE).flipped
+    assert not torch.equal(other, flipped)
 
 
-def test_pair_noise_moves_each_chosen_sample_into_its_class_pair():
-    labels = torch.arange(40) % 4
-    pairs = torch.tensor([2, 3, 0, 0])
-    noisy, flipped = flip_labels(labels, 0.5, 4, torch.Generator().manual_seed(3), pairs=pairs)
-    assert len(flipped) == 20
+def test_flips_are_drawn_from_the_label_noise_stage_of_the_seed():
+    # by hand: SeedSequence([seed, 0]) seeds a torch generator; a permutation picks int(0.2 * 50) = 10 samples, then
+    # one offset in 1..C-1 each, in the order picked
+    labels = torch.arange(50) % 5
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([7, 0]).generate_state(1)[0]))
+    chosen = torch.randperm(50, generator=generator)[:10]
+    offsets = torch.randint(1, 5, (10,), generator=generator)
     expected = labels.clone()
-    expected[flipped] = torch.tensor([2, 3, 0, 0])[labels[flipped]]
+    expected[chosen] = (labels[chosen] + offsets) % 5
+    noisy, flipped, _ = flip_labels(labels, 0.2, 5, seed=7)
+    assert noisy.tolist() == expected.tolist() and sorted(flipped.nonzero().flatten().tolist()) == sorted(chosen.tolist())
+
+
+def test_pair_noise_moves_each_chosen_sample_into_its_confusable_class():
+    # class means at 0, 1, 5 and 11 on a line: 0 <-> 1, 5 -> 1, 11 -> 5
+    centres = torch.tensor([0.0, 1.0, 5.0, 11.0])
+    labels = torch.arange(40) % 4
+    data = (centres[labels] + torch.where(torch.arange(40) % 8 < 4, -0.1, 0.1)).reshape(40, 1, 1, 1)  # means exact
+    noisy, flipped, pairs = flip_labels(labels, 0.5, 4, seed=3, noise_type="pairs", data=data)
+    assert pairs.tolist() == [1, 0, 1, 2] and int(flipped.sum()) == 20
+    expected = labels.clone()
+    expected[flipped] = torch.tensor([1, 0, 1, 2])[labels[flipped]]
     assert noisy.tolist() == expected.tolist()
+    uniform = flip_labels(labels, 0.5, 4, seed=3).flipped
+    assert torch.equal(uniform, flipped)          # the same samples move, whatever the noise type
+    with pytest.raises(ValueError, match="needs the data"):
+        flip_labels(labels, 0.5, 4, seed=3, noise_type="pairs")
 
 
 def test_confusable_classes_are_the_nearest_class_means():
@@ -567,14 +587,14 @@ def test_confusable_classes_are_the_nearest_class_means():
 
 def test_flip_labels_floors_the_count_and_zero_flips_nothing():
     labels = torch.arange(10) % 3
-    assert len(flip_labels(labels, 0.25, 3, torch.Generator().manual_seed(0))[1]) == 2   # int(2.5) = 2
-    assert len(flip_labels(labels, 0.29, 3, torch.Generator().manual_seed(0))[1]) == 2   # int(2.9) = 2
-    noisy, flipped = flip_labels(labels, 0.0, 3, torch.Generator().manual_seed(0))
-    assert len(flipped) == 0 and torch.equal(noisy, labels)
+    assert int(flip_labels(labels, 0.25, 3, seed=0).flipped.sum()) == 2   # int(2.5) = 2
+    assert int(flip_labels(labels, 0.29, 3, seed=0).flipped.sum()) == 2   # int(2.9) = 2
+    noisy, flipped, _ = flip_labels(labels, 0.0, 3, seed=0)
+    assert not flipped.any() and torch.equal(noisy, labels)
 
 
 def test_flipped_labels_are_spread_over_the_other_classes():
-    noisy, _ = flip_labels(torch.zeros(3000, dtype=torch.int64), 1.0, 3, torch.Generator().manual_seed(1))
+    noisy, _, _ = flip_labels(torch.zeros(3000, dtype=torch.int64), 1.0, 3, seed=1)
     counts = torch.bincount(noisy, minlength=3).tolist()
     assert counts[0] == 0 and 1400 <= counts[1] <= 1600 and 1400 <= counts[2] <= 1600
 
@@ -744,8 +764,7 @@ def train_resnet_alone(seed: int, data: Tensor, labels: Tensor, num_classes: int
                             epochs)
 
 
-def test_resnets_train_full_batch_as_the_original_and_predict_in_eval_mode(monkeypatch):
-    monkeypatch.setattr(engine, "RESNET_EVAL_CHUNK", 4)  # 10 samples in chunks of 4, 4 and 2
+def test_resnets_train_full_batch_as_the_original_and_predict_in_eval_mode():
     generator = torch.Generator().manual_seed(0)
     data, labels = torch.randn(10, 1, 8, 8, generator=generator), torch.arange(10) % 3
     train_masks = torch.ones(2, 10, dtype=torch.bool)
@@ -758,7 +777,7 @@ def test_resnets_train_full_batch_as_the_original_and_predict_in_eval_mode(monke
         reference = train_resnet_alone(run, data[train_masks[run]], labels[train_masks[run]], 3, 2)
         for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(resnet_logits(model, data), logits[run])
+        torch.testing.assert_close(resnet_logits(model, data, chunk=4), logits[run])  # chunks of 4, 4 and 2
         assert model.training  # left in training mode
         reference.eval()
         with torch.no_grad():

@@ -123,7 +123,7 @@ def test_bad_input_is_a_one_line_error(workdir, script, args, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_one_line_error(workdir):
     done = run(REPLICATE, "--subset_size", "100", "--device", "cuda", cwd=workdir)
-    assert done.returncode == 1 and done.stderr.strip() == (
+    assert done.returncode == 2 and done.stderr.strip() == (
         "error: --device cuda was asked for but no CUDA device is available; use --device cpu")
 
 
@@ -164,7 +164,7 @@ def test_bad_user_data_is_one_line_and_writes_nothing(tmp_path):
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "pets/cat/0.png")
     (tmp_path / "pets/dog/1.png").write_bytes(b"not a png")
     done = run(REPLICATE, "--dataset_name", "folder:pets", "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: pets/dog/1.png cannot be decoded: cannot identify image file 'pets/dog/1.png'; fix or remove it, or "
         "give --skip_unreadable"]
     assert not (tmp_path / "Results").exists() and not (tmp_path / "Figures").exists()

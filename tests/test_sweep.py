@@ -166,7 +166,7 @@ def test_sweep_script_dry_run_and_status(tmp_path):
     assert done.returncode == 0 and done.stdout.startswith("tiny: 5 cell(s): 5 pending")
     done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(tmp_path / "none.yaml")],
                           capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0 and "not found" in done.stderr
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "not found" in done.stderr
 
 
 def test_dry_run_reports_the_cells_whose_flags_their_script_rejects(tmp_path):
@@ -184,7 +184,7 @@ stages:
 """)
     done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--dry_run", "--results_dir",
                            str(tmp_path / "R")], capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "2 cell(s) have flags their script rejects" in done.stderr
     assert "values/value-x: sweep_fake_experiment.py: error: argument --value: invalid int value: 'x'" in done.stderr
     assert "typo/single: sweep_fake_experiment.py: error: unrecognized arguments: --valeu 2" in done.stderr
@@ -239,7 +239,7 @@ stages:
     assert len(cell_pids) == 2 and all(alive(pid) for pid in cell_pids)
     sweep_process.send_signal(signal.SIGTERM)
     _, stderr = sweep_process.communicate(timeout=60)
-    assert sweep_process.returncode == 1 and stderr.strip().count("\n") == 0, stderr
+    assert sweep_process.returncode == 2 and stderr.strip().count("\n") == 0, stderr
     assert stderr.startswith("error: SIGTERM stopped the sweep: 2 running cell(s) stopped and marked interrupted")
     assert not any(alive(pid) for pid in cell_pids)                         # no cell process left behind
     cells = json.loads(manifest.read_text())["cells"]

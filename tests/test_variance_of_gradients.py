@@ -162,10 +162,10 @@ def test_checkpoint_dir_errors_are_one_line(workdir, tmp_path):
     folder, _ = workdir
     (tmp_path / "few").mkdir()
     done = run(*COMMON, "--checkpoint_dir", str(tmp_path / "few"), cwd=folder)
-    assert done.returncode == 1 and re.search(r"error: --checkpoint_dir .* holds 0 \*\.pt checkpoint\(s\)", done.stderr)
+    assert done.returncode == 2 and re.search(r"error: --checkpoint_dir .* holds 0 \*\.pt checkpoint\(s\)", done.stderr)
     done = run(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--evaluation_network", "ResNet",
                "--batch_size", "8", cwd=folder)
-    assert done.returncode == 1 and "is not a state dict of this --evaluation_network" in done.stderr
+    assert done.returncode == 2 and "is not a state dict of this --evaluation_network" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
@@ -319,6 +319,6 @@ def test_an_image_folder_end_to_end(tmp_path):
 def test_a_resnet_on_a_table_is_a_one_line_error_and_writes_nothing(tmp_path):
     write_table(tmp_path / "patients.csv")
     done = run("--dataset_name", "csv:patients.csv", *TABLE_FLAGS, "--evaluation_network", "ResNet", cwd=tmp_path)
-    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "error: patients is a table of 3 features, and a ResNet needs images" in done.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["patients.csv"]

@@ -27,7 +27,8 @@ from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_c
                           add_output_arguments,
                           add_results_arguments, budget_share_or_count, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
-from hardness.data import benchmark_splits, canonical_dataset_name, dataset_label, load_dataset, load_dataset_from_args
+from hardness.data import (benchmark_splits, canonical_dataset_name, dataset_label, load_benchmark_dataset, load_dataset,
+                           load_dataset_from_args)
 from hardness.device import keep_freed_memory_in_heap, resolve_device
 from hardness.engine import (RadiiRecorder, input_channels, simple_nn_size, train_and_predict, train_full_batch,
                              train_networks)
@@ -55,7 +56,7 @@ from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, c
 __all__ = [
     "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
     "budget_share_or_count", "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
-    "benchmark_splits", "canonical_dataset_name", "dataset_label", "load_dataset", "load_dataset_from_args",
+    "benchmark_splits", "canonical_dataset_name", "dataset_label", "load_benchmark_dataset", "load_dataset", "load_dataset_from_args",
     "keep_freed_memory_in_heap", "resolve_device",
     "RadiiRecorder", "input_channels", "simple_nn_size", "train_and_predict", "train_full_batch", "train_networks",
     "INVERSION_INTERVAL", "INVERSION_START", "STRATEGIES", "StragglerTracker", "class_counts",

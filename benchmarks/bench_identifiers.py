@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
-from utils import (STRATEGIES, Stage, add_benchmark_dataset_arguments, stage_seed, identify_hard_samples,  # noqa: E402
-                   keep_freed_memory_in_heap, load_dataset, positive_int, resolve_device, train_and_evaluate)
+from utils import (STRATEGIES, Stage, add_benchmark_dataset_arguments, identify_hard_samples,  # noqa: E402
+                   load_benchmark_dataset, positive_int, stage_seed, train_and_evaluate)
 
 
 def main() -> None:
@@ -32,9 +32,8 @@ def main() -> None:
     add_benchmark_dataset_arguments(parser)
     args = parser.parse_args()
 
-    keep_freed_memory_in_heap()
-    device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
+    dataset = load_benchmark_dataset(args)
+    device = dataset.data.device
     data, labels, classes = dataset.data, dataset.labels, dataset.num_classes
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.dataset_name} {args.subset_size} x 784, {args.epochs} epochs")
 

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, peak_memory_gib, seconds_on_device  # noqa: E402
 from hardness.engine import train_simple_nns  # noqa: E402
 from hardness.scoring import confident_learning, score_training_run  # noqa: E402
-from utils import (add_benchmark_dataset_arguments, child_seeds, flip_labels, keep_freed_memory_in_heap,  # noqa: E402
-                   load_dataset, non_negative_int, positive_int, resolve_device)
+from utils import (add_benchmark_dataset_arguments, child_seeds, flip_labels, load_benchmark_dataset,  # noqa: E402
+                   non_negative_int, positive_int)
 
 
 def main() -> None:
@@ -32,9 +32,8 @@ def main() -> None:
     add_benchmark_dataset_arguments(parser)
     args = parser.parse_args()
 
-    keep_freed_memory_in_heap()
-    device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
+    dataset = load_benchmark_dataset(args)
+    device = dataset.data.device
     labels, _, _ = flip_labels(dataset.labels, args.noise_ratio, dataset.num_classes, args.seed)
     seeds = child_seeds(args.seed, args.runs)
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.dataset_name} {args.subset_size} x "

@@ -20,8 +20,8 @@ from hardness.device import device_name, peak_memory_gib, seconds_on_device  # n
 from hardness.engine import train_simple_nns  # noqa: E402
 from hardness.identifiers import VOG_CHECKPOINTS  # noqa: E402
 from hardness.vog import STAGES, CheckpointRecorder, checkpoint_epochs, vog_scores  # noqa: E402
-from utils import (Stage, add_benchmark_dataset_arguments, child_seeds, stage_seed, identify_hard_samples, keep_freed_memory_in_heap,  # noqa: E402
-                   load_dataset, positive_int, resolve_device)
+from utils import (Stage, add_benchmark_dataset_arguments, child_seeds, identify_hard_samples,  # noqa: E402
+                   load_benchmark_dataset, positive_int, stage_seed)
 
 
 def main() -> None:
@@ -33,9 +33,8 @@ def main() -> None:
     add_benchmark_dataset_arguments(parser)
     args = parser.parse_args()
 
-    keep_freed_memory_in_heap()
-    device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, device)
+    dataset = load_benchmark_dataset(args)
+    device = dataset.data.device
     data, labels, classes = dataset.data, dataset.labels, dataset.num_classes
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.dataset_name} {args.subset_size} x "
           f"{data[0].numel()}, {VOG_CHECKPOINTS} checkpoints over {args.epochs} epochs")

@@ -20,7 +20,7 @@ import torchvision
 from torch import Tensor
 
 from hardness.cli import UserInputError
-from hardness.device import free_memory_bytes
+from hardness.device import free_memory_bytes, keep_freed_memory_in_heap, resolve_device
 from hardness.engine import simple_nn_size
 from hardness.locks import file_lock
 from hardness.results import write_atomically
@@ -334,6 +334,13 @@ def load_dataset_from_args(args: argparse.Namespace, device: torch.device, subse
     else:
         loaded = load_csv(path, getattr(args, "label_column", "label"), getattr(args, "id_column", None), check)
     return user_dataset(loaded, label, subset_size, seed, device)
+
+
+def load_benchmark_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset of a benchmark script's flags (cli.add_benchmark_dataset_arguments), on its --device, with freed
+    CPU memory kept in the heap (as the experiment scripts run)."""
+    keep_freed_memory_in_heap()
+    return load_dataset(args.dataset_name, args.data_root, args.subset_size, args.seed, resolve_device(args.device))
 
 
 def split_sample_ids(indices: Tensor, train_size: int) -> list[str]:

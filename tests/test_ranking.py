@@ -105,7 +105,8 @@ def test_the_benchmark_puts_the_consensus_beside_its_members():
 
 def test_an_npz_source_runs_end_to_end_with_its_ids_in_the_ranking(tmp_path):
     """npz:PATH through hardness_scores.py: x [N, 8, 8] uint8, y, ids and class names; the ranking CSV names every
-    sample by its npz id and class name, and the scores file keeps the ids in subset order."""
+    sample by its npz id and class name, and the scores file keeps the ids in subset order. The name carries the
+    30 samples scored, not --subset_size's 20000; --replot also finds a file of the older name."""
     import hardness_scores
     rng = np.random.default_rng(2)
     labels = np.arange(30) % 3
@@ -113,10 +114,11 @@ def test_an_npz_source_runs_end_to_end_with_its_ids_in_the_ranking(tmp_path):
     ids = np.array([f"cell_{i:02d}" for i in range(30)])
     np.savez(tmp_path / "cells.npz", x=images.astype(np.uint8), y=labels, ids=ids,
              class_names=np.array(["round", "long", "odd"]))
-    hardness_scores.main(hardness_scores.parse_args([
-        "--dataset_name", f"npz:{tmp_path / 'cells.npz'}", "--subset_size", "30", "--runs", "2", "--epochs", "20",
-        "--score_epoch", "5", "--trajectory_every", "5", "--cleanlab_folds", "2", "--seed", "1", "--device", "cpu",
-        "--data_root", str(tmp_path / "data"), "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F")]))
+    flags = ["--dataset_name", f"npz:{tmp_path / 'cells.npz'}", "--runs", "2", "--epochs", "20", "--score_epoch", "5",
+             "--trajectory_every", "5", "--cleanlab_folds", "2", "--seed", "1", "--device", "cpu",
+             "--data_root", str(tmp_path / "data"), "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F")]
+    hardness_scores.main(hardness_scores.parse_args(flags))
+    assert not list((tmp_path / "R/scores").glob("cells_20000_*"))
     with open(tmp_path / "R/scores/cells_30_0_ranking.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["sample_id"] for row in rows) == sorted(ids.tolist())
@@ -126,3 +128,7 @@ def test_an_npz_source_runs_end_to_end_with_its_ids_in_the_ranking(tmp_path):
     saved = np.load(tmp_path / "R/scores/cells_30_0.npz")
     assert sorted(saved["sample_ids"].tolist()) == sorted(ids.tolist())
     assert (tmp_path / "R/scores/cells_30_0_report.html").is_file()
+    for suffix in (".npz", ".json"):                      # as a version before December 2026 named it
+        (tmp_path / f"R/scores/cells_30_0{suffix}").rename(tmp_path / f"R/scores/cells_20000_0{suffix}")
+    hardness_scores.main(hardness_scores.parse_args([*flags, "--replot"]))
+    assert (tmp_path / "R/scores/cells_20000_0_ranking.csv").is_file()

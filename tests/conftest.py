@@ -1,5 +1,10 @@
-"""Shared test helpers: small MNIST-layout IDX files written by the tests themselves."""
+"""Shared test helpers: small MNIST-layout IDX files written by the tests themselves, and a script run in this
+process."""
+import contextlib
+import importlib
+import io
 import struct
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +14,33 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+def run_in_process(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python script args` in `cwd`, run in this process instead of a new interpreter (which spends seconds
+    importing torch): the script's own `run_script(main, parse_args)` with sys.argv set as the interpreter would
+    set it, stdout and stderr captured. The exit status is 0, or that of the SystemExit it raised (2 for a user
+    error or a flag argparse refuses), as a subprocess.CompletedProcess. Tests that check a script's real exit
+    status keep at least one real subprocess per script."""
+    from hardness.cli import run_script
+    import matplotlib.pyplot as plt
+    module = importlib.import_module(Path(script).stem)
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = [str(script), *args]
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_script(module.main, module.parse_args)
+                code = 0
+            except SystemExit as exit_status:                  # as the interpreter reports it
+                code = exit_status.code if isinstance(exit_status.code, int) else int(exit_status.code is not None)
+                if exit_status.code is not None and not isinstance(exit_status.code, int):
+                    print(exit_status.code, file=sys.stderr)
+    finally:
+        sys.argv = argv
+        plt.close("all")
+    return subprocess.CompletedProcess([sys.executable, str(script), *args], code, out.getvalue(), err.getvalue())
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -59,3 +91,26 @@ def write_mnist_layout(root: Path, name: str = "MNIST", train: int = 60, test: i
 def mnist_root(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     root = tmp_path / "data"
     return root, write_mnist_layout(root)
+
+
+@pytest.fixture
+def flag_checks_in_process(monkeypatch):
+    """hardness.sweep.flag_errors's child processes (one per script: `python -c "...parse_in_child(script)"`, a
+    new interpreter and its imports each) answered by parse_in_child in this process instead, with the child's
+    stdin, stdout, working folder and sys.argv. Every other subprocess.run runs as usual. The real children are
+    exercised by tests/test_sweep.py::test_dry_run_reports_the_cells_whose_flags_their_script_rejects."""
+    from hardness import sweep
+    real_run = subprocess.run
+
+    def run(command, *args, **kwargs):
+        if not (isinstance(command, list) and command[1:2] == ["-c"] and "parse_in_child" in command[2]):
+            return real_run(command, *args, **kwargs)
+        out, argv, stdin = io.StringIO(), sys.argv[:], sys.stdin
+        sys.stdin = io.StringIO(kwargs["input"])
+        try:
+            with contextlib.chdir(kwargs["cwd"]), contextlib.redirect_stdout(out):
+                sweep.parse_in_child(command[3])
+        finally:
+            sys.argv, sys.stdin = argv, stdin
+        return subprocess.CompletedProcess(command, 0, out.getvalue(), "")
+    monkeypatch.setattr(sweep.subprocess, "run", run)

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, write_mnist_layout
+from conftest import REPO, run_in_process, write_mnist_layout
 from hardness.class_overlap import (DEFAULTS, ConfigError, build_model, class_mapping, cosine_matrix,
                                     evaluation_steps, load_config, load_simulation_data, plot_dynamics, simulate,
                                     static_overlap, stratified_split, train_group)
@@ -353,6 +353,7 @@ def test_steps_beyond_training_and_cnn_depth_are_config_errors(tmp_path):
 
 
 def test_scripts_end_to_end(tmp_path):
+    """Each script once as a real subprocess (exit 0, and the plotter's exit 2); the other runs in this process."""
     config = CONFIGS / "gaussian_example.yaml"
     done = run(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -361,21 +362,21 @@ def test_scripts_end_to_end(tmp_path):
     assert arrays["steps"].tolist() == [0, 1, 2, 4]                       # 40 samples, batch 10, one epoch
     assert arrays["overlap_dynamic"].shape == (4, 2, 2)
     assert yaml.safe_load((run_folder / "config.yaml").read_text())["dataset"]["class_map"] == {0: 0, 2: 1}
-    again = run(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)
+    again = run_in_process(SIMULATE, "--config", str(config), "--device", "cpu", cwd=tmp_path)   # real exit 2: below
     assert again.returncode == 2 and "exists; give --overwrite" in again.stderr
-    other = run(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=shifted", "--set",
-                "dataset.shift=1.0", cwd=tmp_path)
+    other = run_in_process(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=shifted", "--set",
+                           "dataset.shift=1.0", cwd=tmp_path)
     assert other.returncode == 0, other.stderr
     plotted = run(PLOT, "--results", "Results/class_hardness/gaussian_example", "--results", "shifted", cwd=tmp_path)
     assert plotted.returncode == 0, plotted.stderr
     assert "gaussian_example: 1 run(s)" in plotted.stdout and "shifted: 1 run(s)" in plotted.stdout
-    twice = run(PLOT, "--results", "shifted", "--results", "shifted", cwd=tmp_path)
+    twice = run_in_process(PLOT, "--results", "shifted", "--results", "shifted", cwd=tmp_path)
     assert twice.returncode == 2 and "--results names shifted more than once" in twice.stderr
     for name in ("loss_and_overlap", "accuracy_and_overlap", "overlap_dynamic_vs_static"):
         for suffix in (".png", ".pdf"):
             assert (tmp_path / "Figures/class_hardness/gaussian_example_vs_shifted" / f"{name}{suffix}").stat().st_size
-    longer = run(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=longer", "--set",
-                 "training.epochs=3", cwd=tmp_path)
+    longer = run_in_process(SIMULATE, "--config", str(config), "--device", "cpu", "--set", "output=longer", "--set",
+                            "training.epochs=3", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
     mismatch = run(PLOT, "--results", "gaussian_example", "longer", cwd=tmp_path)
     assert mismatch.returncode == 2 and "different steps" in mismatch.stderr
@@ -430,7 +431,7 @@ def test_mnist_classes_from_torchvision_layout(tmp_path):
 
 @pytest.mark.parametrize("script", [SIMULATE, PLOT])
 def test_help_explains_every_flag(script):
-    done = run(script, "--help", cwd=REPO)
+    done = run_in_process(script, "--help", cwd=REPO)
     assert done.returncode == 0 and "--results_dir" in done.stdout and "--figures_dir" in done.stdout
     for entry in done.stdout.split("options:")[1].split("\n  -")[1:]:
         flag, _, explanation = entry.strip().partition("  ")
@@ -507,7 +508,7 @@ def test_a_table_end_to_end_with_its_ids_and_class_names(tmp_path):
     """Classes c (9 rows) and a (20), by name, in that order; test_fraction 0.25 holds out ceil(2.25) = 3 of c
     and ceil(5) = 5 of a."""
     classes = write_flowers(tmp_path / "flowers.csv")
-    done = run(SIMULATE, "--config", str(flowers_config(tmp_path)), "--device", "cpu", cwd=tmp_path)
+    done = run_in_process(SIMULATE, "--config", str(flowers_config(tmp_path)), "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "2 classes, 21 training and 8 test samples" in done.stdout
     assert "final test accuracy per class (mean over runs): c: " in done.stdout

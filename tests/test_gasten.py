@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, write_idx, write_mnist_layout
+from conftest import REPO, run_in_process, write_idx, write_mnist_layout
 from hardness.ambiguity import ambiguous_samples, medoids, reduced_silhouette
 from hardness.cli import UserInputError
 from hardness.gasten import (InceptionFeatures, average_confusion_distance, epoch_folders, frechet_distance,
@@ -28,6 +28,11 @@ TRAIN = REPO / "gasten_train.py"
 
 def run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+# The fixture's runs and test_bad_config_field_is_named are real subprocesses (exit status and stderr); the other
+# runs of gasten_train.py are run_in_process: the same run_script(main, parse_args) without a new interpreter's
+# seconds of imports.
 
 
 def test_dcgan_shapes_and_ranges():
@@ -245,9 +250,9 @@ def test_an_interrupted_step1_resumes_exactly(strokes_run, tmp_path):
     common = ["--config", str(config), "--device", "cpu", "--step", "1", "--results_dir", str(tmp_path / "R"),
               "--figures_dir", str(tmp_path / "F"), "--data_root", str(strokes_run / "data"),
               "--set", f"step2.classifiers=[{classifier}]"]
-    first = run(TRAIN, *common, "--set", "step1.epochs=1", "--set", "name=tiny", cwd=strokes_run)
+    first = run_in_process(TRAIN, *common, "--set", "step1.epochs=1", "--set", "name=tiny", cwd=strokes_run)
     assert first.returncode == 0, first.stderr
-    resumed = run(TRAIN, *common, "--set", "step1.epochs=2", "--set", "name=tiny", cwd=strokes_run)
+    resumed = run_in_process(TRAIN, *common, "--set", "step1.epochs=2", "--set", "name=tiny", cwd=strokes_run)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
     ours = torch.load(tmp_path / "R/gasten/tiny/step1/epoch_02/generator.pt", weights_only=True)
     theirs = torch.load(strokes_run / "Results/gasten/tiny/step1/epoch_02/generator.pt", weights_only=True)
@@ -283,12 +288,12 @@ def test_step2_starts_fresh_optimizers_and_resumes_its_own(strokes_run):
     assert adam_steps(run_folder / "tiny/step2/cnn-1-20.0_25_4/epoch_02") == (48, 48)
     cell = ["--config", "tiny.yaml", "--device", "cpu", "--step", "2", "--step1_run", "Results/gasten/tiny/step1",
             "--step1_epoch", "4", "--classifier", "cnn-1-20.0", "--weight", "25"]
-    done = run(TRAIN, *cell, "--set", "name=kept", "--set", "step2.epochs=1", "--set",
-               "step2.keep_optimizer_state=true", cwd=strokes_run)
+    done = run_in_process(TRAIN, *cell, "--set", "name=kept", "--set", "step2.epochs=1", "--set",
+                          "step2.keep_optimizer_state=true", cwd=strokes_run)
     assert done.returncode == 0, done.stderr
     assert adam_steps(run_folder / "kept/step2/cnn-1-20.0_25_4/epoch_01") == (120, 120)
     shutil.copytree(run_folder / "tiny/step2/cnn-1-20.0_25_4", run_folder / "resumed/step2/cnn-1-20.0_25_4")
-    done = run(TRAIN, *cell, "--set", "name=resumed", "--set", "step2.epochs=4", cwd=strokes_run)
+    done = run_in_process(TRAIN, *cell, "--set", "name=resumed", "--set", "step2.epochs=4", cwd=strokes_run)
     assert done.returncode == 0 and "resuming" in done.stdout, done.stderr
     assert adam_steps(run_folder / "resumed/step2/cnn-1-20.0_25_4/epoch_04") == (96, 96)   # 72 + 24
 
@@ -296,21 +301,21 @@ def test_step2_starts_fresh_optimizers_and_resumes_its_own(strokes_run):
 def test_every_seed_has_its_own_run_folder(strokes_run):
     """--seed 1 trains into tiny_seed1 (and says so), not into seed 0's tiny; a folder of another seed is an
     error, not resumed."""
-    done = run(TRAIN, "--config", "tiny.yaml", "--device", "cpu", "--step", "1", "--seed", "1", "--set",
-               "step1.epochs=1", cwd=strokes_run)
+    done = run_in_process(TRAIN, "--config", "tiny.yaml", "--device", "cpu", "--step", "1", "--seed", "1", "--set",
+                          "step1.epochs=1", cwd=strokes_run)
     assert done.returncode == 0 and "resuming" not in done.stdout, done.stderr
     settings = json.loads((strokes_run / "Results/gasten/tiny_seed1/step1/epoch_01/config.json").read_text())
     assert settings["config"]["training"]["seed"] == 1
     assert Path(settings["run_folder"]) == Path("Results/gasten/tiny_seed1")
     assert sorted(epoch_folders(strokes_run / "Results/gasten/tiny/step1")) == [0, 2, 4]
     shutil.copytree(strokes_run / "Results/gasten/tiny/step1", strokes_run / "Results/gasten/mixed_seed1/step1")
-    done = run(TRAIN, "--config", "tiny.yaml", "--device", "cpu", "--step", "1", "--seed", "1", "--set", "name=mixed",
-               cwd=strokes_run)
+    done = run_in_process(TRAIN, "--config", "tiny.yaml", "--device", "cpu", "--step", "1", "--seed", "1", "--set",
+                          "name=mixed", cwd=strokes_run)
     assert done.returncode == 2 and "holds a run of seed 0, not 1" in done.stderr
 
 
 def test_summarize_rebuilds_the_table(strokes_run):
-    done = run(TRAIN, "--summarize", "Results/gasten/tiny", cwd=strokes_run)
+    done = run_in_process(TRAIN, "--summarize", "Results/gasten/tiny", cwd=strokes_run)
     assert done.returncode == 0 and "3 cells" in done.stdout, done.stderr
 
 
@@ -435,10 +440,10 @@ def test_ambiguity_scripts_end_to_end(strokes_run):
     config = strokes_run / "ambiguity.yaml"
     config.write_text("gasten_run: Results/gasten/tiny\nclassifier: cnn-1-20.0\nweight: 25\nstep1_epoch: 4\n"
                       "step2_epoch: 3\nn_samples: 400\nacd: 0.3\nn_trials: 3\noptions: [pca_gmm, pca_hdbscan]\n")
-    for script, device in (("ambiguity_generate_embeddings.py", ["--device", "cpu"]),
-                           ("ambiguity_optimize_clustering.py", []),                # scikit-learn and UMAP: CPU
-                           ("ambiguity_prototypes.py", ["--device", "cpu"])):
-        done = run(REPO / script, "--config", str(config), *device, cwd=strokes_run)
+    for script, device, runner in (("ambiguity_generate_embeddings.py", ["--device", "cpu"], run_in_process),
+                                   ("ambiguity_optimize_clustering.py", [], run_in_process),  # scikit-learn, UMAP: CPU
+                                   ("ambiguity_prototypes.py", ["--device", "cpu"], run)):    # the last one for real
+        done = runner(REPO / script, "--config", str(config), *device, cwd=strokes_run)
         assert done.returncode == 0, done.stderr
     folder = strokes_run / "Results/ambiguity/ambiguity"
     found, clustering = np.load(folder / "embeddings.npz"), np.load(folder / "clustering.npz")

@@ -163,7 +163,7 @@ def test_ambiguous_counts_from_the_checkpoint_and_the_test_images(tmp_path):
     assert math.isclose(float(mean["acd_epoch_2"]), 0.2)
 
 
-def test_the_grid_runs_each_seed_from_its_own_step1():
+def test_the_grid_runs_each_seed_from_its_own_step1(flag_checks_in_process):
     grid = load_grid(REPO / "configs/sweeps/gasten_seeds.yaml")
     stages = {cells[0].stage: cells for cells in grid.stages}
     assert list(stages) == ["classifiers", "step1", "step2_seed0", "step2_seed1", "step2_seed2", "summary",

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import utils
-from conftest import REPO, synthetic_blobs, write_mnist_layout
+from conftest import REPO, run_in_process, synthetic_blobs, write_mnist_layout
 
 VERIFY = REPO / "verifying_importance_of_stragglers.py"
 PLOT = REPO / "plotting_results.py"
@@ -27,6 +27,12 @@ COMMON = ["--subset_size", str(SUBSET), "--runs", str(RUNS), "--train_ratios", "
 
 def run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+# Most runs below are run_in_process (the same run_script(main, parse_args) without a new interpreter's seconds of
+# imports); each script keeps a real subprocess whose exit status and stderr are checked: VERIFY in
+# test_absent_stragglers_need_a_budget, PLOT, DISTRIBUTION and OVERLAP in test_missing_inputs_are_one_line_errors,
+# CLASS_LEVEL in test_class_level_accuracies_overfit_without_hard_counts.
 
 
 def script_module(script: Path) -> ModuleType:
@@ -52,7 +58,7 @@ def workdir(tmp_path_factory) -> Path:
                   ["--strategy", "stragglers", "--noise_ratio", "0", "--remaining_train_ratios", "1.0",
                    "--results_dir", "Clean", "--figures_dir", "CleanFigures"],
                   ["--strategy", "stragglers", "--snapshot", "last", "--remaining_train_ratios", "1.0"]):
-        done = run(VERIFY, *COMMON, *extra, cwd=folder)
+        done = run_in_process(VERIFY, *COMMON, *extra, cwd=folder)
         assert done.returncode == 0, done.stderr
     return folder
 
@@ -139,7 +145,7 @@ def test_snapshot_last_end_to_end(workdir):
 
 
 def test_figure7_distribution_overlap_and_class_level_scripts(workdir):
-    plotted = run(PLOT, "--subset_size", str(SUBSET), cwd=workdir)
+    plotted = run_in_process(PLOT, "--subset_size", str(SUBSET), cwd=workdir)
     assert plotted.returncode == 0, plotted.stderr
     assert f"MNIST_energy_False_{SUBSET}_metrics.pkl" in plotted.stderr  # says which file it did not find
     for name in ("a_easy_accuracy", "b_easy_recall", "c_easy_precision", "d_easy_F1",
@@ -147,7 +153,7 @@ def test_figure7_distribution_overlap_and_class_level_scripts(workdir):
         assert Image.open(workdir / "Figures/Figure7" / f"{name}.png").size[0] > 500
         assert (workdir / "Figures/Figure7" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
-    distribution = run(DISTRIBUTION, "--strategy", "stragglers", "--subset_size", str(SUBSET), cwd=workdir)
+    distribution = run_in_process(DISTRIBUTION, "--strategy", "stragglers", "--subset_size", str(SUBSET), cwd=workdir)
     assert distribution.returncode == 0, distribution.stderr
     counts = load(workdir / "Results/Hard_sample_distribution" / f"MNIST_stragglers_{SUBSET}_class_counts.pkl")
     expected = per_class_counts(results(workdir, "stragglers", False, "indices"))  # the True file: the same ones
@@ -158,7 +164,7 @@ def test_figure7_distribution_overlap_and_class_level_scripts(workdir):
     assert f"{expected.mean(0)[3]:.1f} +- {expected.std(0)[3]:.1f}" in distribution.stdout
     assert (workdir / "Figures/Figure8/hard_sample_distribution_MNIST_stragglers.png").is_file()
 
-    overlap = run(OVERLAP, "--subset_size", str(SUBSET), cwd=workdir)
+    overlap = run_in_process(OVERLAP, "--subset_size", str(SUBSET), cwd=workdir)
     assert overlap.returncode == 0, overlap.stderr
     table = load(workdir / "Results/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
     assert set(table) == {("stragglers", "confidence"), ("confidence", "stragglers"),
@@ -169,7 +175,7 @@ def test_figure7_distribution_overlap_and_class_level_scripts(workdir):
     shares = [np.isin(a, b).mean() for a, b in zip(first, second)]
     assert table[("stragglers", "confidence")][:2] == pytest.approx((np.mean(shares), np.std(shares)))
 
-    class_level = run(CLASS_LEVEL, "--subset_size", str(SUBSET), "--runs", "3", "--epochs", "60", "--device", "cpu",
+    class_level = run_in_process(CLASS_LEVEL, "--subset_size", str(SUBSET), "--runs", "3", "--epochs", "60", "--device", "cpu",
                       "--hard_counts", f"Results/Hard_sample_distribution/MNIST_stragglers_{SUBSET}_class_counts.pkl",
                       cwd=workdir)
     assert class_level.returncode == 0, class_level.stderr
@@ -188,14 +194,14 @@ def test_readers_take_a_sweep_folder(workdir, tmp_path):
         cell = tmp_path / "sweep/benchmark" / pickle_path.stem / "results/F1_results"
         cell.mkdir(parents=True)
         (cell / pickle_path.name).write_bytes(pickle_path.read_bytes())
-    overlap = run(OVERLAP, "--subset_size", str(SUBSET), "--sweep", str(tmp_path / "sweep"), "--results_dir",
-                  str(tmp_path / "out"), cwd=workdir)
+    overlap = run_in_process(OVERLAP, "--subset_size", str(SUBSET), "--sweep", str(tmp_path / "sweep"),
+                             "--results_dir", str(tmp_path / "out"), cwd=workdir)
     assert overlap.returncode == 0, overlap.stderr
-    direct = run(OVERLAP, "--subset_size", str(SUBSET), "--results_dir", "Results", cwd=workdir)
+    direct = run_in_process(OVERLAP, "--subset_size", str(SUBSET), "--results_dir", "Results", cwd=workdir)
     assert direct.returncode == 0, direct.stderr
     swept = load(tmp_path / "out/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
     assert swept == load(workdir / "Results/F1_results" / f"MNIST_{SUBSET}_overlap.pkl")["table"]
-    missing = run(OVERLAP, "--sweep", str(tmp_path / "nothing"), cwd=workdir)
+    missing = run_in_process(OVERLAP, "--sweep", str(tmp_path / "nothing"), cwd=workdir)
     assert missing.returncode == 2 and "holds no sweep cells" in missing.stderr
 
 
@@ -248,7 +254,7 @@ def test_benchmark_flags_are_validated(capsys, args, message):
 
 def test_missing_inputs_are_one_line_errors(tmp_path):
     write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=10)
-    done = run(VERIFY, "--dataset_name", "CIFAR11", cwd=tmp_path)
+    done = run_in_process(VERIFY, "--dataset_name", "CIFAR11", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: unknown dataset 'CIFAR11'")
     for script in (PLOT, DISTRIBUTION):
         done = run(script, cwd=tmp_path)
@@ -284,7 +290,8 @@ def user_workdir(tmp_path_factory) -> Path:
     np.savez(folder / "blobs.npz", x=images, y=labels.astype(np.int64), ids=np.array([f"b{i:03d}" for i in range(200)]),
              class_names=np.array([f"kind{c}" for c in range(4)]))
     for strategy in ("stragglers", "confidence"):
-        done = run(VERIFY, "--dataset_name", "npz:blobs.npz", "--strategy", strategy, *USER_COMMON, cwd=folder)
+        done = run_in_process(VERIFY, "--dataset_name", "npz:blobs.npz", "--strategy", strategy, *USER_COMMON,
+                              cwd=folder)
         assert done.returncode == 0, done.stderr
     return folder
 
@@ -301,21 +308,22 @@ def test_user_source_through_the_sections_4_5_scripts(user_workdir):
         assert found["hard_sample_ids"] == [[f"b{i:03d}" for i in hard] for hard in found["hard_indices"]]
         assert sum(map(len, found["hard_sample_ids"])) > 0
 
-    plotted = run(PLOT, "--dataset_name", "blobs", "--subset_size", "180", cwd=user_workdir)
+    plotted = run_in_process(PLOT, "--dataset_name", "blobs", "--subset_size", "180", cwd=user_workdir)
     assert plotted.returncode == 0, plotted.stderr
     assert (user_workdir / "Figures/Figure7/a_easy_accuracy.png").is_file()
-    distribution = run(DISTRIBUTION, "--dataset_name", "npz:blobs.npz", "--subset_size", "180", cwd=user_workdir)
+    distribution = run_in_process(DISTRIBUTION, "--dataset_name", "npz:blobs.npz", "--subset_size", "180",
+                                  cwd=user_workdir)
     assert distribution.returncode == 0, distribution.stderr
     counts = load(user_workdir / "Results/Hard_sample_distribution/blobs_stragglers_180_class_counts.pkl")
     assert counts["class_names"] == indices["class_names"] and counts["sample_ids"] == indices["sample_ids"]
     assert (counts["counts"] == per_class_counts(indices)).all()
     assert (user_workdir / "Figures/Figure8/hard_sample_distribution_blobs_stragglers.png").is_file()
-    overlap = run(OVERLAP, "--dataset_name", "blobs", "--subset_size", "180", cwd=user_workdir)
+    overlap = run_in_process(OVERLAP, "--dataset_name", "blobs", "--subset_size", "180", cwd=user_workdir)
     assert overlap.returncode == 0, overlap.stderr
     table = load(user_workdir / "Results/F1_results/blobs_180_overlap.pkl")
     assert set(table["table"]) == {("stragglers", "confidence"), ("confidence", "stragglers")}
     assert table["sample_ids"] == indices["sample_ids"]
-    class_level = run(CLASS_LEVEL, "--dataset_name", "npz:blobs.npz", "--runs", "2", "--epochs", "30",
+    class_level = run_in_process(CLASS_LEVEL, "--dataset_name", "npz:blobs.npz", "--runs", "2", "--epochs", "30",
                       "--device", "cpu", "--hard_counts", "Results/Hard_sample_distribution/"
                       "blobs_stragglers_180_class_counts.pkl", cwd=user_workdir)
     assert class_level.returncode == 0, class_level.stderr
@@ -339,12 +347,12 @@ def test_absent_stragglers_need_a_budget(tmp_path):
     stragglers = run(VERIFY, *common, cwd=tmp_path)
     assert stragglers.returncode == 2 and stragglers.stderr.strip().splitlines()[-1].startswith(
         "error: class(es) lonely have fewer than 2 samples")
-    confidence = run(VERIFY, *common, "--strategy", "confidence", cwd=tmp_path)
+    confidence = run_in_process(VERIFY, *common, "--strategy", "confidence", cwd=tmp_path)
     assert confidence.returncode == 2 and confidence.stderr.strip().splitlines()[-1] == (
         "error: confidence takes its budget from the stragglers, and there is no straggler set: class(es) lonely never "
         "reached an inversion point; give --budget (a share of each class, e.g. 0.1, or a count per class)")
     assert not (tmp_path / "Results").exists() and not (tmp_path / "Figures").exists()
-    done = run(VERIFY, *common, "--strategy", "confidence", "--budget", "0.1", cwd=tmp_path)
+    done = run_in_process(VERIFY, *common, "--strategy", "confidence", "--budget", "0.1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     found = load(tmp_path / "Results/F1_results/odd_confidence_False_20000_indices.pkl")
     assert per_class_counts(found).tolist() == [[int(0.1 * size) for size in np.bincount(labels, minlength=4)]]

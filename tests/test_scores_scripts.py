@@ -12,7 +12,7 @@ from PIL import Image
 
 import hardness_scores
 import mislabel_detection_benchmark
-from conftest import REPO, synthetic_blobs, write_mnist_layout
+from conftest import REPO, run_in_process, synthetic_blobs, write_mnist_layout
 from hardness.cli import UserInputError
 from hardness.mislabel import detection_scores
 from hardness.scoring import RANKINGS, SETS, hardness_ranking
@@ -27,14 +27,15 @@ def run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """Tiny MNIST and Fashion-MNIST layouts, one hardness_scores.py run (with AUM's threshold) and one benchmark."""
+    """Tiny MNIST and Fashion-MNIST layouts, one hardness_scores.py run (with AUM's threshold, a real subprocess)
+    and one benchmark (in this process)."""
     folder = tmp_path_factory.mktemp("scores")
     for name in ("MNIST", "FashionMNIST"):
         write_mnist_layout(folder / "data", name, train=250, test=50, make=synthetic_blobs)
     done = run(SCORES, "--dataset_name", "mnist", "--runs", "2", "--aum_threshold_samples", *TINY, cwd=folder)
     assert done.returncode == 0, done.stderr
-    done = run(BENCHMARK, "--dataset_name", "MNIST", "fashionmnist", "--noise_ratio", "0.1", "--runs", "2",
-               *TINY, "--results_dir", "Bench", "--figures_dir", "BenchFigures", cwd=folder)
+    done = run_in_process(BENCHMARK, "--dataset_name", "MNIST", "fashionmnist", "--noise_ratio", "0.1", "--runs",
+                          "2", *TINY, "--results_dir", "Bench", "--figures_dir", "BenchFigures", cwd=folder)
     assert done.returncode == 0, done.stderr
     return folder
 
@@ -181,21 +182,25 @@ def test_a_sweep_of_benchmarks_merges_into_one_table(workdir, tmp_path):
     assert float(merged[("MNIST", "stragglers")]["f1"]) == pytest.approx(float(original[("MNIST", "stragglers")]["f1"]))
 
 
-def test_resnet_scores_go_to_files_of_their_own(workdir, tmp_path):
-    """--network ResNet scores a minibatch-trained ResNet into files of their own, without stragglers."""
-    done = run(SCORES, "--dataset_name", "MNIST", "--network", "ResNet", "--batch_size", "20", "--subset_size", "40",
-               "--epochs", "15", "--score_epoch", "1", "--trajectory_every", "5", "--cleanlab_folds", "0", "--runs", "1",
-               "--seed", "3", "--device", "cpu", "--data_root", str(workdir / "data"), "--results_dir",
-               str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F"), cwd=tmp_path)
+def test_resnet_scores_go_to_files_of_their_own(tmp_path):
+    """--network ResNet scores a minibatch-trained ResNet into files of their own, without stragglers (on 20 of
+    write_moved_folder's 8x8 images, in 2 minibatches an epoch: a ResNet-18 on 28x28 MNIST costs ~12x more)."""
+    write_moved_folder(tmp_path / "shapes")
+    done = run_in_process(SCORES, "--dataset_name", f"folder:{tmp_path / 'shapes'}", "--noise_ratio", "0.1",
+                          "--network", "ResNet", "--batch_size", "10", "--subset_size", "20", "--epochs", "15",
+                          "--score_epoch", "1", "--trajectory_every", "5", "--cleanlab_folds", "0", "--runs", "1",
+                          "--seed", "3", "--device", "cpu", "--data_root", str(tmp_path / "data"), "--results_dir",
+                          str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    saved = np.load(tmp_path / "R/scores/MNIST_40_0.1_ResNet.npz")
+    saved = np.load(tmp_path / "R/scores/shapes_20_0.1_ResNet.npz")
+    assert saved["flipped"].sum() == 2                                           # int(0.1 * 20)
     assert "stragglers" not in saved and saved["inversion_epochs"].shape == (1, 0)
     for name in ("confidence", "energy", "vog", "aum", "forgetting", "el2n", "grand", "data_map_confidence"):
-        assert saved[name].shape == (1, 40) and np.isfinite(saved[name]).all(), name
-    assert saved["loss_trajectory"].shape == (1, 3, 40)                          # after epochs 5, 10 and 15
-    assert json.loads((tmp_path / "R/scores/MNIST_40_0.1_ResNet.json").read_text())["network"] == "ResNet"
-    assert (tmp_path / "F/scores/MNIST_40_0.1_ResNet_data_map.png").is_file()
-    assert not (tmp_path / "R/scores/MNIST_40_0.1.npz").exists()                  # no SimpleNN file written
+        assert saved[name].shape == (1, 20) and np.isfinite(saved[name]).all(), name
+    assert saved["loss_trajectory"].shape == (1, 3, 20)                          # after epochs 5, 10 and 15
+    assert json.loads((tmp_path / "R/scores/shapes_20_0.1_ResNet.json").read_text())["network"] == "ResNet"
+    assert (tmp_path / "F/scores/shapes_20_0.1_ResNet_data_map.png").is_file()
+    assert not (tmp_path / "R/scores/shapes_20_0.1.npz").exists()                 # no SimpleNN file written
 
 
 def test_pair_noise_moves_each_class_into_its_confusable_class(workdir, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sweep as sweep_script
-from conftest import REPO, write_mnist_layout
+from conftest import REPO, run_in_process, write_mnist_layout
 from hardness import data
 from hardness.cli import UserInputError
 from hardness.sweep import (GridError, SlurmQueue, cell_lock, cell_status, load_grid, read_state, render_flags, run_cell,
@@ -155,17 +155,17 @@ def test_concurrent_fetches_of_one_dataset_fetch_it_once(tmp_path, monkeypatch):
     assert all(len(train) == 60 and len(test) == 20 for train, test in results)
 
 
-def test_sweep_script_dry_run_and_status(tmp_path):
+def test_sweep_script_dry_run_and_status(tmp_path, flag_checks_in_process):
+    """sweep.py's --dry_run, --status and a missing grid, run in this process, the dry run's flag checks too
+    (sweep.py's real exit statuses and flag-checking children are the subprocesses of the tests below)."""
     path = two_stage_grid(tmp_path)
-    done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--dry_run", "--results_dir",
-                           str(tmp_path / "R")], capture_output=True, text=True, cwd=tmp_path)
+    sweep_py = REPO / "sweep.py"
+    done = run_in_process(sweep_py, "--grid", str(path), "--dry_run", "--results_dir", str(tmp_path / "R"), cwd=tmp_path)
     lines = done.stdout.strip().splitlines()
     assert done.returncode == 0 and len(lines) == 5 and lines[0].startswith(f"python {FAKE} --results_dir")
-    done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--status", "--results_dir",
-                           str(tmp_path / "R")], capture_output=True, text=True, cwd=tmp_path)
+    done = run_in_process(sweep_py, "--grid", str(path), "--status", "--results_dir", str(tmp_path / "R"), cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("tiny: 5 cell(s): 5 pending")
-    done = subprocess.run([sys.executable, str(REPO / "sweep.py"), "--grid", str(tmp_path / "none.yaml")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = run_in_process(sweep_py, "--grid", str(tmp_path / "none.yaml"), cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "not found" in done.stderr
 
 
@@ -496,7 +496,8 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     return dict(line.split() for line in listed.splitlines())
 
 
-def test_a_resumed_later_stage_waits_for_the_earlier_stage_and_a_failing_squeue_duplicates_nothing(tmp_path, local_slurm):
+def test_a_resumed_later_stage_waits_for_the_earlier_stage_and_a_failing_squeue_duplicates_nothing(tmp_path, local_slurm,
+                                                                                                    monkeypatch):
     """Stage `values` (3 cells, held running or pending) and `after` are submitted; `after`'s job is cancelled.
     A rerun with a failing squeue on PATH submits nothing (unknown is not lost); a rerun with SLURM's own squeue
     resubmits `after` alone, depending on the three jobs of the first call (scontrol show job). Released, every
@@ -518,7 +519,8 @@ stages:
         (tmp_path / f"hold_{value}").touch()
     command = [sys.executable, str(REPO / "sweep.py"), "--grid", str(path), "--launcher", "slurm", "--cpus_per_task",
                "1", "--mem_gb", "1", "--timeout_min", "10", "--poll_s", "1", "--results_dir", str(tmp_path / "R")]
-    first = subprocess.run([*command, "--no_wait"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    # the three --no_wait calls run sweep.py in this process (the jobs are real SLURM's); the last one for real
+    first = run_in_process(*command[1:], "--no_wait", cwd=tmp_path)
     assert first.returncode == 0 and "submitted: values 3 job(s), after 1 job(s)" in first.stdout, first.stderr
     grid = load_grid(path, tmp_path / "R")
     values_jobs = [read_state(cell)["job_id"] for cell in grid.stages[0]]
@@ -527,12 +529,13 @@ stages:
     wait_until(lambda: job_states([after_job]).get(after_job) == "CANCELLED", timeout=60)
 
     failing = stand_ins(tmp_path / "bin", squeue="echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1")
-    rerun = subprocess.run([*command, "--no_wait"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                           env={**os.environ, "PATH": f"{failing}:{os.environ['PATH']}"})
+    with monkeypatch.context() as patched:
+        patched.setenv("PATH", f"{failing}:{os.environ['PATH']}")
+        rerun = run_in_process(*command[1:], "--no_wait", cwd=tmp_path)
     assert rerun.returncode == 0 and "submitted: nothing" in rerun.stdout, rerun.stdout + rerun.stderr
     assert [read_state(cell)["job_id"] for cell in grid.cells] == [*values_jobs, after_job]
 
-    resumed = subprocess.run([*command, "--no_wait"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    resumed = run_in_process(*command[1:], "--no_wait", cwd=tmp_path)
     assert resumed.returncode == 0 and "submitted: after 1 job(s)" in resumed.stdout, resumed.stdout + resumed.stderr
     new_after = read_state(grid.stages[1][0])["job_id"]
     shown = scontrol_job(new_after)

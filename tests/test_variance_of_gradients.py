@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import variance_of_gradients as vog_script
-from conftest import REPO, synthetic_digits, write_mnist_layout
+from conftest import REPO, run_in_process, synthetic_digits, write_mnist_layout
 from hardness.data import load_dataset
 from hardness.vog import CALIBRATIONS, STAGES, input_gradients, stage_windows, vog_from_gradients
 from neural_networks import SimpleNN
@@ -28,6 +28,12 @@ COMMON = ["--subset_size", str(SUBSET), "--epochs", str(EPOCHS), "--checkpoints"
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def run_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The same run in this process (no new interpreter's seconds of imports). The real subprocesses left: the
+    first run (workdir) and test_a_resnet_on_a_table_is_a_one_line_error_and_writes_nothing (exit status 2)."""
+    return run_in_process(SCRIPT, *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +119,7 @@ def test_printed_claims_and_figures(workdir):
 def early_run(workdir) -> subprocess.CompletedProcess:
     """The first run again from its saved checkpoints, drawing the early stage's raw VoG."""
     folder, _ = workdir
-    done = run(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--results_dir", "Again",
+    done = run_here(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--results_dir", "Again",
                "--figures_dir", "AgainFigures", "--mode", "early", "--vog_cal", "raw", cwd=folder)
     assert done.returncode == 0, done.stderr
     return done
@@ -151,7 +157,7 @@ def test_early_mode_uses_the_early_stage_last_checkpoint(workdir, early_run):
 
 def test_seeded_runs_are_reproducible(workdir, tmp_path):
     folder, _ = workdir
-    done = run(*COMMON, "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F"), cwd=folder)
+    done = run_here(*COMMON, "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F"), cwd=folder)
     assert done.returncode == 0, done.stderr
     first, again = np.load(folder / "Results/VoG/MNIST_300_vog.npz"), np.load(tmp_path / "R/VoG/MNIST_300_vog.npz")
     for name in ("train_vog", "held_out_vog", "train_indices", "train_flipped", "held_out_predictions"):
@@ -161,9 +167,9 @@ def test_seeded_runs_are_reproducible(workdir, tmp_path):
 def test_checkpoint_dir_errors_are_one_line(workdir, tmp_path):
     folder, _ = workdir
     (tmp_path / "few").mkdir()
-    done = run(*COMMON, "--checkpoint_dir", str(tmp_path / "few"), cwd=folder)
+    done = run_here(*COMMON, "--checkpoint_dir", str(tmp_path / "few"), cwd=folder)
     assert done.returncode == 2 and re.search(r"error: --checkpoint_dir .* holds 0 \*\.pt checkpoint\(s\)", done.stderr)
-    done = run(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--evaluation_network", "ResNet",
+    done = run_here(*COMMON, "--checkpoint_dir", "Results/VoG/checkpoints/MNIST_300", "--evaluation_network", "ResNet",
                "--batch_size", "8", cwd=folder)
     assert done.returncode == 2 and "is not a state dict of this --evaluation_network" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -196,13 +202,26 @@ def test_flags_are_validated(capsys, args, message):
     assert exit_status.value.code == 2 and message in capsys.readouterr().err
 
 
+def write_pets(folder: Path, per_class: int) -> None:
+    """folder/cat and folder/dog, `per_class` 8x8 greyscale PNGs each, the dogs brighter."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog")):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(80 + 100 * c, 30, size=(8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+
+
 def test_resnet_checkpoints_on_minibatches(tmp_path):
-    write_mnist_layout(tmp_path / "data", "MNIST", train=60, test=20, make=synthetic_digits)
-    done = run("--subset_size", "80", "--evaluation_network", "ResNet", "--batch_size", "32", "--epochs", "3",
-               "--checkpoints", "3", "--train_ratio", "0.5", "--device", "cpu", cwd=tmp_path)
+    """20 training samples (8x8 images of 2 classes: a ResNet and its figures cost a fraction of 28x28 MNIST's 10
+    classes) in minibatches of 8, 3 steps an epoch."""
+    write_pets(tmp_path / "pets", 20)
+    done = run_here("--dataset_name", "folder:pets", "--subset_size", "40", "--evaluation_network", "ResNet",
+                    "--batch_size", "8", "--epochs", "3", "--checkpoints", "3", "--train_ratio", "0.5", "--device",
+                    "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    saved = np.load(tmp_path / "Results/VoG/MNIST_80_vog.npz")
-    assert saved["checkpoint_epochs"].tolist() == [0, 1, 2] and saved["train_vog"].shape == (4, 3, 40)
+    saved = np.load(tmp_path / "Results/VoG/pets_40_vog.npz")
+    assert saved["checkpoint_epochs"].tolist() == [0, 1, 2] and saved["train_vog"].shape == (4, 3, 20)
     assert np.isfinite(saved["train_vog"]).all()
     assert (saved["train_vog"][:3, 0] == 0).all()        # early, middle and late hold one checkpoint each: no spread
     assert (saved["train_vog"][STAGES.index("complete"), 0] > 0).all()
@@ -245,7 +264,7 @@ TABLE_FLAGS = ["--id_column", "id", "--label_column", "diagnosis", "--subset_siz
 def table_run(tmp_path_factory) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
     folder = tmp_path_factory.mktemp("vog_table")
     classes = write_table(folder / "patients.csv")
-    done = run("--dataset_name", "csv:patients.csv", *TABLE_FLAGS, "--save_checkpoints", cwd=folder)
+    done = run_here("--dataset_name", "csv:patients.csv", *TABLE_FLAGS, "--save_checkpoints", cwd=folder)
     assert done.returncode == 0, done.stderr
     return folder, classes, done
 
@@ -298,13 +317,8 @@ def test_extreme_rows_show_each_row_under_its_id():
 
 def test_an_image_folder_end_to_end(tmp_path):
     """Two class folders of 8x8 greyscale PNGs; the sample ids are the files' paths in the folder."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("cat", "dog")):
-        (tmp_path / "pets" / name).mkdir(parents=True)
-        for i in range(10):
-            pixels = np.clip(rng.normal(80 + 100 * c, 30, size=(8, 8)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "pets" / name / f"{i}.png")
-    done = run("--dataset_name", "folder:pets", "--dataset_label", "my_pets", "--subset_size", "20", "--epochs", "6",
+    write_pets(tmp_path / "pets", 10)
+    done = run_here("--dataset_name", "folder:pets", "--dataset_label", "my_pets", "--subset_size", "20", "--epochs", "6",
                "--checkpoints", "3", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     saved = np.load(tmp_path / "Results/VoG/my_pets_20_vog.npz")

@@ -9,7 +9,7 @@ FID, last), classifier in step2.classifiers and weight in step2.weights (numbers
 from that checkpoint's G and D with fresh Adam optimisers, as the original (step2.keep_optimizer_state: true
 carries step 1's Adam states over), and trains step2.epochs with the confusion term; an interrupted step-2
 cell resumes with its own optimiser states. After every epoch the generator is scored on a fixed test noise
-(2048 x 64): ACD, "FID (own features)" and the Frechet distance in the classifier's embedding. One cell at a
+(the first test_noise_samples of 2048 x 64): ACD, "FID (own features)" and the Frechet distance in the classifier's embedding. One cell at a
 time: --step 1, or --step 2 --step1_run DIR --step1_epoch E --classifier NAME --weight W; --summarize RUN_DIR
 rebuilds a run's table and Pareto flags from its cells.
 
@@ -42,7 +42,7 @@ import torch
 
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (AMBIGUOUS_HALF_WIDTH, AMBIGUOUS_NOISE_SEED, AMBIGUOUS_SAMPLES, COLLAPSE_DISCRIMINATOR_LOSS,
-                             COLLAPSE_FID, GAN, Embedding, PairData, Scorer, ambiguous_count,
+                             COLLAPSE_FID, GAN, TEST_NOISE_SAMPLES, Embedding, PairData, Scorer, ambiguous_count,
                              classifier_path, epoch_folders, feature_cnn, fixed_test_noise, frechet_metric, generate,
                              in_ambiguous_band, inception_features, load_classifier, load_gan, load_pair, make_gan,
                              over_seeds, pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, run_seed,
@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
               "weights": [0, "mgda", 5, 10, 15, 20, 25, 30], "classifiers": ["cnn-1-1.0", "cnn-2-1.0", "cnn-4-1.0"],
               "keep_optimizer_state": False},
     "test_noise_seed": 0,
+    "test_noise_samples": TEST_NOISE_SAMPLES,
 }
 
 
@@ -149,6 +150,10 @@ def load_config(args: argparse.Namespace) -> dict:
     check_choice(config, "dataset.name", ["mnist", "fashionmnist"])
     for field in ("dataset.pos", "dataset.neg", "training.seed", "test_noise_seed"):
         check_number(config, field, 0, integer=True)
+    check_number(config, "test_noise_samples", 2, integer=True)
+    if config["test_noise_samples"] > TEST_NOISE_SAMPLES:
+        raise ConfigError("test_noise_samples", f"must be at most {TEST_NOISE_SAMPLES} (the cached test noise), "
+                                                f"got {config['test_noise_samples']!r}")
     check_choice(config, "model.loss", ["gan", "wgan-gp"])
     check_number(config, "model.gp_lambda", 0)
     for field in ("training.batch_size", "step1.epochs", "step1.checkpoint_every", "step2.epochs",
@@ -262,7 +267,7 @@ class Run:
         self.folder = gasten_path(args.results_dir, "run", folder_name)
         self.figures = gasten_path(args.figures_dir, "run_figures", folder_name)
         self.data = load_pair(dataset["name"], dataset["pos"], dataset["neg"], args.data_root, device)
-        self.noise = fixed_test_noise(args.results_dir, config["test_noise_seed"], device)
+        self.noise = fixed_test_noise(args.results_dir, config["test_noise_seed"], device)[:config["test_noise_samples"]]
         self.stats = gasten_path(args.results_dir, "statistics")
         self.own_features = frechet_metric(feature_cnn(dataset["name"], args.data_root, args.results_dir, device),
                                            self.data.train_x, self.stats, f"{self.pair}_own_features")

@@ -17,8 +17,8 @@ from conftest import REPO, run_in_process, write_idx, write_mnist_layout
 from hardness.ambiguity import ambiguous_samples, medoids, reduced_silhouette
 from hardness.cli import UserInputError
 from hardness.gasten import (InceptionFeatures, average_confusion_distance, epoch_folders, frechet_distance,
-                             frechet_metric, inception_features, load_gan, load_pair, make_gan, mgda_weight,
-                             pareto_efficient, read_metrics_csv, save_gan, statistics_key, train_epoch)
+                             frechet_metric, inception_features, load_classifier, load_gan, load_pair, make_gan,
+                             mgda_weight, pareto_efficient, read_metrics_csv, save_gan, statistics_key, train_epoch)
 from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
                              PairClassifierMLP)
 
@@ -207,6 +207,7 @@ def strokes_run(tmp_path_factory) -> Path:
     assert done.returncode == 0, done.stderr
     config = folder / "tiny.yaml"
     config.write_text("dataset: {name: mnist, pos: 7, neg: 1}\ntraining: {batch_size: 16}\n"
+                      "test_noise_samples: 512\n"
                       "step1: {epochs: 4, checkpoint_every: 2}\n"
                       "step2: {epochs: 3, checkpoint_every: 2, step1_epochs: [last], weights: [0, 25, mgda],"
                       " classifiers: [cnn-1-20.0]}\n")
@@ -241,6 +242,22 @@ def test_gasten_end_to_end_and_confusion_lowers_acd(strokes_run):
     for name in ("step1_samples", "step2_cnn-1-20.0_25_4_samples", "step2_cnn-1-20.0_25_4_histogram",
                  "fid_against_acd"):
         assert (strokes_run / "Figures/gasten/tiny" / f"{name}.png").is_file()
+
+
+def test_the_acd_is_taken_over_the_first_test_noise_samples(strokes_run):
+    """The fixture's config scores the first 512 of the 2048 cached noise vectors: the epoch-3 ACD of a step-2
+    cell is mean |0.5 - p| over the images of exactly those, not of all 2048."""
+    cell = strokes_run / "Results/gasten/tiny/step2/cnn-1-20.0_25_4"
+    generator = make_gan("gan", torch.device("cpu"), seed=0).generator
+    generator.load_state_dict(torch.load(cell / "epoch_03/generator.pt", weights_only=True))
+    classifier = load_classifier(strokes_run / "Results/gasten/classifiers/mnist_7v1/cnn-1-20.0", torch.device("cpu"))
+    noise = torch.load(strokes_run / "Results/gasten/test_noise_0.pt", weights_only=True)
+    assert noise.shape == (2048, 64)
+    with torch.no_grad():
+        p = classifier(generator.eval()(noise)).flatten().double()
+    recorded = float(read_metrics_csv(cell / "metrics.csv")[-1]["acd"])
+    assert recorded == pytest.approx(float((0.5 - p[:512]).abs().mean()), abs=1e-5)
+    assert recorded != pytest.approx(float((0.5 - p).abs().mean()), abs=1e-4)
 
 
 def test_an_interrupted_step1_resumes_exactly(strokes_run, tmp_path):
@@ -361,6 +378,8 @@ CELL = ["--step", "2", "--step1_run", "Results/gasten/tiny/step1", "--step1_epoc
                                                 "[0, 2, 4], not 3"),
     (["--set", "step1.run=nope"], "nope holds no step-1 checkpoints"),
     (["--set", "step2.keep_optimizer_state=maybe"], "config field step2.keep_optimizer_state: must be true or false"),
+    (["--set", "test_noise_samples=4096"], "config field test_noise_samples: must be at most 2048 (the cached test "
+                                           "noise), got 4096"),
     (["--inception_weights", "nope.pt"], "--inception_weights nope.pt: no such file"),
     (["--inception_weights", "tiny.yaml"], "--inception_weights tiny.yaml does not hold the weights of the FID "
                                            "Inception network"),

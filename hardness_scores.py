@@ -58,10 +58,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "without training; mislabel_detection_benchmark.py saves the same files")
     add_scoring_arguments(parser, runs=5)
     args = parser.parse_args(argv)
-    check_scoring_arguments(parser, args)
+    check_scoring_arguments(parser, args, [args.dataset_name])
     if args.noise_ratio is None:
         args.noise_ratio = 0.0 if parse_source(args.dataset_name) else 0.1
     return args
+
+
+def what_ran(settings: dict, runs: int) -> str:
+    """The title's account of a run from its settings: the noise injected (if any), the recipe, its networks and
+    their number, and the fast recipe's stopping epoch (a settings JSON without a recipe is the paper's)."""
+    recipe = settings.get("recipe") or {"recipe": "paper"}
+    ratio, noise_type = settings.get("noise_ratio", 0), settings.get("noise_type", "uniform")
+    noise = f"{ratio:g} {noise_type} noise injected, " if ratio else "labels as given, "
+    if recipe["recipe"] == "paper":
+        return noise + f"paper recipe: {runs} {settings.get('network') or 'SimpleNN'}s, {settings.get('epochs')} epochs"
+    return noise + (f"fast recipe: {runs} {recipe['network']}s, stopped after epoch {recipe['stopping_epoch']} "
+                    f"({recipe['stopping']})")
 
 
 def draw_figures(scores: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str], title: str,
@@ -113,16 +125,17 @@ def main(args: argparse.Namespace) -> None:
         setting = score_setting(args.dataset_name, args.subset_size, args.noise_ratio, args, device)
         settings = run_settings(args, device)
         path = scores_path(args.results_dir, "scores", setting_name(
-            args.dataset_name, setting.dataset, args.subset_size, args.noise_ratio, args.network, args.noise_type))
+            args.dataset_name, setting.dataset, args.subset_size, args.noise_ratio, args.network, args.noise_type,
+            args.recipe))
         save_setting(setting, path, settings)
         dataset, class_names = setting.dataset, setting.dataset.class_names
         scores = {**setting.run.scores, "flipped": setting.flipped, "labels": setting.labels.cpu().numpy(),
                   "predicted_labels": setting.run.predicted_labels,
                   "sample_ids": np.asarray(setting.dataset.sample_ids, dtype=str)}
         seconds, notes = setting.run.seconds, setting.run.notes
+        settings = {**settings, "recipe": setting.run.recipe}
 
-    runs = scores["confidence"].shape[0]
-    title = f"{label}, {len(scores['labels'])} samples, {args.noise_ratio:g} noise, {runs} {args.network} runs"
+    title = f"{label}, {len(scores['labels'])} samples, " + what_ran(settings, scores["confidence"].shape[0])
     stem = scores_path(args.figures_dir, "figures", path.stem)
     names = draw_figures(scores, scores["labels"], class_names, title, args.top_k, stem)
     if scores["flipped"].any():

@@ -27,9 +27,11 @@ import numpy as np
 
 import torch
 
+from hardness.cleanlab_workflows import WORKFLOWS, run_workflow
+from hardness.results import DEFAULT_NETWORKS
 from hardness.setting import ScoredSetting, setting_name
 from utils import (UserInputError, add_dataset_arguments, add_scoring_arguments, benchmark_rows,
-                   canonical_dataset_name, check_scoring_arguments, combine_rows, markdown_table, plot_trajectory_auroc,
+                   canonical_dataset_name, check_scoring_arguments, combine_rows, detection_scores, markdown_table, plot_trajectory_auroc,
                    positive_int, resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
                    scores_path, trajectory_auroc, unit_interval, write_atomically)
 
@@ -54,9 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep", type=Path, default=None,
                         help="merge the benchmark tables of every cell of this sweep.py folder (mean over the cells "
                              "of each setting and score) instead of running")
+    parser.add_argument("--cleanlab_workflows", action="store_true",
+                        help="also run, on the same flipped labels, the two five-line cleanlab workflows a user would "
+                             "write (5-fold LogisticRegression and MLPClassifier probabilities of the pixels in [0, 1]; "
+                             "hardness/cleanlab_workflows.py), each a row with its seconds")
     add_scoring_arguments(parser, runs=3)
     args = parser.parse_args(argv)
-    check_scoring_arguments(parser, args)
+    check_scoring_arguments(parser, args, args.dataset_name)
     if args.moved_list is not None:
         if len(args.dataset_name) != 1 or not args.dataset_name[0].startswith("folder:"):
             parser.error("--moved_list scores one folder: give --dataset_name folder:PATH alone")
@@ -107,6 +113,17 @@ def csv_bytes(rows: list[dict]) -> bytes:
     return text.getvalue().encode()
 
 
+def workflow_rows(setting: ScoredSetting, label: str, noise_ratio: float, noise_type: str, seed: int) -> list[dict]:
+    """The rows of the two pinned cleanlab workflows on the setting's flipped labels."""
+    rows = []
+    for name in WORKFLOWS:
+        quality, seconds = run_workflow(name, setting.dataset.data, setting.labels.cpu().numpy(), seed)
+        rows.append({"dataset": label, "noise_ratio": noise_ratio, "noise_type": noise_type, "network": "",
+                     "recipe": "sklearn", "score": name, "extra_seconds": seconds, "training_seconds": 0.0,
+                     "workflow_seconds": seconds, **detection_scores(-quality[None].astype(np.float64), setting.flipped)})
+    return rows
+
+
 def merge_sweep(args: argparse.Namespace) -> None:
     """One table from the benchmark.csv of every cell of a sweep folder."""
     tables = sorted(args.sweep.glob("*/*/results/scores/benchmark*.csv"))
@@ -138,10 +155,13 @@ def main(args: argparse.Namespace) -> None:
         setting = (moved_setting(args, device) if noise_ratio is None
                    else score_setting(dataset_name, args.subset_size, noise_ratio, args, device))
         label, noise_ratio = setting.dataset.name, noise_ratio if noise_ratio is not None else float(setting.flipped.mean())
-        name = setting_name(dataset_name, setting.dataset, args.subset_size, noise_ratio, args.network, noise_type)
+        name = setting_name(dataset_name, setting.dataset, args.subset_size, noise_ratio, args.network, noise_type,
+                            args.recipe)
         save_setting(setting, scores_path(args.results_dir, "scores", name),
                      {**settings, "dataset_name": dataset_name, "noise_ratio": noise_ratio, "noise_type": noise_type})
-        rows += benchmark_rows(setting, label, noise_ratio, args.network, noise_type)
+        rows += benchmark_rows(setting, label, noise_ratio, args.network, noise_type, args.recipe)
+        if args.cleanlab_workflows:
+            rows += workflow_rows(setting, label, noise_ratio, noise_type, args.seed)
         key = f"{label}, {noise_ratio:g} noise"
         curves[key] = trajectory_auroc(setting.run.scores, setting.flipped)
         epochs[key] = np.asarray(setting.run.trajectory_epochs)
@@ -149,8 +169,8 @@ def main(args: argparse.Namespace) -> None:
         inversion[key] = float(inverted[inverted >= 0].mean()) if (inverted >= 0).any() else float("nan")
         print(markdown_table([row for row in rows if row["dataset"] == label and row["noise_ratio"] == noise_ratio]))
 
-    suffix = ("" if args.network == "SimpleNN" else f"_{args.network}") + ("" if noise_type == "uniform"
-                                                                          else f"_{noise_type}")
+    suffix = (("" if args.network == DEFAULT_NETWORKS[args.recipe] else f"_{args.network}")
+              + ("" if noise_type == "uniform" else f"_{noise_type}") + ("" if args.recipe == "paper" else f"_{args.recipe}"))
     stem = scores_path(args.results_dir, "benchmark", suffix=suffix)
     write_atomically(stem.with_suffix(".csv"), csv_bytes(rows))
     table = markdown_table(rows)

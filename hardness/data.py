@@ -257,6 +257,9 @@ def estimated_bytes(source_samples: int, sample_shape: tuple[int, ...], used: in
     if network == "ResNet":
         pixels = math.prod(sample_shape[1:])
         return needed + RESNET_STATE_BYTES + RESNET_BYTES_PER_PIXEL * pixels * (batch_size or used)
+    if network in ("MLP", "CNN"):              # the fast recipe: whole-data logits and latent, 512-wide weights
+        latent = 16 * math.prod(sample_shape[1:]) // 4 if network == "CNN" else 512
+        return needed + networks * used * (latent + SIMPLE_NN_LOGIT_ALLOWANCE) * 4 + networks * values * 512 * 12
     depth, width = simple_nn_size(sample_shape[0] if len(sample_shape) == 3 else 1)
     return needed + networks * used * (3 * depth * width + SIMPLE_NN_LOGIT_ALLOWANCE) * 4 + networks * values * width * 12
 

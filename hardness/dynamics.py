@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, vmap
 
 from hardness.device import seconds_on_device
 from hardness.engine import TrainingState
+from hardness.minibatch import StackedNetworks
 from neural_networks import BatchedSimpleNN
 
 RANKINGS = {"aum": ("aum", -1), "forgetting": ("forgetting", 1), "el2n": ("el2n", 1), "grand": ("grand", 1),
@@ -148,11 +149,14 @@ def data_map_regions(confidence: Tensor, variability: Tensor) -> Tensor:
 
 def per_sample_gradient_norms(model: nn.Module, data: Tensor, labels: Tensor, chunk_size: int | None = None) -> Tensor:
     """GraNd: the L2 norm of each sample's cross-entropy gradient with respect to all parameters, with
-    torch.func (vmap of grad), a chunk of samples at a time. [runs, N] for a BatchedSimpleNN (every run at
-    once), [N] for any other module whose forward returns logits (or (logits, ...)); take it in eval mode."""
+    torch.func (vmap of grad), a chunk of samples at a time. [runs, N] for a BatchedSimpleNN or StackedNetworks
+    (every run at once), [N] for any other module whose forward returns logits (or (logits, ...)); take it in
+    eval mode."""
     check_labels(labels, len(data))
-    if isinstance(model, BatchedSimpleNN):
-        template, params = model.unstack(0), {name: p.detach() for name, p in model.stacked_parameters().items()}
+    stacked = isinstance(model, (BatchedSimpleNN, StackedNetworks))
+    if stacked:
+        template = model.unstack(0) if isinstance(model, BatchedSimpleNN) else model.template
+        params = {name: p.detach() for name, p in model.stacked_parameters().items()}
     else:
         template, params = model, {name: p.detach()[None] for name, p in model.named_parameters()}
     runs = next(iter(params.values())).shape[0]
@@ -170,7 +174,7 @@ def per_sample_gradient_norms(model: nn.Module, data: Tensor, labels: Tensor, ch
         gradients = per_sample(params, x, y)                                          # name -> [runs, n, ...]
         norms.append(sum(g.flatten(2).square().sum(-1) for g in gradients.values()).sqrt())  # [runs, n]
     norms = torch.cat(norms, 1)
-    return norms if isinstance(model, BatchedSimpleNN) else norms[0]
+    return norms if stacked else norms[0]
 
 
 # ----------------------------------------------------------------------------- the observer
@@ -178,13 +182,14 @@ def per_sample_gradient_norms(model: nn.Module, data: Tensor, labels: Tensor, ch
 class DynamicsRecorder:
     """Every training-dynamics score of a batched training run, recorded after each epoch in `epochs`
     (all epochs by default) with running sums: AUM, forgetting events, data maps; EL2N, loss and GraNd at
-    `score_epoch`; margin, loss, largest logit and EL2N at each of `trajectory_epochs` ([runs, T, N]).
-    Labels are those trained on. Never stops training; `scores()` gives the arrays."""
+    `score_epoch` (none where it is None: the fast recipe takes them at its stopping epoch); margin, loss,
+    largest logit and EL2N at each of `trajectory_epochs` ([runs, T, N]). Labels are those trained on. Never
+    stops training; `scores()` gives the arrays."""
 
     def __init__(self, data: Tensor, labels: Tensor, num_classes: int, runs: int, epochs: Sequence[int],
-                 score_epoch: int, trajectory_epochs: Sequence[int] = (), grand: bool = True) -> None:
+                 score_epoch: int | None, trajectory_epochs: Sequence[int] = (), grand: bool = True) -> None:
         check_labels(labels, len(data), num_classes)
-        if score_epoch not in set(epochs):
+        if score_epoch is not None and score_epoch not in set(epochs):
             raise ValueError(f"the score epoch {score_epoch} is not among the recorded epochs")
         self.data, self.labels, self.score_epoch, self.grand = data, labels, score_epoch, grand
         self.label_mask = F.one_hot(labels, num_classes).bool()                    # [N, C]
@@ -243,7 +248,7 @@ class DynamicsRecorder:
 
     def scores(self) -> dict[str, Tensor]:
         """name -> [runs, N] float32 (data_map_region int8), and <name>_trajectory -> [runs, T, N]."""
-        if not self.recorded or not self.at_score_epoch:
+        if not self.recorded or (self.score_epoch is not None and not self.at_score_epoch):
             raise RuntimeError(f"training stopped before the score epoch {self.score_epoch}")
         count = self.recorded
         confidence = self.probability_sum / count

@@ -3,7 +3,7 @@ stacked and called under `torch.vmap` (one computation), the data stays one tens
 are index slices (no DataLoader). Observers of the engine (`hardness.engine.Observer`) watch every run after
 each epoch, on one forward pass over the whole data."""
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from hardness.engine import Observer, TrainingState
 from hardness.prediction import predict
-
 
 
 class StackedNetworks:
@@ -30,6 +29,15 @@ class StackedNetworks:
 
     def parameters(self) -> list[Tensor]:
         return list(self.params.values())
+
+    def stacked_parameters(self) -> dict[str, Tensor]:
+        """name -> [runs, ...]: what torch.func.functional_call needs, with `template`, to run one network per slice."""
+        return self.params
+
+    @property
+    def template(self) -> nn.Module:
+        """The architecture without weights (on the meta device), for torch.func.functional_call."""
+        return self.base
 
     def forward(self, x: Tensor, per_run: bool = False) -> tuple[Tensor, Tensor]:
         call = lambda params, buffers, inputs: functional_call(self.base, (params, buffers), (inputs,))  # noqa: E731
@@ -47,26 +55,36 @@ def epoch_orders(shuffles: Sequence[torch.Generator], size: int, device: torch.d
 
 def train_minibatch(networks: StackedNetworks, optimizer: torch.optim.Optimizer, data: Tensor, labels: Tensor,
                     num_classes: int, epochs: int, batch_size: int, shuffles: Sequence[torch.Generator],
-                    observers: Sequence[Observer] = (), progress: bool = True,
-                    description: str = "training") -> np.ndarray:
-    """Train every run for `epochs` passes over (data [N, ...], labels [N]) in minibatches of `batch_size`, run r
-    in the order drawn from shuffles[r]; each run's loss is the mean over its own batch. After epoch e (0-based)
-    the observers that check e see the networks on the whole data. Returns the mean training loss of every run
-    in every epoch [runs, epochs]."""
+                    observers: Sequence[Observer] = (), progress: bool = True, description: str = "training",
+                    augment: Callable[[Tensor], Tensor] | None = None, train_rows: Tensor | None = None) -> np.ndarray:
+    """Train every run for up to `epochs` passes over (data [N, ...], labels [N]) in minibatches of `batch_size`,
+    run r in the order drawn from shuffles[r] (over its row of `train_rows` [runs, M], the rows it trains on,
+    where given); each run's loss is the mean over its own batch, of the batch as
+    `augment` [runs, b, ...] -> [runs, b, ...] changes it where given. After epoch e (0-based) the observers that
+    check e see the networks on the whole data (as given, never augmented); training stops after an epoch at
+    which every observer is done. Returns the mean training loss of every run in every epoch trained
+    [runs, epochs trained]."""
     losses = torch.zeros(networks.runs, epochs, device=data.device)
-    steps = -(-len(labels) // batch_size)
+    rows = None if train_rows is None else train_rows.to(data.device)
+    size = len(labels) if rows is None else rows.shape[1]
+    steps, trained = -(-size // batch_size), 0
     for epoch in tqdm(range(epochs), desc=description, disable=not progress, leave=False):
-        for batch in epoch_orders(shuffles, len(labels), data.device).split(batch_size, dim=1):   # [runs, b]
-            logits, _ = networks.forward(data[batch], per_run=True)                             # [runs, b, C]
+        order = epoch_orders(shuffles, size, data.device)                                      # [runs, size]
+        for batch in (order if rows is None else rows.gather(1, order)).split(batch_size, dim=1):   # [runs, b]
+            inputs = data[batch] if augment is None else augment(data[batch])
+            logits, _ = networks.forward(inputs, per_run=True)                                  # [runs, b, C]
             loss = F.cross_entropy(logits.transpose(1, 2), labels[batch], reduction="none").mean(1)  # [runs]
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
             optimizer.step()
             losses[:, epoch] += loss.detach() / steps
+        trained += 1
         watching = [observer for observer in observers if observer.is_check(epoch)]
         if watching:
             logits, latent = networks.whole_data(data)
             state = TrainingState(epoch, networks, logits, latent, labels, num_classes)
             for observer in watching:
                 observer.observe(state)
-    return losses.cpu().numpy()
+        if observers and all(observer.done() for observer in observers):
+            break
+    return losses[:, :trained].cpu().numpy()

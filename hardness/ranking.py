@@ -49,9 +49,16 @@ def rank_aggregate(scores: dict[str, np.ndarray], members: Sequence[str]) -> np.
     return -np.mean([average_ranks(oriented(scores, name)) for name in members], axis=0)
 
 
+def consensus_members(scores: dict[str, np.ndarray]) -> list[str]:
+    """The consensus's members: those a run recorded (`consensus_members`, the fast recipe's), else the CONSENSUS
+    members present in `scores` (the paper recipe's, and every file older versions wrote)."""
+    recorded = scores.get("consensus_members")
+    return available(scores, [str(name) for name in recorded] if recorded is not None else CONSENSUS)
+
+
 def consensus_hardness(scores: dict[str, np.ndarray]) -> np.ndarray:
-    """[runs, N] the consensus of the CONSENSUS members present in `scores` (higher = more suspicious)."""
-    return rank_aggregate(scores, available(scores, CONSENSUS))
+    """[runs, N] the consensus of consensus_members(scores) (higher = more suspicious)."""
+    return rank_aggregate(scores, consensus_members(scores))
 
 
 def suspicion_order(hardness: np.ndarray) -> np.ndarray:
@@ -82,7 +89,7 @@ def build_ranking(scores: dict[str, np.ndarray], labels: np.ndarray, predicted: 
     (1 = most suspicious) and consensus_mean_rank, `flipped` where labels were flipped on purpose, then every
     score present (its run mean, its rank by the run-averaged hardness, ties sharing the best place), the share of
     runs marking a straggler, and the majority verdicts of cleanlab and of AUM's threshold where they were run."""
-    members = available(scores, CONSENSUS)
+    members = consensus_members(scores)
     consensus = consensus_hardness(scores)
     order = suspicion_order(consensus)
     consensus_rank = np.empty(len(order), dtype=np.int64)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from hardness.ranking import CONSENSUS, Ranking, available, rank_aggregate, suspicion_order
+from hardness.ranking import Ranking, available, consensus_members, rank_aggregate, suspicion_order
 from hardness.results import write_atomically
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -86,7 +86,7 @@ def family_orders(scores: dict[str, np.ndarray], labels: np.ndarray, num_classes
                   per_class: int) -> dict[str, list[list[int]]]:
     """Each family present (the consensus first) -> for every class, the positions of its `per_class` hardest
     samples by the family's rank aggregate, most suspicious first."""
-    families = {"likely mislabelled (consensus)": available(scores, CONSENSUS),
+    families = {"likely mislabelled (consensus)": consensus_members(scores),
                 **{family: available(scores, members) for family, members in FAMILIES.items()}}
     orders = {}
     for family, members in families.items():

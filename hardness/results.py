@@ -110,15 +110,19 @@ def gasten_path(root: Path, kind: str, name: str = "", dataset: str = "", pos: i
 
 SCORES_PATHS = {"scores": "scores/{name}.npz", "ranking": "scores/{name}_ranking.csv",                  # results
                 "report": "scores/{name}_report.html", "benchmark": "scores/benchmark{suffix}",
+                "instance_reference": "scores/instance_reference/{name}.npz",
                 "figures": "scores/{name}", "benchmark_figure": "scores/benchmark_auroc_by_epoch{suffix}"}  # figures
+DEFAULT_NETWORKS = {"paper": "SimpleNN", "fast": "MLP"}
 
 
 def scores_name(dataset: str, samples: int, noise_ratio: float, network: str = "SimpleNN",
-                noise_type: str = "uniform") -> str:
-    """The <name> of a scored setting: <dataset>_<samples>_<noise_ratio>[_ResNet][_pairs|_moved], where <samples>
-    is --subset_size for a built-in dataset and the number of samples scored for a user's source."""
-    return (f"{dataset}_{samples}_{noise_ratio:g}" + ("" if network == "SimpleNN" else f"_{network}")
-            + ("" if noise_type == "uniform" else f"_{noise_type}"))
+                noise_type: str = "uniform", recipe: str = "paper") -> str:
+    """The <name> of a scored setting: <dataset>_<samples>_<noise_ratio>[_<network>][_<noise type>][_fast], where
+    <samples> is --subset_size for a built-in dataset and the number of samples scored for a user's source, the
+    network is named where it is not the recipe's default (SimpleNN; the fast recipe's MLP), the noise type where
+    it is not uniform (pairs, asymmetric, adjacent, instance, moved), and the fast recipe by `_fast`."""
+    return (f"{dataset}_{samples}_{noise_ratio:g}" + ("" if network == DEFAULT_NETWORKS[recipe] else f"_{network}")
+            + ("" if noise_type == "uniform" else f"_{noise_type}") + ("" if recipe == "paper" else f"_{recipe}"))
 
 
 def scores_path(root: Path, kind: str, name: str = "", suffix: str = "") -> Path:

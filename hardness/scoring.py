@@ -74,6 +74,7 @@ class ScoredRun:
     inversion_epochs: np.ndarray                      # [runs, C], -1 where a class never inverted
     predicted_labels: np.ndarray                      # [N] the runs' majority prediction after the last epoch
     notes: list[str] = field(default_factory=list)
+    recipe: dict = field(default_factory=lambda: {"recipe": "paper"})   # what ran, for the settings JSON
 
 
 def majority_labels(logits: Tensor) -> Tensor:
@@ -108,27 +109,40 @@ def train_observed(network: str, seeds: Sequence[int], data: Tensor, labels: Ten
     return models, sets, pass_seconds
 
 
+def fold_assignment(runs: int, n: int, folds: int, fold_seed: int, device: torch.device) -> Tensor:
+    """[runs, N] each sample's cleanlab fold in every run, one seeded assignment per run (sizes differ by <= 1)."""
+    generator = torch.Generator().manual_seed(fold_seed)
+    return torch.stack([torch.randperm(n, generator=generator) % folds for _ in range(runs)]).to(device)
+
+
+def cleanlab_on_folds(labels: Tensor, probabilities: Tensor, fold_of: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Cleanlab's label quality (self-confidence, low = suspicious) and flagged set, both [runs, N], from the
+    probabilities [runs, K, N, C] of every fold network on every sample, each sample taken from the network that
+    did not train on it (fold_of [runs, N])."""
+    from cleanlab.filter import find_label_issues          # imported here: cleanlab alone adds 1.6 s to every script
+    from cleanlab.rank import get_label_quality_scores
+    num_classes = probabilities.shape[-1]
+    held_out = probabilities.gather(1, fold_of[:, None, :, None].expand(-1, 1, -1, num_classes))[:, 0]  # [runs, N, C]
+    labels_np, held_out = labels.cpu().numpy(), held_out.double().cpu().numpy()
+    quality = np.stack([get_label_quality_scores(labels_np, p, method="self_confidence") for p in held_out])
+    flagged = np.stack([find_label_issues(labels_np, p, n_jobs=1) for p in held_out])
+    return quality.astype(np.float32), flagged
+
+
 def confident_learning(seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
                        folds: int, fold_seed: int, network: str = "SimpleNN", batch_size: int | None = None,
                        progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Cleanlab on K-fold out-of-sample probabilities, one fold assignment per seed: label quality [runs, N]
     (self-confidence, low = suspicious) and cleanlab's flagged set [runs, N] bool. Trains runs x folds
     networks of the scored type (SimpleNNs all at once), network (r, k) on every sample outside run r's fold k."""
-    from cleanlab.filter import find_label_issues          # imported here: cleanlab alone adds 1.6 s to every script
-    from cleanlab.rank import get_label_quality_scores
     runs, n = len(seeds), len(labels)
-    generator = torch.Generator().manual_seed(fold_seed)
-    fold_of = torch.stack([torch.randperm(n, generator=generator) % folds for _ in range(runs)]).to(labels.device)
+    fold_of = fold_assignment(runs, n, folds, fold_seed, labels.device)
     train_masks = fold_of[:, None, :] != torch.arange(folds, device=labels.device)[None, :, None]  # [runs, K, N]
     model = train_networks(network, [fold for seed in seeds for fold in child_seeds(seed, folds)], data, labels,
                            num_classes, epochs, train_masks.flatten(0, 1).float(), batch_size, progress=progress,
                            description=f"cleanlab: {runs} x {folds} fold networks")
     probabilities = network_logits(model, data).softmax(-1).view(runs, folds, n, num_classes)
-    held_out = probabilities.gather(1, fold_of[:, None, :, None].expand(-1, 1, -1, num_classes))[:, 0]  # [runs, N, C]
-    labels_np, held_out = labels.cpu().numpy(), held_out.double().cpu().numpy()
-    quality = np.stack([get_label_quality_scores(labels_np, p, method="self_confidence") for p in held_out])
-    flagged = np.stack([find_label_issues(labels_np, p, n_jobs=1) for p in held_out])
-    return quality.astype(np.float32), flagged
+    return cleanlab_on_folds(labels, probabilities, fold_of)
 
 
 def stacked_dynamics(sets: list[dict[str, TimedObserver]]) -> dict[str, Tensor]:

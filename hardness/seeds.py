@@ -31,6 +31,7 @@ class Stage(IntEnum):
     SPLIT = 2           # the train/test split and the reduction, one index per train ratio
     EVALUATE = 3        # the evaluation networks, indexed by train ratio and remaining ratio
     SCORE = 4           # the scored runs, one index per run
+    INSTANCE_REFERENCE = 5  # instance-dependent noise: the reference model's initialisation and folds
 
 
 @unique
@@ -65,6 +66,8 @@ class NetworkStage(IntEnum):
     FRESH_NETWORK = 1      # the network scored by confidence, energy, VoG and the dynamics identifiers
     FOLD_ASSIGNMENT = 2    # cleanlab's folds (of the first run's seed)
     AUM_THRESHOLD = 3      # AUM's fake-class samples (of the first run's seed)
+    MINIBATCH_ORDER = 4    # a fast-recipe network's minibatch order
+    AUGMENTATION = 5       # the fast recipe's random shifts (of the first network's seed)
 
 
 def derived_seed(*keys: int) -> int:

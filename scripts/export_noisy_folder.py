@@ -3,8 +3,8 @@
 Takes the seeded subset of --dataset_name that the experiment scripts take (train+test shuffled with --seed,
 the first --subset_size), writes every image as a PNG into the folder of its class,
 <output>/<class>/<source id>.png, except a seeded share (--noise_ratio, int(ratio * N) images) that goes into the
-folder of another class: drawn uniformly from the other classes, or with --noise_type pairs always the one
-confusable class of its class (the class whose mean image is nearest). The list of moved files is written to
+folder of another class, chosen by --noise_type through the one flip function every script uses
+(hardness/noise.py: uniform, pairs, asymmetric, adjacent, instance). The list of moved files is written to
 <output>/moved.csv (one row per moved file: sample_id, source_id, true_class, given_class; see
 docs/your_data.md). The folder is written beside its final place and renamed into it when complete.
 
@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.cli import (UserInputError, non_negative_int, positive_int, run_script,  # noqa: E402
                           unit_interval)
 from hardness.data import as_nchw_uint8, dataset_class, load_dataset, torchvision_splits  # noqa: E402
-from hardness.noise import NOISE_TYPES, flip_labels  # noqa: E402
+from hardness.noise import NOISE_TYPES, check_noise_type, flip_labels  # noqa: E402
+from hardness.noise_reference import reference_probabilities  # noqa: E402
 from hardness.user_data import parse_source  # noqa: E402
 
 MOVED_COLUMNS = ("sample_id", "source_id", "true_class", "given_class")
@@ -46,8 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of the images, int(ratio * N), put into a wrong class folder, in [0, 1) "
                              "(default 0.05)")
     parser.add_argument("--noise_type", choices=NOISE_TYPES, default="uniform",
-                        help="wrong class drawn uniformly from the others, or the one confusable class of each class "
-                             "(nearest class mean) (default uniform)")
+                        help="how the wrong class is chosen, as hardness_scores.py flips labels: uniform, pairs, "
+                             "asymmetric, adjacent or instance (docs/scores.md) (default uniform)")
+    parser.add_argument("--results_dir", type=Path, default=Path("Results"),
+                        help="where instance noise caches its reference model's probabilities (default Results)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the subset and of the moved images (default 0)")
     parser.add_argument("--data_root", type=Path, default=Path("./data"),
@@ -83,8 +86,14 @@ def export(args: argparse.Namespace) -> tuple[Path, int]:
     if output.exists():
         raise UserInputError(f"{output} exists; remove it or give another --output")
     dataset = load_dataset(name, args.data_root, args.subset_size, args.seed, torch.device("cpu"))
+    try:
+        check_noise_type(args.noise_type, dataset.num_classes)
+    except ValueError as error:
+        raise UserInputError(f"--noise_type {args.noise_type}: {error}") from None
+    probabilities = (reference_probabilities(name, dataset, args.data_root, args.results_dir, args.seed, "MLP")
+                     if args.noise_type == "instance" and args.noise_ratio > 0 else None)
     given, moved, _ = flip_labels(dataset.labels, args.noise_ratio, dataset.num_classes, args.seed, args.noise_type,
-                                  dataset.data)
+                                  dataset.data, probabilities=probabilities)
     splits = torchvision_splits(dataset.name, Path(args.data_root))
     images = torch.cat([as_nchw_uint8(split.data) for split in splits])[dataset.indices].numpy()   # [N, C, H, W]
     folders = class_folder_names(dataset.class_names)

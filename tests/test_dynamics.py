@@ -295,7 +295,7 @@ def test_the_benchmark_table_names_a_network_other_than_the_simple_nn():
     row = {"dataset": "MNIST", "noise_ratio": 0.1, "score": "aum", "auroc": 0.9, "ap": 0.8, "precision_at_k": 0.7,
            "auroc_run_mean": 0.9, "auroc_run_std": 0.0, "extra_seconds": 1.0}
     table = mislabel.markdown_table([{**row, "network": "SimpleNN"}, {**row, "network": "ResNet"}, row])
-    assert table.count("| MNIST | 0.1 | aum |") == 2 and table.count("| MNIST (ResNet) | 0.1 | aum |") == 1
+    assert table.count("| MNIST | 0.1 | paper | aum |") == 2 and table.count("| MNIST (ResNet) | 0.1 | paper | aum |") == 1
     merged = mislabel.combine_rows([{**row, "network": "ResNet"}, {**row, "network": "ResNet", "auroc": 0.7}, row])
     assert [(m["network"], m["benchmark_runs"], round(m["auroc"], 3)) for m in merged] == [("ResNet", 2, 0.8),
                                                                                           ("SimpleNN", 1, 0.9)]

@@ -100,7 +100,7 @@ def test_the_benchmark_puts_the_consensus_beside_its_members():
     consensus = rows[-1]
     assert consensus["auroc"] == pytest.approx(1.0) and consensus["precision_at_k"] == pytest.approx(1.0)
     assert consensus["extra_seconds"] == pytest.approx(32.0) and consensus["noise_type"] == "pairs"
-    assert "| toy | 0.5 pairs | consensus | 1.000 |" in markdown_table(rows)
+    assert "| toy | 0.5 pairs | paper | consensus | 1.000 |" in markdown_table(rows)
 
 
 def test_an_npz_source_runs_end_to_end_with_its_ids_in_the_ranking(tmp_path):
@@ -115,7 +115,7 @@ def test_an_npz_source_runs_end_to_end_with_its_ids_in_the_ranking(tmp_path):
     np.savez(tmp_path / "cells.npz", x=images.astype(np.uint8), y=labels, ids=ids,
              class_names=np.array(["round", "long", "odd"]))
     flags = ["--dataset_name", f"npz:{tmp_path / 'cells.npz'}", "--runs", "2", "--epochs", "20", "--score_epoch", "5",
-             "--trajectory_every", "5", "--cleanlab_folds", "2", "--seed", "1", "--device", "cpu",
+             "--trajectory_every", "5", "--cleanlab_folds", "2", "--seed", "1", "--device", "cpu", "--recipe", "paper",
              "--data_root", str(tmp_path / "data"), "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F")]
     hardness_scores.main(hardness_scores.parse_args(flags))
     assert not list((tmp_path / "R/scores").glob("cells_20000_*"))

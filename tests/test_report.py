@@ -20,7 +20,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), Path("/usr/bin/chromedriver")
 HOSTILE_FILE = "<img src=x onerror=alert(1)>.png"            # a file name that is an HTML tag with a script attribute
 HOSTILE_CLASS = "<svg onload=alert(2)>"                       # a class folder named like one
 HOSTILE_ID = "<img src=x onerror=alert(3)>"                   # a CSV id named like one
-FLAGS = ["--runs", "2", "--epochs", "20", "--score_epoch", "5", "--trajectory_every", "5", "--cleanlab_folds", "2",
+FLAGS = ["--recipe", "paper", "--runs", "2", "--epochs", "20", "--score_epoch", "5", "--trajectory_every", "5", "--cleanlab_folds", "2",
          "--seed", "1", "--device", "cpu"]
 
 

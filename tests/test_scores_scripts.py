@@ -96,7 +96,7 @@ def test_benchmark_table_matches_the_saved_scores(workdir):
         expected = detection_scores(hardness_ranking(dict(saved), "aum"), saved["flipped"])
     assert float(row["auroc"]) == pytest.approx(expected["auroc"]) and float(row["ap"]) == pytest.approx(expected["ap"])
     table = (workdir / "Bench/scores/benchmark.md").read_text()
-    assert table.startswith("`mislabel_detection_benchmark.py") and "| FashionMNIST | 0.1 | stragglers |" in table
+    assert table.startswith("`mislabel_detection_benchmark.py") and "| FashionMNIST | 0.1 | paper | stragglers |" in table
     assert (workdir / "BenchFigures/scores/benchmark_auroc_by_epoch.png").is_file()
 
 
@@ -187,7 +187,8 @@ def test_resnet_scores_go_to_files_of_their_own(tmp_path):
     write_moved_folder's 8x8 images, in 2 minibatches an epoch: a ResNet-18 on 28x28 MNIST costs ~12x more)."""
     write_moved_folder(tmp_path / "shapes")
     done = run_in_process(SCORES, "--dataset_name", f"folder:{tmp_path / 'shapes'}", "--noise_ratio", "0.1",
-                          "--network", "ResNet", "--batch_size", "10", "--subset_size", "20", "--epochs", "15",
+                          "--recipe", "paper", "--network", "ResNet", "--batch_size", "10", "--subset_size", "20",
+                          "--epochs", "15",
                           "--score_epoch", "1", "--trajectory_every", "5", "--cleanlab_folds", "0", "--runs", "1",
                           "--seed", "3", "--device", "cpu", "--data_root", str(tmp_path / "data"), "--results_dir",
                           str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F"), cwd=tmp_path)
@@ -220,7 +221,7 @@ def test_pair_noise_moves_each_class_into_its_confusable_class(workdir, tmp_path
     means = np.stack([flat[clean == c].mean(0) for c in range(10)])
     distances = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.diag(np.full(10, np.inf))
     np.testing.assert_array_equal(arrays["labels"][flipped], distances.argmin(1)[clean[flipped]])
-    assert "| MNIST | 0.2 pairs | consensus |" in (tmp_path / "scores/benchmark_pairs.md").read_text()
+    assert "| MNIST | 0.2 pairs | paper | consensus |" in (tmp_path / "scores/benchmark_pairs.md").read_text()
 
 
 def write_moved_folder(root: Path) -> list[str]:
@@ -243,7 +244,7 @@ def write_moved_folder(root: Path) -> list[str]:
 def test_the_benchmark_scores_a_folder_against_its_list_of_moved_files(tmp_path):
     moved = write_moved_folder(tmp_path / "shapes")
     (tmp_path / "moved.txt").write_text("\n".join(moved) + "\n\n")
-    flags = ["--dataset_name", f"folder:{tmp_path / 'shapes'}", "--subset_size", "40", "--epochs", "15",
+    flags = ["--dataset_name", f"folder:{tmp_path / 'shapes'}", "--recipe", "paper", "--subset_size", "40", "--epochs", "15",
              "--score_epoch", "3", "--trajectory_every", "5", "--cleanlab_folds", "0", "--runs", "1", "--device",
              "cpu", "--data_root", str(tmp_path / "data"), "--results_dir", str(tmp_path / "R"), "--figures_dir",
              str(tmp_path / "F")]

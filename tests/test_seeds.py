@@ -13,13 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_stage_numbers_are_the_ones_every_saved_result_was_drawn_with():
     # a renumbering would silently change every result of these scripts for the same --seed
-    assert {s.name: int(s) for s in Stage} == {"NOISE": 0, "IDENTIFY": 1, "SPLIT": 2, "EVALUATE": 3, "SCORE": 4}
+    assert {s.name: int(s) for s in Stage} == {"NOISE": 0, "IDENTIFY": 1, "SPLIT": 2, "EVALUATE": 3, "SCORE": 4,
+                                                  "INSTANCE_REFERENCE": 5}
     assert {s.name: int(s) for s in VogStage} == {"NOISE": 0, "SPLIT": 1, "TRAIN": 2}
     assert {s.name: int(s) for s in MemorisationStage} == {"NOISE": 0, "INITIALISATION": 2, "MINIBATCH_ORDER": 3,
                                                             "HELDOUT_NOISE": 4}
     assert {s.name: int(s) for s in ClassHardnessStage} == {"INITIALISATION": 0, "MINIBATCH_ORDER": 1}
     assert {s.name: int(s) for s in NetworkStage} == {"STRAGGLER_ATTEMPT": 0, "FRESH_NETWORK": 1,
-                                                       "FOLD_ASSIGNMENT": 2, "AUM_THRESHOLD": 3}
+                                                       "FOLD_ASSIGNMENT": 2, "AUM_THRESHOLD": 3,
+                                                       "MINIBATCH_ORDER": 4, "AUGMENTATION": 5}
     assert Stage.NOISE == VogStage.NOISE == MemorisationStage.NOISE == LABEL_NOISE == 0
 
 

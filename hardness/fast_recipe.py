@@ -1,0 +1,178 @@
+"""The fast recipe: every score of a user's data from minibatch networks scored early, before they memorise.
+
+`--runs` networks (an MLP of two hidden layers of 512 ReLUs, or for images the small CNN of
+memorisation_and_inversion.py) train at once as one batched computation (hardness.minibatch: stacked under
+`torch.vmap`), each from its own initialisation and in its own minibatch order, with SGD (lr 0.01, momentum
+0.9) on minibatches of `batch_size`. After every epoch the observers see the eval-mode logits of all samples:
+the training dynamics (AUM, forgetting events, data maps, every epoch's margin, loss, largest logit and EL2N),
+the stragglers (each class's inversion point in the first hidden layer) and the stopping rule
+(hardness.stopping), which ends training at an epoch chosen without clean labels, or at the epoch cap. EL2N,
+GraNd, loss, confidence and energy are taken at that epoch; the trajectory scores run over the epochs up to it.
+VoG (15 checkpoints over 500 full-batch steps in the paper recipe) is not computed. Cleanlab, where
+`cleanlab_folds` > 0, scores the out-of-fold probabilities of runs x folds more networks of the same kind,
+trained to the same epoch.
+"""
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hardness.device import seconds_on_device
+from hardness.dynamics import DynamicsRecorder, el2n, per_sample_gradient_norms, sample_losses
+from hardness.identifiers import SCORERS, StragglerTracker
+from hardness.minibatch import StackedNetworks, train_minibatch
+from hardness.scoring import ScoredRun, TimedObserver, cleanlab_on_folds, fold_assignment, majority_labels
+from hardness.seeds import NetworkStage, child_seeds, stage_generator, stage_seed
+from hardness.stopping import INVERSION_FIRST_CHECK, StoppingRule, UntilStopped, stopping_epoch
+from neural_networks import memorisation_cnn, memorisation_mlp
+
+FAST_NETWORKS = ("MLP", "CNN")
+LR, MOMENTUM, WIDTH = 0.01, 0.9, 512
+SHIFT_PIXELS = 2                                   # augmentation: shifts of up to this many pixels each way
+
+
+@dataclass(frozen=True)
+class FastRecipe:
+    """What the fast recipe trains and how it stops (docs/scores.md: how each default was chosen)."""
+    network: str = "MLP"
+    epoch_cap: int = 30
+    batch_size: int = 128
+    stopping: str = "loss_plateau"
+    augment: bool = False
+    cleanlab_folds: int = 0
+    consensus: tuple[str, ...] = ("aum", "data_map", "loss")
+
+    def settings(self) -> dict:
+        return {"recipe": "fast", **asdict(self), "consensus": list(self.consensus)}
+
+
+def build_networks(network: str, seeds: Sequence[int], sample_shape: tuple[int, ...], num_classes: int,
+                   device: torch.device) -> StackedNetworks:
+    """One network per seed (torch seeded with it), stacked: the MLP, or the CNN for images [C, H, W]."""
+    if network == "CNN" and len(sample_shape) != 3:
+        raise ValueError(f"the CNN needs images [C, H, W], got samples shaped {list(sample_shape)} (a table)")
+    models = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models.append(memorisation_mlp(sample_shape, num_classes, WIDTH) if network == "MLP"
+                          else memorisation_cnn(sample_shape, num_classes))
+    return StackedNetworks([model.to(device) for model in models])
+
+
+def random_shifts(generator: torch.Generator, max_shift: int = SHIFT_PIXELS):
+    """An augmentation for train_minibatch: every image of a batch [runs, b, C, H, W] moved by its own whole-pixel
+    offset in [-max_shift, max_shift] on each axis, the border repeated (standardised images have no zero)."""
+    def shift(batch: Tensor) -> Tensor:
+        runs, b, channels, height, width = batch.shape
+        images = F.pad(batch.flatten(0, 1), (max_shift,) * 4, mode="replicate")              # [R*b, C, H+2s, W+2s]
+        offsets = torch.randint(0, 2 * max_shift + 1, (2, runs * b), generator=generator).to(batch.device)
+        rows = offsets[0, :, None] + torch.arange(height, device=batch.device)                 # [R*b, H]
+        cols = offsets[1, :, None] + torch.arange(width, device=batch.device)                  # [R*b, W]
+        picked = images[torch.arange(runs * b, device=batch.device)[:, None, None, None],
+                        torch.arange(channels, device=batch.device)[None, :, None, None],
+                        rows[:, None, :, None], cols[:, None, None, :]]                        # [R*b, C, H, W]
+        return picked.view(runs, b, channels, height, width)
+    return shift
+
+
+def train_fast(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int, epochs: int,
+               observers: Sequence[object] = (), train_rows: Tensor | None = None, progress: bool = True,
+               description: str = "training") -> StackedNetworks:
+    """The recipe's networks, one per seed (initialised from it, in the order of its MINIBATCH_ORDER stage, on its
+    row of `train_rows` where given), trained for up to `epochs` epochs and watched by `observers`."""
+    networks = build_networks(recipe.network, seeds, tuple(data.shape[1:]), num_classes, data.device)
+    optimizer = torch.optim.SGD(networks.parameters(), lr=LR, momentum=MOMENTUM)
+    shuffles = [stage_generator(seed, NetworkStage.MINIBATCH_ORDER) for seed in seeds]
+    augment = (random_shifts(stage_generator(seeds[0], NetworkStage.AUGMENTATION))
+               if recipe.augment and data.dim() == 4 else None)
+    train_minibatch(networks, optimizer, data, labels, num_classes, epochs, recipe.batch_size, shuffles, observers,
+                    progress, description, augment, train_rows)
+    return networks
+
+
+def fold_rows(fold_of: Tensor, folds: int) -> Tensor:
+    """[runs * K, M] the rows network (r, k) trains on: every sample outside run r's fold k, the first M of them,
+    M the smallest such count (folds differ by at most one sample, so at most one is left out per network)."""
+    masks = fold_of[:, None, :] != torch.arange(folds, device=fold_of.device)[None, :, None]   # [runs, K, N]
+    masks = masks.flatten(0, 1)
+    size = int(masks.sum(1).min())
+    return torch.stack([mask.nonzero().flatten()[:size] for mask in masks])
+
+
+def score_fast_run(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
+                   progress: bool = True) -> ScoredRun:
+    """Every score of the recipe's runs on (data, labels), as hardness.scoring.score_training_run returns them;
+    `stopping_epoch` (0-based) is where the rule stopped training, and `trajectory_epochs` every epoch up to it."""
+    device, runs = data.device, len(seeds)
+    tracker = StragglerTracker(runs, labels, num_classes, start=INVERSION_FIRST_CHECK, interval=1)
+    rule = StoppingRule(recipe.stopping, labels, tracker)
+    dynamics = DynamicsRecorder(data, labels, num_classes, runs, range(recipe.epoch_cap), None,
+                                range(recipe.epoch_cap), grand=False)
+    timed = {"stragglers": TimedObserver(tracker, device), "dynamics": TimedObserver(dynamics, device),
+             "stopping": TimedObserver(rule, device)}
+    watcher = UntilStopped(timed["stopping"], [timed["stragglers"], timed["dynamics"]])
+    start = time.perf_counter()
+    networks = train_fast(recipe, seeds, data, labels, num_classes, recipe.epoch_cap, [watcher], progress=progress,
+                          description=f"fast recipe: {runs} {recipe.network}s")
+    observed = sum(observer.seconds for observer in timed.values())
+    seconds = {"training": time.perf_counter() - start - observed + timed["stopping"].seconds,   # the rule is training's
+               "stragglers": timed["stragglers"].seconds}
+    stop = stopping_epoch(rule, dynamics.recorded)
+
+    scores: dict[str, Tensor] = {"stragglers": tracker.hard("copy")}
+    predicted: list[Tensor] = []
+
+    def at_stop() -> None:
+        logits, _ = networks.whole_data(data)                                               # [runs, N, C]
+        scores["confidence"] = -SCORERS["confidence"](logits)
+        scores["energy"] = SCORERS["energy"](logits)
+        scores["el2n"], scores["loss"] = el2n(logits, labels), sample_losses(logits, labels)
+        predicted.append(majority_labels(logits))
+    seconds["confidence/energy"] = seconds_on_device(device, at_stop)
+    recorded = dynamics.scores()
+    trajectories = {name: value[:, :stop + 1] for name, value in recorded.items() if name.endswith("_trajectory")}
+    scores.update({name: value for name, value in recorded.items() if not name.endswith("_trajectory")
+                   and name not in ("el2n", "loss")})
+    scores.update(trajectories)
+    seconds["aum/forgetting/data_map/el2n/loss"] = timed["dynamics"].seconds
+
+    def grand() -> None:
+        scores["grand"] = per_sample_gradient_norms(networks, data, labels)
+    seconds["grand"] = seconds_on_device(device, grand)
+
+    arrays = {name: value.cpu().numpy() for name, value in scores.items()}
+    arrays = {name: value.astype(np.float32) if value.dtype == np.float64 else value for name, value in arrays.items()}
+    if recipe.cleanlab_folds:
+        start = time.perf_counter()
+        arrays["cleanlab"], arrays["cleanlab_flagged"] = fast_cleanlab(recipe, seeds, data, labels, num_classes,
+                                                                       stop + 1, progress)
+        seconds["cleanlab"] = time.perf_counter() - start
+    arrays["consensus_members"] = np.asarray([m for m in recipe.consensus if m != "cleanlab" or recipe.cleanlab_folds])
+    inversion = tracker.inverted_at.cpu().numpy()
+    notes = [f"fast recipe: {runs} {recipe.network}s stopped by the {recipe.stopping} rule after epoch {stop + 1} "
+             f"(cap {recipe.epoch_cap})" + ("" if rule.stopped_at is not None else "; the rule never fired"),
+             "fast recipe: no VoG (the paper recipe's 15 full-batch checkpoints)"]
+    if (inversion < 0).any():
+        notes.append(f"{int((inversion < 0).sum())} (run, class) pairs never inverted within {stop + 1} epochs: "
+                     "those classes have no stragglers")
+    return ScoredRun(arrays, seconds, list(range(stop + 1)), inversion, predicted[0].cpu().numpy(), notes,
+                     {**recipe.settings(), "stopping_epoch": stop + 1, "rule_fired": rule.stopped_at is not None})
+
+
+def fast_cleanlab(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,
+                  epochs: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Cleanlab on the out-of-fold probabilities of runs x folds recipe networks trained for `epochs` epochs, the
+    folds and the fold networks' seeds drawn as the paper recipe draws them."""
+    runs, folds = len(seeds), recipe.cleanlab_folds
+    fold_of = fold_assignment(runs, len(labels), folds, stage_seed(seeds[0], NetworkStage.FOLD_ASSIGNMENT),
+                              labels.device)
+    networks = train_fast(recipe, [fold for seed in seeds for fold in child_seeds(seed, folds)], data, labels,
+                          num_classes, epochs, train_rows=fold_rows(fold_of, folds), progress=progress,
+                          description=f"cleanlab: {runs} x {folds} fold networks")
+    probabilities = networks.whole_data(data)[0].softmax(-1).view(runs, folds, len(labels), num_classes)
+    return cleanlab_on_folds(labels, probabilities, fold_of)

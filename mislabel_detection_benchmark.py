@@ -16,7 +16,8 @@ Writes <results_dir>/scores/benchmark.csv and benchmark.md (a markdown table), a
 pair noise, _moved with --moved_list): the AUROC of loss, confidence, EL2N and margin taken at each
 trajectory epoch, against the epoch, with the mean inversion epoch dashed. With --sweep it trains nothing:
 it merges the benchmark.csv of every cell of a sweep.py folder (e.g. the seeds of
-configs/sweeps/mislabel_benchmark.yaml) into benchmark_sweep.csv and .md, averaged per setting and score.
+configs/sweeps/mislabel_benchmark.yaml) into benchmark_sweep.csv and .md, averaged per setting, recipe and score,
+and draws <figures_dir>/scores/benchmark_auroc_against_seconds_sweep: each workflow's AUROC against its seconds.
 """
 import argparse
 import csv
@@ -29,6 +30,7 @@ import torch
 
 from hardness.cleanlab_workflows import WORKFLOWS, run_workflow
 from hardness.results import DEFAULT_NETWORKS
+from hardness.score_figures import plot_auroc_against_seconds
 from hardness.setting import ScoredSetting, setting_name
 from utils import (UserInputError, add_dataset_arguments, add_scoring_arguments, benchmark_rows,
                    canonical_dataset_name, check_scoring_arguments, combine_rows, detection_scores, markdown_table, plot_trajectory_auroc,
@@ -139,7 +141,9 @@ def merge_sweep(args: argparse.Namespace) -> None:
     write_atomically(stem.with_suffix(".md"), (f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n\n"
                                                + markdown_table(combined)).encode())
     print(markdown_table(combined))
-    print(f"merged {len(tables)} tables into {stem}.csv and .md")
+    figure = save_figure(plot_auroc_against_seconds(combined),
+                         scores_path(args.figures_dir, "benchmark_seconds_figure", suffix="_sweep"))
+    print(f"merged {len(tables)} tables into {stem}.csv and .md; figure {figure[0]}")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -9,7 +9,8 @@ Prints the mean AUROC, AP and precision at k of every (network, rule, consensus)
 setting against the best candidate there, its mean stopping epoch and seconds, and writes every row to
 <results_dir>/fast_recipe_choices/<dataset>.csv.
 
-    python benchmarks/choose_fast_recipe.py --dataset_name MNIST npz:data/examples/digits.npz
+    python benchmarks/choose_fast_recipe.py --dataset_name npz:data/examples/digits.npz --subset_size 1797
+    python benchmarks/choose_fast_recipe.py --dataset_name MNIST --cap 15 --other_seeds 1
 """
 import argparse
 import csv
@@ -50,7 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
                         help="networks tried (default all)")
-    parser.add_argument("--cnn_seeds", type=int, default=3, help="the first this many seeds train the CNN (default 3)")
+    parser.add_argument("--other_seeds", type=int, default=3,
+                        help="the first this many seeds train the candidates other than the plain MLP (default 3)")
     parser.add_argument("--noise_ratio", type=float, default=0.1, help="share flipped (default 0.1)")
     parser.add_argument("--subset_size", type=int, default=10000, help="samples (default 10000)")
     parser.add_argument("--runs", type=int, default=3, help="networks per candidate (default 3)")
@@ -93,14 +95,14 @@ def one_setting(dataset_name: str, noise_type: str, seed: int, options: argparse
     seeds = [stage_seed(seed, Stage.SCORE, i) for i in range(options.runs)]
     for candidate in options.candidates:
         network, augment = CANDIDATES[candidate]
-        if (network == "CNN" and (dataset.is_table or options.seeds.index(seed) >= options.cnn_seeds)):
+        if (network == "CNN" and dataset.is_table) or (candidate != "MLP" and options.seeds.index(seed) >= options.other_seeds):
             continue
         tracker = StragglerTracker(options.runs, labels, dataset.num_classes, start=INVERSION_FIRST_CHECK, interval=1)
         dynamics = DynamicsRecorder(dataset.data, labels, dataset.num_classes, options.runs, range(options.cap), None,
                                     range(options.cap), grand=False)
         start = time.perf_counter()
         train_fast(FastRecipe(network=network, augment=augment), seeds, dataset.data, labels, dataset.num_classes,
-                   options.cap, [tracker, dynamics], description=f"{dataset.name} {noise_type} {seed} {candidate}")
+                   options.cap, [tracker, dynamics], progress=False)
         epoch_seconds = (time.perf_counter() - start) / options.cap
         recorded = dynamics.scores()
         records = {name: recorded[f"{name}_trajectory"].double().numpy() for name in ("margin", "loss", "el2n")}
@@ -115,6 +117,7 @@ def one_setting(dataset_name: str, noise_type: str, seed: int, options: argparse
                              "rule": rule_name, "consensus": consensus, "stop_epoch": epoch + 1,
                              "seconds": epoch_seconds * (epoch + 1), "best_epoch_auroc": best[consensus],
                              **{key: result[key] for key in ("auroc", "ap", "precision_at_k")}})
+        print(f"{dataset.name} {noise_type} seed {seed} {candidate}: {epoch_seconds:.2f} s per epoch", flush=True)
     return rows
 
 

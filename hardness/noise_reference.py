@@ -38,7 +38,8 @@ def outside_network_probabilities(name: str, root: Path, subset: Dataset, archit
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stage_seed(seed, Stage.INSTANCE_REFERENCE))
         shape = tuple(full.data.shape[1:])
-        model = memorisation_cnn(shape, full.num_classes) if architecture == "CNN" else memorisation_mlp(shape, full.num_classes)
+        build = memorisation_cnn if architecture == "CNN" else memorisation_mlp
+        model = build(shape, full.num_classes)
     networks = StackedNetworks([model.to(full.data.device)])
     optimizer = torch.optim.SGD(networks.parameters(), lr=0.01, momentum=0.9)
     train_minibatch(networks, optimizer, full.data[train], full.labels[train], full.num_classes, REFERENCE_EPOCHS,

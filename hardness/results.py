@@ -111,7 +111,8 @@ def gasten_path(root: Path, kind: str, name: str = "", dataset: str = "", pos: i
 SCORES_PATHS = {"scores": "scores/{name}.npz", "ranking": "scores/{name}_ranking.csv",                  # results
                 "report": "scores/{name}_report.html", "benchmark": "scores/benchmark{suffix}",
                 "instance_reference": "scores/instance_reference/{name}.npz",
-                "figures": "scores/{name}", "benchmark_figure": "scores/benchmark_auroc_by_epoch{suffix}"}  # figures
+                "figures": "scores/{name}", "benchmark_figure": "scores/benchmark_auroc_by_epoch{suffix}",
+                "benchmark_seconds_figure": "scores/benchmark_auroc_against_seconds{suffix}"}  # figures
 DEFAULT_NETWORKS = {"paper": "SimpleNN", "fast": "MLP"}
 
 

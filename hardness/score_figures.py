@@ -96,3 +96,35 @@ def plot_class_counts(labels: np.ndarray, predicted: np.ndarray, top: np.ndarray
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+WORKFLOW_STYLES = {("fast", "consensus"): ("fast recipe", "tab:red"), ("paper", "consensus"): ("paper recipe", "tab:blue"),
+                   ("sklearn", "cleanlab_mlp"): ("cleanlab + MLPClassifier", "tab:green"),
+                   ("sklearn", "cleanlab_logreg"): ("cleanlab + LogisticRegression", "tab:olive")}
+
+
+def plot_auroc_against_seconds(rows: Sequence[dict]) -> plt.Figure:
+    """Merged benchmark rows (combine_rows) as the AUROC of each workflow (both recipes' consensus, the two cleanlab
+    workflows) against its whole workflow's seconds, log scale, one panel per noise type, a marker per dataset."""
+    noise_types = sorted({row["noise_type"] for row in rows})
+    datasets = sorted({row["dataset"] for row in rows})
+    markers = dict(zip(datasets, "osD^vP*X"))
+    fig, axes = plt.subplots(1, len(noise_types), figsize=(4 * len(noise_types), 3.8), squeeze=False, sharey=True)
+    for ax, noise_type in zip(axes[0], noise_types):
+        for row in rows:
+            style = WORKFLOW_STYLES.get((row["recipe"], row["score"]))
+            if row["noise_type"] != noise_type or style is None or row.get("workflow_seconds") in (None, ""):
+                continue
+            ax.scatter(float(row["workflow_seconds"]), float(row["auroc"]), color=style[1],
+                       marker=markers[row["dataset"]], s=30)
+        ax.set_xscale("log")
+        ax.set_title(f"{noise_type} noise", fontsize=10)
+        ax.set_xlabel("seconds of the whole workflow")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("AUROC, flipped against clean labels")
+    handles = [plt.Line2D([], [], color=color, marker="o", linestyle="", label=label)
+               for label, color in WORKFLOW_STYLES.values()]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[d], linestyle="", label=d) for d in datasets]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig

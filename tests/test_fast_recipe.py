@@ -203,3 +203,23 @@ def test_the_benchmark_help_names_the_recipe(capsys):
     with pytest.raises(SystemExit):
         mislabel_detection_benchmark.parse_args(["--help"])
     assert "--recipe {paper,fast}" in capsys.readouterr().out
+
+
+def test_the_seconds_figure_puts_each_workflow_at_its_seconds_and_auroc():
+    """One panel per noise type; each (recipe, score) of WORKFLOW_STYLES is a point at (seconds, AUROC); a single
+    score's row and a row without seconds are not drawn."""
+    from hardness.score_figures import plot_auroc_against_seconds
+    rows = [{"dataset": "MNIST", "noise_type": "pairs", "recipe": "fast", "score": "consensus", "auroc": "0.9",
+             "workflow_seconds": "12.5"},
+            {"dataset": "MNIST", "noise_type": "pairs", "recipe": "sklearn", "score": "cleanlab_mlp", "auroc": "0.8",
+             "workflow_seconds": "20"},
+            {"dataset": "MNIST", "noise_type": "pairs", "recipe": "fast", "score": "aum", "auroc": "0.7",
+             "workflow_seconds": "12.5"},
+            {"dataset": "digits", "noise_type": "uniform", "recipe": "paper", "score": "consensus", "auroc": "0.95",
+             "workflow_seconds": ""}]
+    figure = plot_auroc_against_seconds(rows)
+    pairs, uniform = figure.axes[:2]
+    points = sorted(tuple(offset) for collection in pairs.collections for offset in collection.get_offsets())
+    assert points == [(12.5, 0.9), (20.0, 0.8)]
+    assert [c for c in uniform.collections if len(c.get_offsets())] == []
+    assert pairs.get_title() == "pairs noise" and uniform.get_title() == "uniform noise"

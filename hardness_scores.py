@@ -1,7 +1,7 @@
 """Every hardness score from the same training runs: stragglers, confidence, energy, VoG, AUM, forgetting
 events, EL2N, GraNd, data maps, loss, and cleanlab's confident learning as an external baseline.
 
-`--runs` SimpleNNs (full batch, SGD lr 0.1, as Section 3) are trained at once on the subset with
+With --recipe paper (the default for the built-in datasets), `--runs` SimpleNNs (full batch, SGD lr 0.1, as Section 3) are trained at once on the subset with
 int(noise_ratio * N) labels flipped (seeded, as Sections 4-5 flip them). Observers of that one run find the
 stragglers at each class's inversion point, record the training dynamics after every epoch (running sums:
 AUM, forgetting, data maps; EL2N, GraNd and loss after the step of --score_epoch; margin, loss, largest logit
@@ -19,8 +19,13 @@ class's hardest samples by every family of scores, the data map and the per-clas
 <figures_dir>/scores/: the data map, the Spearman correlation matrix of all scores, and each class's share of
 each score's top k. --replot draws them, the ranking and the report again from the saved file.
 
-Your own data (folder:PATH, npz:PATH, csv:PATH; docs/your_data.md) is scored with the labels as given
-(--noise_ratio defaults to 0 for it).
+--recipe fast (the default when every dataset is your own: folder:PATH, npz:PATH, csv:PATH) trains --runs
+minibatch MLPs (or --network CNN) at once, with random 2-pixel shifts of images of at least 16 pixels a side,
+until the run-averaged margins' rank correlation between two epochs reaches 0.99 (--stopping) or for at most
+--epochs (12) epochs; the trajectory scores run up to that epoch, EL2N, GraNd, loss, confidence and energy are
+taken at it, VoG is not computed, and the consensus is the mean rank of AUM, data-map confidence and EL2N. Its
+files end in _fast (docs/scores.md, "The fast recipe"). Your own data is scored with the labels as given
+(--noise_ratio defaults to 0 for it; docs/your_data.md).
 """
 import argparse
 from pathlib import Path

@@ -35,7 +35,7 @@ from hardness.seeds import Stage, stage_seed  # noqa: E402
 from hardness.setting import noisy_subset  # noqa: E402
 from hardness.stopping import INVERSION_FIRST_CHECK, loss_plateau_epoch, rank_stability_epoch  # noqa: E402
 
-CANDIDATES = {"MLP": ("MLP", False), "MLP+shifts": ("MLP", True), "CNN": ("CNN", False)}
+CANDIDATES = {"MLP": ("MLP", "off"), "MLP+shifts": ("MLP", "on"), "CNN": ("CNN", "off")}
 RULES = {**{f"loss_plateau {t:g}": ("loss_plateau", t) for t in (0.02, 0.05, 0.1, 0.2)},
          **{f"rank_stability {t:g}": ("rank_stability", t) for t in (0.95, 0.98, 0.99)},
          "inversion": ("inversion", None), **{f"epoch {e}": ("fixed", e) for e in (3, 5, 8, 12)}}

@@ -12,7 +12,7 @@ from torch import Tensor
 from hardness.cli import UserInputError, add_common_arguments, non_negative_int, positive_int
 from hardness.data import Dataset, load_dataset_from_args
 from hardness.identifiers import VOG_CHECKPOINTS
-from hardness.fast_recipe import FAST_NETWORKS, FastRecipe, score_fast_run
+from hardness.fast_recipe import AUGMENT_CHOICES, FAST_NETWORKS, FastRecipe, score_fast_run
 from hardness.noise import NOISE_TYPES, check_noise_type, flip_labels
 from hardness.noise_reference import reference_probabilities
 from hardness.ranking import consensus_members
@@ -65,11 +65,12 @@ def add_scoring_arguments(parser: argparse.ArgumentParser, runs: int) -> None:
     parser.add_argument("--stopping", choices=STOPPING_RULES, default=None,
                         help="fast only: the rule that ends training without clean labels: inversion (every class's "
                              "manifold has inverted), loss_plateau (the mean loss fell by less than 5%% in an epoch) or "
-                             "rank_stability (the margins' rank correlation with the epoch before reached 0.98) or none "
+                             "rank_stability (the margins' rank correlation with the epoch before reached 0.99) or none "
                              "(train to the --epochs cap) "
                              f"(default {fast.stopping})")
-    parser.add_argument("--augment", action="store_true",
-                        help="fast only, images: train on random shifts of up to 2 pixels (off by default)")
+    parser.add_argument("--augment", choices=AUGMENT_CHOICES, default=None,
+                        help="fast only: train on random shifts of up to 2 pixels: auto (images whose sides are at "
+                             "least 16 pixels; not 8x8 digits, not tables), on (every image) or off (default auto)")
     parser.add_argument("--noise_type", choices=NOISE_TYPES, default="uniform",
                         help="how flipped labels are chosen: uniform (another class, drawn uniformly), pairs (every "
                              "class into its one confusable class, the class whose mean input is nearest), asymmetric "
@@ -100,6 +101,7 @@ def check_scoring_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         args.batch_size = args.batch_size or fast.batch_size
         args.cleanlab_folds = fast.cleanlab_folds if args.cleanlab_folds is None else args.cleanlab_folds
         args.stopping = args.stopping or fast.stopping
+        args.augment = args.augment or fast.augment
     else:
         for name, value in PAPER_DEFAULTS.items():
             if getattr(args, name) is None:

@@ -22,7 +22,7 @@ from hardness.identifiers import StragglerTracker
 
 STOPPING_RULES = ("inversion", "loss_plateau", "rank_stability", "none")
 LOSS_PLATEAU_TOLERANCE = 0.05
-RANK_STABILITY_THRESHOLD = 0.98
+RANK_STABILITY_THRESHOLD = 0.99
 INVERSION_FIRST_CHECK = 1               # 0-based: the radius after the second epoch is compared with the first's
 
 

@@ -47,10 +47,11 @@ def blobs(n: int = 90, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return (data - data.mean()) / data.std(), torch.from_numpy(labels).long()
 
 
-@pytest.mark.parametrize("network", ["MLP", "CNN"])
-def test_the_batched_recipe_equals_one_network_at_a_time(network):
+@pytest.mark.parametrize("network, augment", [("MLP", "off"), ("CNN", "off"), ("MLP", "on")])
+def test_the_batched_recipe_equals_one_network_at_a_time(network, augment):
+    """Each run's initialisation, minibatch order and shifts come from its own seed, batched or alone."""
     data, labels = blobs()
-    recipe = FastRecipe(network=network, epoch_cap=3, batch_size=16, stopping="none")
+    recipe = FastRecipe(network=network, epoch_cap=3, batch_size=16, stopping="none", augment=augment)
     together = score_fast_run(recipe, [11, 12, 13], data, labels, 3, progress=False)
     for run, seed in enumerate([11, 12, 13]):
         alone = score_fast_run(recipe, [seed], data, labels, 3, progress=False)
@@ -59,6 +60,11 @@ def test_the_batched_recipe_equals_one_network_at_a_time(network):
             np.testing.assert_allclose(together.scores[name][run], alone.scores[name][0], rtol=1e-4, atol=1e-5,
                                        err_msg=name)
     assert together.trajectory_epochs == [0, 1, 2] and together.recipe["stopping_epoch"] == 3
+    assert together.recipe["shifted"] is (augment == "on")
+    if augment == "on":                                                       # the shifts changed the training
+        plain = score_fast_run(FastRecipe(epoch_cap=3, batch_size=16, stopping="none", augment="off"), [11], data,
+                               labels, 3, progress=False)
+        assert not np.allclose(plain.scores["aum"][0], together.scores["aum"][0], atol=1e-3)
 
 
 def test_a_seeded_fast_run_is_reproducible_and_stops_at_its_rule():
@@ -85,10 +91,18 @@ def test_fold_rows_leave_out_each_networks_fold():
 def test_random_shifts_move_whole_images_by_at_most_two_pixels():
     image = torch.zeros(1, 1, 1, 9, 9)
     image[..., 4, 4] = 1.0                                          # one bright pixel in the centre
-    shifted = random_shifts(torch.Generator().manual_seed(0))(image.expand(2, 8, 1, 9, 9).contiguous())
+    shifted = random_shifts([torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])(
+        image.expand(2, 8, 1, 9, 9).contiguous())
     positions = {tuple(int(v) for v in (picture[0] == 1).nonzero()[0]) for picture in shifted.flatten(0, 1)}
     assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions) and len(positions) > 1
     assert torch.equal(shifted.flatten(0, 1).sum((1, 2, 3)), torch.ones(16))
+
+
+@pytest.mark.parametrize("augment, shape, expected", [
+    ("auto", (1, 28, 28), True), ("auto", (1, 8, 8), False), ("auto", (3, 16, 15), False), ("auto", (64,), False),
+    ("on", (1, 8, 8), True), ("on", (64,), False), ("off", (1, 28, 28), False)])
+def test_auto_augmentation_shifts_only_images_of_sixteen_pixels_a_side(augment, shape, expected):
+    assert FastRecipe(augment=augment).shifts_images(shape) is expected
 
 
 def test_cleanlab_folds_of_the_fast_recipe_score_out_of_fold():
@@ -96,7 +110,7 @@ def test_cleanlab_folds_of_the_fast_recipe_score_out_of_fold():
     recipe = FastRecipe(epoch_cap=2, batch_size=16, stopping="none", cleanlab_folds=3)
     run = score_fast_run(recipe, [1, 2], data, labels, 3, progress=False)
     assert run.scores["cleanlab"].shape == (2, 90) and run.scores["cleanlab_flagged"].dtype == bool
-    assert list(run.scores["consensus_members"]) == ["aum", "data_map", "loss"]
+    assert list(run.scores["consensus_members"]) == ["aum", "data_map", "el2n", "cleanlab"]
     assert "cleanlab" in run.seconds
 
 
@@ -137,7 +151,7 @@ def test_a_users_source_is_scored_by_the_fast_recipe_by_default(fast_folder):
     scores = fast_folder / "Results/scores"
     settings = json.loads((scores / "blobs_150_0.1_fast.json").read_text())
     recipe = settings["recipe"]
-    assert recipe["recipe"] == "fast" and recipe["network"] == "MLP" and recipe["consensus"] == ["aum", "data_map", "loss"]
+    assert recipe["recipe"] == "fast" and recipe["network"] == "MLP" and recipe["consensus"] == ["aum", "data_map", "el2n"]
     assert 1 <= recipe["stopping_epoch"] <= recipe["epoch_cap"]
     with np.load(scores / "blobs_150_0.1_fast.npz") as saved:
         assert saved["aum"].shape == (2, 150) and "vog" not in saved.files

@@ -20,12 +20,13 @@ from torch.func import functional_call, grad, vmap
 from hardness.device import seconds_on_device
 from hardness.engine import TrainingState
 from hardness.minibatch import StackedNetworks
-from neural_networks import BatchedSimpleNN
+from neural_networks import BatchedSimpleNN, MemorisationNet
 
 RANKINGS = {"aum": ("aum", -1), "forgetting": ("forgetting", 1), "el2n": ("el2n", 1), "grand": ("grand", 1),
             "data_map": ("data_map_confidence", -1), "loss": ("loss", 1)}
 EASY, AMBIGUOUS, HARD_TO_LEARN = 0, 1, 2     # data-map regions
 GRADIENT_CHUNK_FLOATS = 2 ** 26             # per-sample gradient floats held at once by GraNd (256 MiB)
+MLP_GRADIENT_CHUNK = 2048                   # samples at a time for the MLP's layer-wise GraNd
 
 
 # ----------------------------------------------------------------------------- validation
@@ -151,7 +152,7 @@ def per_sample_gradient_norms(model: nn.Module, data: Tensor, labels: Tensor, ch
     """GraNd: the L2 norm of each sample's cross-entropy gradient with respect to all parameters, with
     torch.func (vmap of grad), a chunk of samples at a time. [runs, N] for a BatchedSimpleNN or StackedNetworks
     (every run at once), [N] for any other module whose forward returns logits (or (logits, ...)); take it in
-    eval mode."""
+    eval mode. An MLP (mlp_layers) takes the exact layer-wise form instead, without per-sample gradients."""
     check_labels(labels, len(data))
     stacked = isinstance(model, (BatchedSimpleNN, StackedNetworks))
     if stacked:
@@ -161,6 +162,11 @@ def per_sample_gradient_norms(model: nn.Module, data: Tensor, labels: Tensor, ch
         template, params = model, {name: p.detach()[None] for name, p in model.named_parameters()}
     runs = next(iter(params.values())).shape[0]
     per_network = sum(p[0].numel() for p in params.values())
+    layers = mlp_layers(template)
+    if layers is not None:
+        norms = torch.cat([mlp_gradient_norms(params, layers, x, y) for x, y in
+                           zip(data.split(MLP_GRADIENT_CHUNK), labels.split(MLP_GRADIENT_CHUNK))], 1)
+        return norms if stacked else norms[0]
 
     def sample_loss(network_params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         output = functional_call(template, network_params, (x[None],))
@@ -175,6 +181,49 @@ def per_sample_gradient_norms(model: nn.Module, data: Tensor, labels: Tensor, ch
         norms.append(sum(g.flatten(2).square().sum(-1) for g in gradients.values()).sqrt())  # [runs, n]
     norms = torch.cat(norms, 1)
     return norms if stacked else norms[0]
+
+
+def mlp_layers(template: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The leaf modules of an MLP in the order they run (Flatten, Linear and ReLU only, ending in a Linear: a
+    MemorisationNet of such blocks, or an nn.Sequential of them), else None."""
+    if not isinstance(template, (MemorisationNet, nn.Sequential)):
+        return None
+    leaves = [(name, module) for name, module in template.named_modules() if not list(module.children())]
+    if not leaves or not all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU)) for _, m in leaves) \
+            or not isinstance(leaves[-1][1], nn.Linear):
+        return None
+    return leaves
+
+
+def mlp_gradient_norms(params: dict[str, Tensor], layers: list[tuple[str, nn.Module]], x: Tensor,
+                       labels: Tensor) -> Tensor:
+    """[runs, n] GraNd of stacked MLPs, exactly: a linear layer's per-sample weight gradient is the outer product
+    of the gradient at its output (delta [n, out]) and its input (a [n, in]), so its squared norm is
+    |delta|^2 |a|^2, plus |delta|^2 for the bias. One forward and one backward pass for all samples and runs."""
+    activation = x.flatten(1)[None]                                                         # [1, n, D]
+    inputs, outputs = [], []
+    with torch.enable_grad():
+        for name, module in layers:
+            if isinstance(module, nn.Linear):
+                weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")      # [R, out, in], [R, out]
+                inputs.append(activation)
+                activation = torch.einsum("rni,roi->rno", activation.expand(len(weight), -1, -1), weight)
+                if bias is not None:
+                    activation = activation + bias[:, None]
+                if not outputs:
+                    activation.requires_grad_()
+                outputs.append(activation)                                                  # [R, n, out]
+            elif isinstance(module, nn.ReLU):
+                activation = activation.relu()
+        runs = activation.shape[0]
+        loss = F.cross_entropy(activation.flatten(0, 1), labels.repeat(runs), reduction="sum")
+        deltas = torch.autograd.grad(loss, outputs)
+    squared = torch.zeros(runs, len(labels), device=x.device)
+    for (name, _), layer_input, delta in zip([layer for layer in layers if isinstance(layer[1], nn.Linear)], inputs,
+                                             deltas):
+        has_bias = f"{name}.bias" in params
+        squared += delta.square().sum(-1) * (layer_input.square().sum(-1) + has_bias)
+    return squared.sqrt()
 
 
 # ----------------------------------------------------------------------------- the observer

@@ -133,6 +133,25 @@ def test_grand_chunks_equal_a_per_sample_loop():
     torch.testing.assert_close(single, norms[1], rtol=1e-5, atol=1e-6)
 
 
+def test_the_mlps_layerwise_grand_equals_per_sample_backward_passes():
+    """Stacked MLPs (memorisation_mlp) take the exact layer-wise GraNd: equal to one backward pass per sample."""
+    from hardness.minibatch import StackedNetworks
+    from neural_networks import memorisation_mlp
+    generator = torch.Generator().manual_seed(1)
+    data, labels = torch.randn(9, 1, 3, 3, generator=generator), torch.randint(0, 4, (9,), generator=generator)
+    models = []
+    for seed in (5, 6):
+        torch.manual_seed(seed)
+        models.append(memorisation_mlp((1, 3, 3), 4, width=7))
+    norms = per_sample_gradient_norms(StackedNetworks(models), data, labels)                  # [2, 9]
+    for run, network in enumerate(models):
+        for i in range(len(data)):
+            network.zero_grad()
+            F.cross_entropy(network(data[i:i + 1])[0], labels[i:i + 1]).backward()
+            expected = torch.cat([p.grad.flatten() for p in network.parameters()]).norm()
+            torch.testing.assert_close(norms[run, i], expected, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- batched run against one network at a time
 
 def blobs(per_class: int = 20, flipped_per_class: int = 4) -> tuple[Tensor, Tensor, np.ndarray]:

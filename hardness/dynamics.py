@@ -218,6 +218,7 @@ def mlp_gradient_norms(params: dict[str, Tensor], layers: list[tuple[str, nn.Mod
         runs = activation.shape[0]
         loss = F.cross_entropy(activation.flatten(0, 1), labels.repeat(runs), reduction="sum")
         deltas = torch.autograd.grad(loss, outputs)
+    inputs = [layer_input.detach() for layer_input in inputs]
     squared = torch.zeros(runs, len(labels), device=x.device)
     for (name, _), layer_input, delta in zip([layer for layer in layers if isinstance(layer[1], nn.Linear)], inputs,
                                              deltas):

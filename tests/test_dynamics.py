@@ -144,6 +144,7 @@ def test_the_mlps_layerwise_grand_equals_per_sample_backward_passes():
         torch.manual_seed(seed)
         models.append(memorisation_mlp((1, 3, 3), 4, width=7))
     norms = per_sample_gradient_norms(StackedNetworks(models), data, labels)                  # [2, 9]
+    assert norms.shape == (2, 9) and not norms.requires_grad
     for run, network in enumerate(models):
         for i in range(len(data)):
             network.zero_grad()

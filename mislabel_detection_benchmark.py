@@ -35,7 +35,7 @@ from hardness.setting import ScoredSetting, setting_name
 from utils import (UserInputError, add_dataset_arguments, add_scoring_arguments, benchmark_rows,
                    canonical_dataset_name, check_scoring_arguments, combine_rows, detection_scores, markdown_table, plot_trajectory_auroc,
                    positive_int, resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
-                   scores_path, trajectory_auroc, unit_interval, write_atomically)
+                   scores_path, summary_table, trajectory_auroc, unit_interval, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,10 +140,14 @@ def merge_sweep(args: argparse.Namespace) -> None:
     write_atomically(stem.with_suffix(".csv"), csv_bytes(combined))
     write_atomically(stem.with_suffix(".md"), (f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n\n"
                                                + markdown_table(combined)).encode())
+    summary = summary_table(combined)
+    write_atomically(stem.with_name(stem.name + "_summary.md"), summary.encode())
     print(markdown_table(combined))
+    print(summary)
     figure = save_figure(plot_auroc_against_seconds(combined),
                          scores_path(args.figures_dir, "benchmark_seconds_figure", suffix="_sweep"))
-    print(f"merged {len(tables)} tables into {stem}.csv and .md; figure {figure[0]}")
+    print(f"merged {len(tables)} tables into {stem}.csv and .md, the summary into {stem.name}_summary.md; "
+          f"figure {figure[0]}")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -35,7 +35,7 @@ from hardness.engine import (RadiiRecorder, input_channels, simple_nn_size, trai
 from hardness.identifiers import (INVERSION_INTERVAL, INVERSION_START, STRATEGIES, StragglerTracker, class_counts,
                                   identify_hard_samples)
 from hardness.mislabel import (benchmark_rows, combine_rows, detection_scores, markdown_table, rank_correlations,
-                               trajectory_auroc)
+                               summary_table, trajectory_auroc)
 from hardness.score_figures import plot_correlations, plot_data_map, plot_top_k_classes, plot_trajectory_auroc
 from hardness.scoring import RANKINGS, SETS, hardness_ranking
 from hardness.setting import (add_scoring_arguments, check_scoring_arguments, load_setting_arrays, load_settings,
@@ -67,6 +67,7 @@ __all__ = [
     "METRICS", "confusion_matrices", "train_and_evaluate",
     "RANKINGS", "SETS", "add_scoring_arguments", "benchmark_rows", "check_scoring_arguments", "combine_rows", "detection_scores",
     "hardness_ranking", "load_setting_arrays", "load_settings", "markdown_table", "plot_correlations", "plot_data_map",
+    "summary_table",
     "plot_top_k_classes", "plot_trajectory_auroc", "rank_correlations", "save_setting", "score_setting",
     "trajectory_auroc",
     "mean_inversion_epochs",

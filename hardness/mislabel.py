@@ -145,3 +145,37 @@ def markdown_table(rows: list[dict]) -> str:
                                f"recipe's: {', '.join(CONSENSUS)}, each where computed; the fast recipe's: those its "
                                "settings JSON names); the seconds of its members together. Workflow seconds: the "
                                "training and the score (a cleanlab workflow: its whole cross-validation).\n")
+
+
+WORKFLOWS_SUMMARISED = (("fast", CONSENSUS_ROW), ("paper", CONSENSUS_ROW), ("sklearn", "cleanlab_mlp"),
+                        ("sklearn", "cleanlab_logreg"))
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Merged rows (combine_rows) as one line per setting (dataset, noise type, ratio): the AUROC (mean ± std over
+    the seeds), AP and whole-workflow seconds of both recipes' consensus and the two cleanlab workflows, and the
+    best single score of each recipe by mean AUROC."""
+    settings = sorted({(row["dataset"], row["noise_type"], float(row["noise_ratio"])) for row in rows})
+    header = ["dataset", "noise", "seeds"] + [f"{recipe} {score}" for recipe, score in WORKFLOWS_SUMMARISED] + [
+        "best single (fast)", "best single (paper)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for dataset, noise_type, ratio in settings:
+        here = [row for row in rows if (row["dataset"], row["noise_type"], float(row["noise_ratio"]))
+                == (dataset, noise_type, ratio) and row.get("auroc") not in (None, "")]
+        cells = []
+        for recipe, score in WORKFLOWS_SUMMARISED:
+            found = [row for row in here if row["recipe"] == recipe and row["score"] == score]
+            cells.append(_summary_cell(found[0]) if found else "–")
+        for recipe in ("fast", "paper"):
+            singles = [row for row in here if row["recipe"] == recipe and row["score"] != CONSENSUS_ROW]
+            best = max(singles, key=lambda row: float(row["auroc"])) if singles else None
+            cells.append(f"{best['score']}: {_summary_cell(best)}" if best else "–")
+        seeds = max(int(row.get("benchmark_runs", 1)) for row in here) if here else 0
+        lines.append(f"| {dataset} | {ratio:g} {noise_type} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n\nEach cell: AUROC ± its std over the seeds, AP, and the whole workflow's seconds "
+                               "(training and every score it needs; a cleanlab workflow: its cross-validation).\n")
+
+
+def _summary_cell(row: dict) -> str:
+    return (f"{float(row['auroc']):.3f} ± {float(row['auroc_std_over_runs']):.3f}, AP {float(row['ap']):.3f}, "
+            f"{float(row['workflow_seconds']):.0f} s")

@@ -237,3 +237,20 @@ def test_the_seconds_figure_puts_each_workflow_at_its_seconds_and_auroc():
     assert points == [(12.5, 0.9), (20.0, 0.8)]
     assert [c for c in uniform.collections if len(c.get_offsets())] == []
     assert pairs.get_title() == "pairs noise" and uniform.get_title() == "uniform noise"
+
+
+def test_the_summary_puts_each_workflow_and_each_recipes_best_single_score_on_one_line():
+    from hardness.mislabel import summary_table
+    def row(recipe, score, auroc, seconds):
+        return {"dataset": "MNIST", "noise_type": "pairs", "noise_ratio": 0.1, "recipe": recipe, "score": score,
+                "auroc": auroc, "auroc_std_over_runs": 0.01, "ap": 0.5, "workflow_seconds": seconds,
+                "benchmark_runs": 3}
+    rows = [row("fast", "consensus", 0.95, 20), row("fast", "aum", 0.96, 20), row("fast", "el2n", 0.90, 20),
+            row("paper", "consensus", 0.94, 90), row("paper", "cleanlab", 0.93, 80),
+            row("sklearn", "cleanlab_mlp", 0.91, 15),
+            {"dataset": "MNIST", "noise_type": "pairs", "noise_ratio": 0.1, "recipe": "fast", "score": "stragglers",
+             "auroc": "", "f1": 0.5, "workflow_seconds": 20, "benchmark_runs": 3}]
+    line = summary_table(rows).splitlines()[2]
+    assert line == ("| MNIST | 0.1 pairs | 3 | 0.950 ± 0.010, AP 0.500, 20 s | 0.940 ± 0.010, AP 0.500, 90 s | "
+                    "0.910 ± 0.010, AP 0.500, 15 s | – | aum: 0.960 ± 0.010, AP 0.500, 20 s | "
+                    "cleanlab: 0.930 ± 0.010, AP 0.500, 80 s |")

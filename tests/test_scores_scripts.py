@@ -173,6 +173,7 @@ def test_a_sweep_of_benchmarks_merges_into_one_table(workdir, tmp_path):
     mislabel_detection_benchmark.main(mislabel_detection_benchmark.parse_args(
         ["--sweep", str(tmp_path / "sweep"), "--results_dir", str(tmp_path), "--figures_dir", str(tmp_path / "F")]))
     assert (tmp_path / "F/scores/benchmark_auroc_against_seconds_sweep.png").stat().st_size > 0
+    assert "| MNIST | 0.1 uniform | 2 |" in (tmp_path / "scores/benchmark_sweep_summary.md").read_text()
     with open(tmp_path / "scores/benchmark_sweep.csv") as handle:
         merged = {(row["dataset"], row["score"]): row for row in csv.DictReader(handle)}
     original = {(row["dataset"], row["score"]): row for row in rows}

@@ -23,7 +23,8 @@ each score's top k. --replot draws them, the ranking and the report again from t
 minibatch MLPs (or --network CNN) at once, with random 2-pixel shifts of images of at least 16 pixels a side,
 until the run-averaged margins' rank correlation between two epochs reaches 0.99 (--stopping) or for at most
 --epochs (12) epochs; the trajectory scores run up to that epoch, EL2N, GraNd, loss, confidence and energy are
-taken at it, VoG is not computed, and the consensus is the mean rank of AUM, data-map confidence and EL2N. Its
+taken at it, VoG is not computed, and the consensus is EL2N at the stopping epoch (with cleanlab where
+--cleanlab_folds runs folds). Its
 files end in _fast (docs/scores.md, "The fast recipe"). Your own data is scored with the labels as given
 (--noise_ratio defaults to 0 for it; docs/your_data.md).
 """

@@ -40,7 +40,7 @@ RULES = {**{f"loss_plateau {t:g}": ("loss_plateau", t) for t in (0.02, 0.05, 0.1
          **{f"rank_stability {t:g}": ("rank_stability", t) for t in (0.95, 0.98, 0.99)},
          "inversion": ("inversion", None), **{f"epoch {e}": ("fixed", e) for e in (3, 5, 8, 12)}}
 CONSENSUS = {"aum+data_map+loss": ("aum", "data_map", "loss"), "aum+data_map": ("aum", "data_map"),
-             "aum+data_map+el2n": ("aum", "data_map", "el2n"), "aum": ("aum",), "loss": ("loss",)}
+             "aum+data_map+el2n": ("aum", "data_map", "el2n"), "aum": ("aum",), "loss": ("loss",), "el2n": ("el2n",)}
 
 
 def parse_args() -> argparse.Namespace:

@@ -48,7 +48,7 @@ class FastRecipe:
     stopping: str = "rank_stability"
     augment: str = "auto"
     cleanlab_folds: int = 0
-    consensus: tuple[str, ...] = ("aum", "data_map", "el2n", "cleanlab")
+    consensus: tuple[str, ...] = ("el2n", "cleanlab")
 
     def shifts_images(self, sample_shape: tuple[int, ...]) -> bool:
         """Whether training sees random shifts: "on" for images, "auto" for images of sides >= 16 pixels (a 2-pixel

@@ -110,7 +110,7 @@ def test_cleanlab_folds_of_the_fast_recipe_score_out_of_fold():
     recipe = FastRecipe(epoch_cap=2, batch_size=16, stopping="none", cleanlab_folds=3)
     run = score_fast_run(recipe, [1, 2], data, labels, 3, progress=False)
     assert run.scores["cleanlab"].shape == (2, 90) and run.scores["cleanlab_flagged"].dtype == bool
-    assert list(run.scores["consensus_members"]) == ["aum", "data_map", "el2n", "cleanlab"]
+    assert list(run.scores["consensus_members"]) == ["el2n", "cleanlab"]
     assert "cleanlab" in run.seconds
 
 
@@ -151,7 +151,7 @@ def test_a_users_source_is_scored_by_the_fast_recipe_by_default(fast_folder):
     scores = fast_folder / "Results/scores"
     settings = json.loads((scores / "blobs_150_0.1_fast.json").read_text())
     recipe = settings["recipe"]
-    assert recipe["recipe"] == "fast" and recipe["network"] == "MLP" and recipe["consensus"] == ["aum", "data_map", "el2n"]
+    assert recipe["recipe"] == "fast" and recipe["network"] == "MLP" and recipe["consensus"] == ["el2n"]
     assert 1 <= recipe["stopping_epoch"] <= recipe["epoch_cap"]
     with np.load(scores / "blobs_150_0.1_fast.npz") as saved:
         assert saved["aum"].shape == (2, 150) and "vog" not in saved.files

@@ -1,5 +1,6 @@
 """Figures of the scores: the data map, the rank-correlation matrix, each class's share of each score's top k,
 and the benchmark's AUROC of per-epoch scores against the epoch."""
+from collections import Counter
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -105,7 +106,10 @@ WORKFLOW_STYLES = {("fast", "consensus"): ("fast recipe", "tab:red"), ("paper", 
 
 def plot_auroc_against_seconds(rows: Sequence[dict]) -> plt.Figure:
     """Merged benchmark rows (combine_rows) as the AUROC of each workflow (both recipes' consensus, the two cleanlab
-    workflows) against its whole workflow's seconds, log scale, one panel per noise type, a marker per dataset."""
+    workflows) against its whole workflow's seconds, log scale, one panel per noise type, a marker per dataset;
+    at the noise ratio most rows have (a sweep's main ratio), which the title names."""
+    ratio = Counter(float(row["noise_ratio"]) for row in rows).most_common(1)[0][0]
+    rows = [row for row in rows if float(row["noise_ratio"]) == ratio]
     noise_types = sorted({row["noise_type"] for row in rows})
     datasets = sorted({row["dataset"] for row in rows})
     markers = dict(zip(datasets, "osD^vP*X"))
@@ -126,5 +130,6 @@ def plot_auroc_against_seconds(rows: Sequence[dict]) -> plt.Figure:
                for label, color in WORKFLOW_STYLES.values()]
     handles += [plt.Line2D([], [], color="grey", marker=markers[d], linestyle="", label=d) for d in datasets]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"{ratio:g} of the labels flipped: each workflow's AUROC against its seconds", fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig

@@ -221,7 +221,7 @@ def test_the_benchmark_help_names_the_recipe(capsys):
 
 def test_the_seconds_figure_puts_each_workflow_at_its_seconds_and_auroc():
     """One panel per noise type; each (recipe, score) of WORKFLOW_STYLES is a point at (seconds, AUROC); a single
-    score's row and a row without seconds are not drawn."""
+    score's row, a row without seconds and a row of another ratio than the most common are not drawn."""
     from hardness.score_figures import plot_auroc_against_seconds
     rows = [{"dataset": "MNIST", "noise_type": "pairs", "recipe": "fast", "score": "consensus", "auroc": "0.9",
              "workflow_seconds": "12.5"},
@@ -230,13 +230,17 @@ def test_the_seconds_figure_puts_each_workflow_at_its_seconds_and_auroc():
             {"dataset": "MNIST", "noise_type": "pairs", "recipe": "fast", "score": "aum", "auroc": "0.7",
              "workflow_seconds": "12.5"},
             {"dataset": "digits", "noise_type": "uniform", "recipe": "paper", "score": "consensus", "auroc": "0.95",
-             "workflow_seconds": ""}]
+             "workflow_seconds": ""},
+            {"dataset": "MNIST", "noise_type": "pairs", "recipe": "paper", "score": "consensus", "auroc": "0.85",
+             "workflow_seconds": "40", "noise_ratio": "0.2"}]
+    rows = [{"noise_ratio": "0.1", **row} for row in rows]
     figure = plot_auroc_against_seconds(rows)
     pairs, uniform = figure.axes[:2]
     points = sorted(tuple(offset) for collection in pairs.collections for offset in collection.get_offsets())
     assert points == [(12.5, 0.9), (20.0, 0.8)]
     assert [c for c in uniform.collections if len(c.get_offsets())] == []
     assert pairs.get_title() == "pairs noise" and uniform.get_title() == "uniform noise"
+    assert figure._suptitle.get_text().startswith("0.1 of the labels flipped")
 
 
 def test_the_summary_puts_each_workflow_and_each_recipes_best_single_score_on_one_line():

@@ -41,6 +41,7 @@ from hardness.report import render_report, write_report
 from hardness.score_figures import plot_class_counts
 from hardness.setting import saved_setting_path, setting_name
 from hardness.user_data import parse_source
+from hardness.verdicts import VERDICTS, assign_verdicts
 from utils import (RANKINGS, UserInputError, add_dataset_arguments, add_scoring_arguments, check_scoring_arguments,
                    dataset_label, detection_scores, hardness_ranking, load_dataset_from_args, load_setting_arrays,
                    load_settings, plot_correlations, plot_data_map, plot_top_k_classes, positive_int,
@@ -102,8 +103,9 @@ def write_answer(scores: dict[str, np.ndarray], dataset: Dataset, class_names: l
     """The ranking CSV and the report of the setting `name` (a table's rows shown as read, with their column
     names)."""
     labels, flipped = scores["labels"], scores["flipped"] if noise_ratio > 0 else None
+    verdicts = assign_verdicts(scores, labels, scores["predicted_labels"]) if "agreement" in scores else None
     ranking = build_ranking(scores, labels, scores["predicted_labels"], class_names, scores["sample_ids"].tolist(),
-                            flipped)
+                            flipped, verdicts)
     csv_path = scores_path(results_dir, "ranking", name)
     write_ranking(ranking, csv_path)
     shown = dataset.table_values if dataset.table_values is not None else dataset.data
@@ -112,7 +114,14 @@ def write_answer(scores: dict[str, np.ndarray], dataset: Dataset, class_names: l
                                                       class_names, title)}
     write_report(scores_path(results_dir, "report", name),
                  render_report(ranking, scores, shown, labels, class_names, title, settings, csv_path.name, figures, top,
-                               feature_names=dataset.feature_names))
+                               feature_names=dataset.feature_names, verdicts=verdicts))
+    if verdicts is None:
+        print("note: no verdicts: the paper recipe records none of the scores they need; --recipe fast gives them")
+    else:
+        counts = {name: int((verdicts.verdict == name).sum()) for name in VERDICTS}
+        print("verdicts: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+        for note in verdicts.notes:
+            print(f"note: {note}")
     return ranking
 
 

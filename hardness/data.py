@@ -202,10 +202,20 @@ def subset_indices(size: int, subset_size: int, seed: int) -> Tensor:
     return torch.from_numpy(np.random.RandomState(seed).permutation(size)[:subset_size]).long()
 
 
-def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: torch.device,
-                 check_memory: MemoryCheck | None = None) -> Dataset:
-    """Train and test splits concatenated, shuffled with `seed`, the first `subset_size` kept,
-    scaled to [0, 1], standardised per channel with the subset's statistics, and moved to `device`
+@dataclass
+class PixelSubset:
+    """The seeded subset of a built-in dataset before standardisation."""
+    name: str                 # torchvision's spelling
+    images: Tensor            # [N, C, H, W] uint8, on the CPU
+    labels: Tensor            # [N] int64
+    indices: Tensor           # [N] positions in train+test
+    class_names: list[str]
+    sample_ids: list[str]
+
+
+def load_pixels(name: str, root: Path, subset_size: int, seed: int,
+                check_memory: MemoryCheck | None = None) -> PixelSubset:
+    """Train and test splits concatenated, shuffled with `seed`, the first `subset_size` kept, as stored (uint8)
     (after `check_memory(samples, sample shape)`, if given, found that they fit)."""
     cls = dataset_class(name)
     splits = torchvision_splits(name, Path(root))
@@ -216,10 +226,26 @@ def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: tor
     if check_memory is not None:
         check_memory(len(labels), tuple(images.shape[1:]))
     indices = subset_indices(len(labels), subset_size, seed)
-    data, _, _ = standardise(images[indices].float() / 255)
     class_names = [str(c) for c in getattr(splits[0], "classes", [])] or [str(c) for c in range(int(labels.max()) + 1)]
-    return Dataset(cls.__name__, data.to(device), labels[indices].to(device), indices, class_names,
-                   split_sample_ids(indices, len(splits[0])))
+    return PixelSubset(cls.__name__, images[indices], labels[indices], indices, class_names,
+                       split_sample_ids(indices, len(splits[0])))
+
+
+def standardised_dataset(subset: PixelSubset, images: Tensor, labels: Tensor, device: torch.device) -> Dataset:
+    """The Dataset of `subset` holding `images` [N, C, H, W] in [0, 1] (its own or changed ones) standardised per
+    channel with their own statistics, and `labels`, on `device`."""
+    data, _, _ = standardise(images)
+    return Dataset(subset.name, data.to(device), labels.to(device), subset.indices, subset.class_names,
+                   subset.sample_ids)
+
+
+def load_dataset(name: str, root: Path, subset_size: int, seed: int, device: torch.device,
+                 check_memory: MemoryCheck | None = None) -> Dataset:
+    """Train and test splits concatenated, shuffled with `seed`, the first `subset_size` kept,
+    scaled to [0, 1], standardised per channel with the subset's statistics, and moved to `device`
+    (after `check_memory(samples, sample shape)`, if given, found that they fit)."""
+    subset = load_pixels(name, root, subset_size, seed, check_memory)
+    return standardised_dataset(subset, subset.images.float() / 255, subset.labels, device)
 
 
 def is_builtin_name(label: str) -> bool:

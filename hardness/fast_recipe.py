@@ -12,6 +12,7 @@ VoG (15 checkpoints over 500 full-batch steps in the paper recipe) is not comput
 `cleanlab_folds` > 0, scores the out-of-fold probabilities of runs x folds more networks of the same kind,
 trained to the same epoch.
 """
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,11 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.func import functional_call
 
+from hardness.characterisation import (RecentPredictions, agreement, aleatoric_from_data_map, augmentation_sensitivity,
+                                       data_iq_groups, latent_outlier_scores, nearest_copies, prototypicality)
+from hardness.cleanlab_workflows import workflow_features
 from hardness.device import seconds_on_device
 from hardness.dynamics import DynamicsRecorder, el2n, per_sample_gradient_norms, sample_losses
 from hardness.identifiers import SCORERS, StragglerTracker
 from hardness.minibatch import StackedNetworks, train_minibatch
+from hardness.prediction import predict
 from hardness.scoring import ScoredRun, TimedObserver, cleanlab_on_folds, fold_assignment, majority_labels
 from hardness.seeds import NetworkStage, child_seeds, stage_generator, stage_seed
 from hardness.stopping import INVERSION_FIRST_CHECK, StoppingRule, UntilStopped, stopping_epoch
@@ -130,9 +136,10 @@ def score_fast_run(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, label
     rule = StoppingRule(recipe.stopping, labels, tracker)
     dynamics = DynamicsRecorder(data, labels, num_classes, runs, range(recipe.epoch_cap), None,
                                 range(recipe.epoch_cap), grand=False)
+    recent = RecentPredictions()
     timed = {"stragglers": TimedObserver(tracker, device), "dynamics": TimedObserver(dynamics, device),
-             "stopping": TimedObserver(rule, device)}
-    watcher = UntilStopped(timed["stopping"], [timed["stragglers"], timed["dynamics"]])
+             "stopping": TimedObserver(rule, device), "characterisation": TimedObserver(recent, device)}
+    watcher = UntilStopped(timed["stopping"], [timed["stragglers"], timed["dynamics"], timed["characterisation"]])
     start = time.perf_counter()
     networks = train_fast(recipe, seeds, data, labels, num_classes, recipe.epoch_cap, [watcher], progress=progress,
                           description=f"fast recipe: {runs} {recipe.network}s")
@@ -161,6 +168,16 @@ def score_fast_run(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, label
     def grand() -> None:
         scores["grand"] = per_sample_gradient_norms(networks, data, labels)
     seconds["grand"] = seconds_on_device(device, grand)
+    latent: list[np.ndarray] = []
+
+    def characterise() -> None:
+        scores.update(characterisation_scores(networks, data, labels, num_classes, recent, scores, latent))
+    seconds["characterisation"] = timed["characterisation"].seconds + seconds_on_device(device, characterise)
+    start = time.perf_counter()
+    if len(data) > 1:
+        partner, distance = nearest_copies(workflow_features(data))
+        scores["nearest_copy"], scores["copy_distance"] = torch.from_numpy(partner)[None], torch.from_numpy(distance)[None]
+    seconds["duplicates"] = time.perf_counter() - start
 
     arrays = {name: value.cpu().numpy() for name, value in scores.items()}
     arrays = {name: value.astype(np.float32) if value.dtype == np.float64 else value for name, value in arrays.items()}
@@ -182,7 +199,37 @@ def score_fast_run(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, label
                      "those classes have no stragglers")
     return ScoredRun(arrays, seconds, list(range(stop + 1)), inversion, predicted[0].cpu().numpy(), notes,
                      {**recipe.settings(), "stopping_epoch": stop + 1, "rule_fired": rule.stopped_at is not None,
-                      "shifted": shifted})
+                      "shifted": shifted}, latent[0])
+
+
+def last_hidden_layer(networks: StackedNetworks, data: Tensor) -> Tensor:
+    """[runs, N, D] every sample's activations in the networks' last hidden layer, chunk by chunk."""
+    base = copy.deepcopy(networks.template)
+    base.latent = len(base.hidden)
+    call = lambda params, buffers, inputs: functional_call(base, (params, buffers), (inputs,))[1]   # noqa: E731
+    return predict(lambda x: torch.vmap(call, in_dims=(0, 0, None))(networks.params, networks.buffers, x), data,
+                   sample_dim=1)
+
+
+def characterisation_scores(networks: StackedNetworks, data: Tensor, labels: Tensor, num_classes: int,
+                            recent: RecentPredictions, scores: dict[str, Tensor],
+                            kept_latent: list[np.ndarray]) -> dict[str, Tensor]:
+    """The scores of hardness/characterisation.py at the stopping epoch: Data-IQ from the data map, prototypicality
+    and the latent outlier score in the last hidden layer, agreement over runs x the last recorded epochs and, for
+    images, the sensitivity to one- and two-pixel shifts. The first run's latent vectors are appended to
+    `kept_latent`."""
+    aleatoric = aleatoric_from_data_map(scores["data_map_confidence"], scores["data_map_variability"])
+    latent = last_hidden_layer(networks, data)                                              # [runs, N, D]
+    kept_latent.append(latent[0].cpu().numpy())
+    share, entropy = agreement(recent.stacked())
+    out = {"data_iq_aleatoric": aleatoric, "data_iq_group": data_iq_groups(scores["data_map_confidence"], aleatoric),
+           "prototypicality": prototypicality(latent, labels, num_classes), "agreement": share[None],
+           "prediction_entropy": entropy[None]}
+    if len(data) > 1:                                       # neighbours need another sample
+        out["latent_outlier"] = latent_outlier_scores(latent)
+    if data.dim() == 4:
+        out["augmentation_sensitivity"] = augmentation_sensitivity(lambda x: networks.forward(x)[0], data)
+    return out
 
 
 def fast_cleanlab(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,

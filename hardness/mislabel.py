@@ -69,7 +69,10 @@ def rank_correlations(scores: dict[str, np.ndarray], names: Sequence[str]) -> np
 CONSENSUS_ROW = "consensus"
 COST_KEYS = {"stragglers": "stragglers", "confidence": "confidence/energy", "energy": "confidence/energy",
              "vog": "vog", "grand": "grand", "cleanlab": "cleanlab", "cleanlab_flagged": "cleanlab",
-             "aum_flagged": "aum_flagged", **{name: SHARED_COST for name in ("aum", "forgetting", "el2n", "data_map", "loss")}}
+             "aum_flagged": "aum_flagged", "duplicate": "duplicates",
+             **{name: "characterisation" for name in ("prototypicality", "agreement", "prediction_entropy",
+                                                      "augmentation_sensitivity", "latent_outlier")},
+             **{name: SHARED_COST for name in ("aum", "forgetting", "el2n", "data_map", "loss", "data_iq")}}
 
 
 def benchmark_rows(setting: ScoredSetting, dataset_name: str, noise_ratio: float, network: str,

@@ -22,6 +22,7 @@ from scipy.stats import rankdata
 
 from hardness.results import write_atomically
 from hardness.scoring import RANKINGS, SETS, hardness_ranking
+from hardness.verdicts import Verdicts
 
 CONSENSUS = ("aum", "data_map", "cleanlab")      # members, each where its scores exist
 VERDICTS = {"cleanlab_flagged": "flagged_cleanlab", "aum_flagged": "flagged_aum"}   # set -> CSV column
@@ -84,11 +85,14 @@ class Ranking:
 
 
 def build_ranking(scores: dict[str, np.ndarray], labels: np.ndarray, predicted: np.ndarray,
-                  class_names: Sequence[str], sample_ids: Sequence[str], flipped: np.ndarray | None = None) -> Ranking:
+                  class_names: Sequence[str], sample_ids: Sequence[str], flipped: np.ndarray | None = None,
+                  verdicts: Verdicts | None = None) -> Ranking:
     """The ranking of every sample: sample_id, given_label and predicted_label (class names), consensus_rank
-    (1 = most suspicious) and consensus_mean_rank, `flipped` where labels were flipped on purpose, then every
-    score present (its run mean, its rank by the run-averaged hardness, ties sharing the best place), the share of
-    runs marking a straggler, and the majority verdicts of cleanlab and of AUM's threshold where they were run."""
+    (1 = most suspicious) and consensus_mean_rank, `flipped` where labels were flipped on purpose, the verdict,
+    duplicate_of (the sample_id of the other member of a duplicate pair, else empty) and outlier_rank (1 = most out of
+    distribution) where `verdicts` are given, then every score present (its run mean, its rank by the run-averaged
+    hardness, ties sharing the best place), the share of runs marking a straggler, and the majority verdicts of
+    cleanlab and of AUM's threshold where they were run."""
     members = consensus_members(scores)
     consensus = consensus_hardness(scores)
     order = suspicion_order(consensus)
@@ -100,6 +104,10 @@ def build_ranking(scores: dict[str, np.ndarray], labels: np.ndarray, predicted: 
                                 "consensus_mean_rank": (-consensus.mean(0)).round(2).tolist()}
     if flipped is not None:
         columns["flipped"] = flipped.astype(int).tolist()
+    if verdicts is not None:
+        columns["verdict"] = verdicts.verdict.tolist()
+        columns["duplicate_of"] = [sample_ids[j] if j >= 0 else "" for j in verdicts.duplicate_of.tolist()]
+        columns["outlier_rank"] = [rank if rank > 0 else "" for rank in verdicts.outlier_rank.tolist()]
     for name in available(scores, list(RANKINGS)):
         columns[name] = [float(f"{value:.6g}") for value in scores[RANKINGS[name][0]].astype(np.float64).mean(0)]
         columns[f"{name}_rank"] = rankdata(-hardness_ranking(scores, name).mean(0), method="min").astype(int).tolist()

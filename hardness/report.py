@@ -9,7 +9,7 @@ maximum (the data are standardised, so the original scale is gone); tables [N, D
 """
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from hardness.ranking import Ranking, available, consensus_members, rank_aggregate, suspicion_order
 from hardness.results import write_atomically
+from hardness.verdicts import VERDICTS, Verdicts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FAMILIES = {"training dynamics": ("aum", "forgetting", "data_map", "el2n", "loss"),
@@ -96,12 +97,37 @@ def family_orders(scores: dict[str, np.ndarray], labels: np.ndarray, num_classes
     return orders
 
 
+def verdict_sections(verdicts: Verdicts, ranking: Ranking, card: Callable[[int], dict], shown: int) -> list[dict]:
+    """One section per verdict other than ok: how many samples got it and the first `shown` of them in the ranking's
+    order (the most out of distribution first for that verdict), each card with the scores that decided it and, for
+    a duplicate, the card of the other member of its pair."""
+    sections = []
+    for name in VERDICTS[:-1]:
+        members = np.flatnonzero(verdicts.verdict == name)
+        if name == "out_of_distribution":
+            members = members[np.argsort(verdicts.outlier_rank[members], kind="stable")]
+        else:
+            position = np.empty(len(ranking.order), dtype=np.int64)
+            position[ranking.order] = np.arange(len(ranking.order))
+            members = members[np.argsort(position[members], kind="stable")]
+        cards = []
+        for i in members[:shown].tolist():
+            entry = {**card(i), "evidence": [(key, f"{value:.3g}") for key, value in verdicts.deciding[i].items()]}
+            partner = int(verdicts.duplicate_of[i])
+            entry["partner"] = card(partner) if partner >= 0 else None
+            cards.append(entry)
+        sections.append({"verdict": name, "title": name.replace("_", " "), "count": len(members), "cards": cards})
+    return sections
+
+
 def render_report(ranking: Ranking, scores: dict[str, np.ndarray], data: Tensor, labels: np.ndarray,
                   class_names: Sequence[str], title: str, settings: dict, csv_name: str,
                   figures: dict[str, plt.Figure], top: int = 60, per_class: int = 6,
-                  feature_names: Sequence[str] | None = None) -> str:
-    """The page as HTML text: the `top` most suspicious samples, each class's `per_class` hardest by every family,
-    the figures (title -> figure, closed here), the settings and a relative link to `csv_name`."""
+                  feature_names: Sequence[str] | None = None, verdicts: Verdicts | None = None,
+                  per_verdict: int = 24) -> str:
+    """The page as HTML text: the `top` most suspicious samples, a section per verdict (its first `per_verdict`
+    samples) where `verdicts` are given, each class's `per_class` hardest by every family, the figures (title ->
+    figure, closed here), the settings and a relative link to `csv_name`."""
     view = SampleView(data, feature_names)
     columns = ranking.columns
     member_ranks = [name for name in ranking.members if f"{name}_rank" in columns]
@@ -118,8 +144,9 @@ def render_report(ranking: Ranking, scores: dict[str, np.ndarray], data: Tensor,
                              for family, by_class in orders.items()]} for c, name in enumerate(class_names)]
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                      undefined=jinja2.StrictUndefined)
+    sections = verdict_sections(verdicts, ranking, card, per_verdict) if verdicts is not None else []
     return environment.get_template("report.html.j2").render(
-        title=title, is_table=view.is_table, header=view.header(), members=ranking.members,
+        verdicts=sections, verdict_notes=verdicts.notes if verdicts is not None else [], title=title, is_table=view.is_table, header=view.header(), members=ranking.members,
         top=[card(p) for p in ranking.order[:top].tolist()], classes=classes, families=list(orders),
         figures=[{"title": name, "uri": figure_data_uri(fig)} for name, fig in figures.items()],
         settings=[(key, value if isinstance(value, str) else repr(value)) for key, value in settings.items()],

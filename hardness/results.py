@@ -133,6 +133,16 @@ def scores_path(root: Path, kind: str, name: str = "", suffix: str = "") -> Path
     return _path(root, SCORES_PATHS, kind, {"name": name, "suffix": suffix})
 
 
+HARDNESS_TYPES_PATHS = {"cell": "hardness_types/{name}",                       # results: add .csv, .npz
+                        "figure": "hardness_types/auroc_by_type_{name}"}       # figures
+
+
+def hardness_types_path(root: Path, kind: str, name: str = "") -> Path:
+    """hardness_types_benchmark.py: a cell's rows (.csv) and scores (.npz, .json beside), the merged sweep
+    (hardness_types_sweep.csv, .md) and the AUROC-by-type figure of a dataset, without their suffixes."""
+    return _path(root, HARDNESS_TYPES_PATHS, kind, {"name": name})
+
+
 MEMORISATION_PATHS = {"setting": "memorisation/{name}.npz", "summary": "memorisation/summary.md",     # results
                       "setting_figure": "memorisation/{name}",                                        # figures
                       "summary_figure": "memorisation/memorisation_and_inversion"}

@@ -133,3 +133,28 @@ def plot_auroc_against_seconds(rows: Sequence[dict]) -> plt.Figure:
     fig.suptitle(f"{ratio:g} of the labels flipped: each workflow's AUROC against its seconds", fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
+
+
+def plot_auroc_by_type(rows: Sequence[dict], dataset: str, ratio: float) -> plt.Figure:
+    """Merged hardness-types rows as a heatmap: the AUROC of every continuous score (rows) against each injected
+    type (columns, grouped by family), for one dataset at one injected share."""
+    from hardness.injection import FAMILIES
+    here = [row for row in rows if row["dataset"] == dataset and float(row["noise_ratio"]) == ratio
+            and row.get("auroc") not in (None, "")]
+    kinds = [kind for kind in FAMILIES if any(row["noise_type"] == kind for row in here)]
+    scores = list(dict.fromkeys(row["score"] for row in here))
+    grid = np.full((len(scores), len(kinds)), np.nan)
+    for row in here:
+        grid[scores.index(row["score"]), kinds.index(row["noise_type"])] = float(row["auroc"])
+    fig, ax = plt.subplots(figsize=(0.6 * len(kinds) + 3.5, 0.32 * len(scores) + 1.8))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(kinds)), [f"{kind}\n({FAMILIES[kind].replace('_', ' ')})" for kind in kinds],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(scores)), scores, fontsize=7)
+    for (i, j), value in np.ndenumerate(grid):
+        if value == value:
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, label="AUROC, injected against the rest")
+    ax.set_title(f"{dataset}, {ratio:g} of the samples injected: which score finds which type", fontsize=9)
+    fig.tight_layout()
+    return fig

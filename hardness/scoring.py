@@ -27,7 +27,13 @@ from hardness.seeds import NetworkStage, child_seeds, stage_seed
 from hardness.vog import CheckpointRecorder, calibrate, checkpoint_epochs, vog_scores
 
 RANKINGS = {"confidence": ("confidence", -1), "energy": ("energy", 1), "vog": ("vog", 1), **DYNAMICS_RANKINGS,
-            "cleanlab": ("cleanlab", -1)}         # strategy -> (array, sign): sign * array is higher when harder
+            "cleanlab": ("cleanlab", -1),
+            "data_iq": ("data_iq_aleatoric", 1), "prototypicality": ("prototypicality", 1),
+            "agreement": ("agreement", -1), "prediction_entropy": ("prediction_entropy", 1),
+            "augmentation_sensitivity": ("augmentation_sensitivity", 1), "latent_outlier": ("latent_outlier", 1),
+            "duplicate": ("copy_distance", -1)}   # strategy -> (array, sign): sign * array is higher when harder
+CHARACTERISATION = ("data_iq", "prototypicality", "agreement", "prediction_entropy", "augmentation_sensitivity",
+                    "latent_outlier", "duplicate")   # the fast recipe's scores of why a sample is hard
 SETS = ("stragglers", "cleanlab_flagged", "aum_flagged")
 TRAJECTORY_SCORES = ("loss", "confidence", "el2n", "margin")   # taken at each trajectory epoch
 AUM_THRESHOLD_PERCENTILE = 99
@@ -75,6 +81,7 @@ class ScoredRun:
     predicted_labels: np.ndarray                      # [N] the runs' majority prediction after the last epoch
     notes: list[str] = field(default_factory=list)
     recipe: dict = field(default_factory=lambda: {"recipe": "paper"})   # what ran, for the settings JSON
+    latent: np.ndarray | None = None                  # [N, D] the first run's last hidden layer (fast; never saved)
 
 
 def majority_labels(logits: Tensor) -> Tensor:

@@ -172,3 +172,65 @@ def test_the_report_in_a_real_browser(reports, browser, kind):
         browser.switch_to.alert.text                                    # and no script of it ran
     if kind == "folder":
         assert HOSTILE_CLASS in browser.find_element(By.TAG_NAME, "body").text
+
+
+HOSTILE_COPY = "<img src=y onerror=alert(4)>.png"             # an exact copy named like an HTML tag
+
+
+@pytest.fixture(scope="module")
+def copies_report(tmp_path_factory) -> Path:
+    """hardness_scores.py (the fast recipe, a folder's default) on three classes of 12 noisy 16x16 images, with an
+    exact copy of cat/01.png (named like an HTML tag) and a copy of dog/02.png whose ten pixels are 2 levels
+    brighter."""
+    folder = tmp_path_factory.mktemp("copies")
+    rng = np.random.default_rng(3)
+    templates = rng.integers(40, 216, size=(3, 16, 16))
+    for c, name in enumerate(["cat", "cow", "dog"]):
+        (folder / "pets" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(templates[c] + rng.normal(0, 30, size=(16, 16)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / "pets" / name / f"{i:02d}.png")
+    shutil.copy(folder / "pets/cat/01.png", folder / "pets/cat" / HOSTILE_COPY)
+    altered = np.asarray(Image.open(folder / "pets/dog/02.png")).copy()
+    altered.flat[:10] = np.minimum(altered.flat[:10].astype(int) + 2, 255)
+    Image.fromarray(altered).save(folder / "pets/dog/altered_02.png")
+    hardness_scores.main(hardness_scores.parse_args([
+        "--dataset_name", f"folder:{folder / 'pets'}", "--runs", "2", "--epochs", "3", "--seed", "0", "--device",
+        "cpu", "--data_root", str(folder / "data"), "--results_dir", str(folder / "Results"), "--figures_dir",
+        str(folder / "Figures")]))
+    return folder / "Results/scores/pets_38_0_fast_report.html"
+
+
+def test_near_duplicates_in_a_folder_name_each_other(copies_report):
+    rows = {row["sample_id"]: row for row in csv_rows(copies_report)}
+    for first, second in ((f"cat/{HOSTILE_COPY}", "cat/01.png"), ("dog/altered_02.png", "dog/02.png")):
+        assert rows[first]["verdict"] == rows[second]["verdict"] == "duplicate"
+        assert rows[first]["duplicate_of"] == second and rows[second]["duplicate_of"] == first
+    others = [row for name, row in rows.items() if name not in (f"cat/{HOSTILE_COPY}", "cat/01.png",
+                                                                 "dog/altered_02.png", "dog/02.png")]
+    assert all(row["verdict"] != "duplicate" and row["duplicate_of"] == "" for row in others)
+    assert sorted(int(row["outlier_rank"]) for row in rows.values()) == list(range(1, 39))
+
+
+def test_the_verdict_sections_in_a_real_browser(copies_report, browser):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    browser.get_log("browser")
+    browser.get(copies_report.as_uri())
+    sections = {element.get_attribute("id") for element in browser.find_elements(By.CSS_SELECTOR, "section.verdict")}
+    assert sections == {f"verdict-{name}" for name in ("mislabelled", "out_of_distribution", "atypical", "ambiguous",
+                                                       "duplicate")}
+    pairs = browser.find_elements(By.CSS_SELECTOR, "#verdict-duplicate .card.pair")
+    assert len(pairs) == 4                                              # both members of both pairs
+    for card in pairs:
+        images = card.find_elements(By.CSS_SELECTOR, ".pair-images img")
+        assert len(images) == 2 and all(browser.execute_script("return arguments[0].naturalWidth", image) > 0
+                                        for image in images)                # side by side, both rendered
+        assert "copy_rms_difference" in card.find_element(By.CSS_SELECTOR, ".evidence").text
+    ids = {card.find_element(By.CSS_SELECTOR, ".sample-id").text for card in pairs}
+    assert f"cat/{HOSTILE_COPY} = cat/01.png" in ids and "dog/02.png = dog/altered_02.png" in ids
+    assert not browser.find_elements(By.CSS_SELECTOR, 'img[src="y"]')
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, synthetic_blobs, write_mnist_layout
 from hardness import data as data_module
 from hardness.cli import UserInputError, add_common_arguments, add_dataset_arguments, budget_share_or_count
 from hardness.data import dataset_label, load_dataset, load_dataset_from_args
@@ -337,3 +337,41 @@ def test_export_noisy_folder(mnist_root, tmp_path, noise_type):
     assert all(given[row["sample_id"]] == int(row["given_class"][0]) for row in rows)
     with pytest.raises(UserInputError, match="exists; remove it or give another --output"):
         script.export(script.parse_args(["--data_root", str(root), "--output", str(output), "--dataset_name", "MNIST"]))
+
+
+def test_export_writes_every_injected_type_with_its_manifest(mnist_root, tmp_path):
+    """--inject adjacent:0.1 far_ood:0.1 exact_duplicate:0.1 on 40 images: 4 moved to class k + 1, 4 replaced by
+    Fashion-MNIST images, 4 copies of 4 other images (8 files in pairs), each listed in injected.csv with its type."""
+    root, written = mnist_root
+    fashion = write_mnist_layout(root, "FashionMNIST", make=synthetic_blobs)
+    script = export_script()
+    output = tmp_path / "injected"
+    folder, changed = script.export(script.parse_args([
+        "--dataset_name", "MNIST", "--subset_size", "40", "--seed", "3", "--inject", "adjacent:0.1", "far_ood:0.1",
+        "exact_duplicate:0.1", "--data_root", str(root), "--output", str(output)]))
+    with open(output / "injected.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert changed == 16 and list(rows[0]) == ["sample_id", "source_id", "type", "true_class", "given_class",
+                                               "duplicate_of"]
+    by_type = {kind: [row for row in rows if row["type"] == kind] for kind in ("adjacent", "far_ood", "exact_duplicate")}
+    assert [len(by_type[kind]) for kind in by_type] == [4, 4, 8]
+    assert all(int(row["given_class"][0]) == (int(row["true_class"][0]) + 1) % 10 for row in by_type["adjacent"])
+    for row in by_type["far_ood"]:
+        pixels = np.asarray(Image.open(output / row["sample_id"]))
+        assert any(np.array_equal(pixels, image) for image in fashion["images"])
+    for row in by_type["exact_duplicate"]:
+        assert np.array_equal(np.asarray(Image.open(output / row["sample_id"])),
+                              np.asarray(Image.open(output / row["duplicate_of"])))
+        assert next(r for r in rows if r["sample_id"] == row["duplicate_of"])["duplicate_of"] == row["sample_id"]
+    assert len({row["sample_id"] for row in rows}) == 16                                  # on disjoint samples
+    with open(output / "moved.csv", newline="") as handle:
+        assert {row["sample_id"] for row in csv.DictReader(handle)} == {row["sample_id"] for row in by_type["adjacent"]}
+
+
+@pytest.mark.parametrize("flags, message", [(["--inject", "sparkle:0.1"], "unknown injection type"),
+                                            (["--inject", "blur:1.5"], "must be in (0, 1)"),
+                                            (["--inject", "uniform:0.1", "pairs:0.1"], "one mislabelled type")])
+def test_export_rejects_bad_injections_in_one_line(capsys, flags, message):
+    with pytest.raises(SystemExit):
+        export_script().parse_args(flags)
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]

@@ -1,0 +1,230 @@
+"""Which score finds which kind of hard sample? Injected hardness, every score, cleanlab's Datalab, one table.
+
+One cell: the seeded subset of --dataset_name (MNIST or FashionMNIST) with int(--ratio * N) samples replaced by
+one --injection type in pixel space, before the loader's standardisation (hardness/injection.py: the mislabelled
+types uniform, pairs, asymmetric, adjacent, instance; near out of distribution gaussian_noise, blur, invert; far
+out of distribution far_ood, the other dataset's images; atypical zoom, shift; exact_duplicate, near_duplicate;
+ambiguous blend; or none, nothing injected, for the false alarms). The subset's own exact duplicates are found
+first, never replaced and left out of the ground truth. The fast recipe (hardness_scores.py --recipe fast) scores it;
+every score is measured against the injected samples (AUROC, AP, precision at k = the number injected), every
+verdict (hardness/verdicts.py) against the injected type's family, and cleanlab's Datalab (label, outlier and
+near-duplicate issues from the pinned 5-fold MLPClassifier probabilities, with the pixels and with our latent
+vectors as features) is a row of the same table. Writes <results_dir>/hardness_types/<cell>.csv and the scores
+as <cell>.npz with a settings JSON.
+
+With --manifest it scores one folder:PATH as it is against the manifest scripts/export_noisy_folder.py wrote
+(a `type` column per changed file), Datalab in the same run: every verdict's precision and recall per type.
+With --sweep it trains nothing and merges the cells of a sweep.py folder (configs/sweeps/hardness_types.yaml) into
+hardness_types_sweep.csv and .md (AUROC per score and type, the verdicts' precision and recall) and draws
+<figures_dir>/hardness_types/auroc_by_type_<dataset>: AUROC per score per type.
+"""
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardness.data import load_pixels, standardised_dataset
+from hardness.fast_recipe import FastRecipe, score_fast_run
+from hardness.injection import FAMILIES, INJECTION_TYPES, check_injection
+from hardness.noise_reference import reference_probabilities
+from hardness.results import hardness_types_path
+from hardness.score_figures import plot_auroc_by_type
+from hardness.seeds import Stage, stage_seed
+from hardness.setting import ScoredSetting, save_setting
+from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_runs, injected_subset, score_rows,
+                                      verdict_table)
+from hardness.user_data import parse_source
+from hardness.verdicts import VerdictRules, assign_verdicts
+from utils import (UserInputError, add_common_arguments, canonical_dataset_name, combine_rows, load_dataset_from_args,
+                   positive_int, resolve_device, run_script, run_settings, save_figure, unit_interval,
+                   write_atomically)
+from mislabel_detection_benchmark import csv_bytes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_name", default="MNIST",
+                        help="MNIST or FashionMNIST, any letter case (far_ood takes the other's images); with "
+                             "--manifest a folder:PATH (default MNIST)")
+    parser.add_argument("--subset_size", type=positive_int, default=10000,
+                        help="samples kept from train+test after the seeded shuffle (default 10000)")
+    parser.add_argument("--injection", default="uniform",
+                        help=f"the type injected: {', '.join(INJECTION_TYPES)}, or {CLEAN} (default uniform)")
+    parser.add_argument("--ratio", type=unit_interval(False, False), default=0.1,
+                        help="share of the samples, int(ratio * N), replaced, in (0, 1) (default 0.1)")
+    parser.add_argument("--runs", type=positive_int, default=3,
+                        help="networks of the fast recipe, trained as one batched computation (default 3)")
+    parser.add_argument("--no_datalab", action="store_true", help="skip cleanlab's Datalab rows")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="score --dataset_name folder:PATH as it is against this manifest (a CSV with sample_id "
+                             "and type columns, as scripts/export_noisy_folder.py writes)")
+    parser.add_argument("--sweep", type=Path, default=None,
+                        help="merge the cells of this sweep.py folder instead of running one")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.injection != CLEAN:
+        try:
+            check_injection(args.injection, args.ratio)
+        except ValueError as error:
+            parser.error(f"--injection {args.injection}: {error}")
+    if args.manifest is None and args.sweep is None:
+        args.dataset_name = canonical_dataset_name(args.dataset_name)
+        if args.dataset_name not in ("MNIST", "FashionMNIST"):
+            parser.error(f"--dataset_name must be MNIST or FashionMNIST (far_ood takes the other's images), got "
+                         f"{args.dataset_name}; score your own folder with --manifest")
+    elif args.manifest is not None and not parse_source(args.dataset_name):
+        parser.error("--manifest scores a folder: give --dataset_name folder:PATH")
+    return args
+
+
+def fast_run(data: torch.Tensor, labels: torch.Tensor, num_classes: int, args: argparse.Namespace):
+    seeds = [stage_seed(args.seed, Stage.SCORE, i) for i in range(args.runs)]
+    return score_fast_run(FastRecipe(), seeds, data, labels, num_classes)
+
+
+def run_cell(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    subset = load_pixels(args.dataset_name, args.data_root, args.subset_size, args.seed)
+    probabilities = None
+    if args.injection == "instance":
+        clean = standardised_dataset(subset, subset.images.float() / 255, subset.labels, torch.device("cpu"))
+        probabilities = reference_probabilities(args.dataset_name, clean, args.data_root, args.results_dir, args.seed,
+                                                "MLP")
+    start = time.perf_counter()
+    injected, evaluated = injected_subset(subset, args.injection, args.ratio, args.seed, args.data_root, probabilities)
+    injection_seconds = time.perf_counter() - start
+    dataset = standardised_dataset(subset, injected.images, injected.labels, device)
+    run = fast_run(dataset.data, dataset.labels, dataset.num_classes, args)
+    labels = dataset.labels.cpu().numpy()
+    verdicts = assign_verdicts(run.scores, labels, run.predicted_labels)
+    positives = injected.injected.numpy()
+    ratio = args.ratio if args.injection != CLEAN else 0.0
+    rows = score_rows(run, verdicts, positives, evaluated, dataset.name, args.injection, ratio)
+    if not args.no_datalab:
+        rows += datalab_rows(datalab_runs(labels, dataset.data, run.latent, args.seed), positives, evaluated,
+                             dataset.name, args.injection, ratio)
+    name = f"{dataset.name}_{args.subset_size}_{args.injection}_{ratio:g}_seed{args.seed}"
+    path = hardness_types_path(args.results_dir, "cell", name)
+    csv_path, npz_path = path.with_name(f"{name}.csv"), path.with_name(f"{name}.npz")
+    write_atomically(csv_path, csv_bytes(rows))
+    setting = ScoredSetting(dataset, dataset.labels, positives, run)
+    run.scores.update({"injected_type": np.asarray(injected.kind, dtype=str), "evaluated": evaluated,
+                       "duplicate_of": injected.duplicate_of.numpy(), "verdict": verdicts.verdict})
+    save_setting(setting, npz_path, {**run_settings(args, device), "injection_seconds": injection_seconds,
+                                                     "verdict_rules": VerdictRules().settings()})
+    for row in rows:
+        if row.get("auroc") not in (None, ""):
+            print(f"{row['score']:>34}: AUROC {row['auroc']:.3f}  AP {row['ap']:.3f}  P@k {row['precision_at_k']:.3f}")
+        elif row.get("precision") not in (None, "") and row["score"].startswith("verdict"):
+            print(f"{row['score']:>34}: precision {row['precision']:.3f}  recall {row['recall']:.3f}  "
+                  f"rate {row['verdict_rate']:.3f}")
+    print(f"saved {csv_path} and {npz_path}")
+
+
+def read_manifest(path: Path, sample_ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """[N] the type the manifest gives each sample ("" where none) and [N] the `sample_id` position of its
+    duplicate partner (-1 where none)."""
+    if not path.is_file():
+        raise UserInputError(f"--manifest {path}: no such file")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"sample_id", "type"} <= set(rows[0]):
+        raise UserInputError(f"--manifest {path} needs sample_id and type columns")
+    position = {sample_id: i for i, sample_id in enumerate(sample_ids)}
+    kinds, partner = [""] * len(sample_ids), np.full(len(sample_ids), -1)
+    for row in rows:
+        if row["sample_id"] in position:
+            kinds[position[row["sample_id"]]] = row["type"]
+            if row.get("duplicate_of") in position:
+                partner[position[row["sample_id"]]] = position[row["duplicate_of"]]
+    if not any(kinds):
+        raise UserInputError(f"--manifest {path} names none of the folder's samples")
+    return kinds, partner
+
+
+def run_manifest(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    scoring_args = argparse.Namespace(**{**vars(args), "network": "MLP", "runs": args.runs})
+    dataset = load_dataset_from_args(scoring_args, device)
+    kinds, _ = read_manifest(args.manifest, dataset.sample_ids)
+    run = fast_run(dataset.data, dataset.labels, dataset.num_classes, args)
+    labels = dataset.labels.cpu().numpy()
+    verdicts = assign_verdicts(run.scores, labels, run.predicted_labels)
+    ours = time.perf_counter() - start
+    datalab = {} if args.no_datalab else datalab_runs(labels, dataset.data, None, args.seed)
+    kinds = np.asarray(kinds)
+    rest = kinds == ""
+    rows = []
+    for kind in sorted(set(kinds) - {""}):
+        positives = kinds == kind
+        family = FAMILIES.get(kind, kind)
+        shares = {v: float((verdicts.verdict[positives] == v).mean()) for v in sorted(set(verdicts.verdict))}
+        row = {"type": kind, "samples": int(positives.sum()), "verdict": family,
+               "share_given_its_verdict": shares.get(family, 0.0),
+               **{f"share_{v}": share for v, share in shares.items()}}
+        for issue, (found, _) in [(issue, value) for value in datalab.values()
+                                  for issue in ("label", "outlier", "near_duplicate")]:
+            row[f"datalab_{issue}_recall"] = float(found[f"{issue}_flagged"][positives].mean())
+        rows.append(row)
+    alarms = {"type": "(the rest)", "samples": int(rest.sum()), "verdict": "ok",
+              "share_given_its_verdict": float((verdicts.verdict[rest] == "ok").mean()),
+              **{f"share_{v}": float((verdicts.verdict[rest] == v).mean()) for v in sorted(set(verdicts.verdict))}}
+    for found, seconds in datalab.values():
+        any_flag = found["label_flagged"] | found["outlier_flagged"] | found["near_duplicate_flagged"]
+        alarms.update({f"datalab_{issue}_recall": float(found[f"{issue}_flagged"][rest].mean())
+                       for issue in ("label", "outlier", "near_duplicate")})
+        alarms["datalab_any_flag_rate"] = float(any_flag[rest].mean())
+        alarms["datalab_seconds"] = seconds
+    alarms["our_seconds"] = ours
+    rows.append(alarms)
+    path = hardness_types_path(args.results_dir, "cell", f"{dataset.name}_manifest")
+    write_atomically(path.with_suffix(".csv"), csv_bytes(rows))
+    for row in rows:
+        print(", ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+                        for key, value in row.items()))
+    print(f"saved {path.with_suffix('.csv')}")
+
+
+def merge_sweep(args: argparse.Namespace) -> None:
+    tables = sorted(args.sweep.glob("*/*/results/hardness_types/*.csv"))
+    if not tables:
+        raise UserInputError(f"no <stage>/<cell>/results/hardness_types/*.csv under {args.sweep}; run the sweep first")
+    rows = []
+    for table in tables:
+        with open(table, newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    combined = combine_rows(rows)
+    for row in combined:
+        row["family"] = FAMILIES.get(row["noise_type"], CLEAN)
+    stem = hardness_types_path(args.results_dir, "cell", "hardness_types_sweep")
+    write_atomically(stem.with_suffix(".csv"), csv_bytes(combined))
+    text = [f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n"]
+    datasets = sorted({row["dataset"] for row in combined})
+    ratios = sorted({float(row["noise_ratio"]) for row in combined} - {0.0}, reverse=True)
+    for dataset in datasets:
+        for ratio in ratios:
+            text += [f"## {dataset}, {ratio:g} injected: AUROC\n", auroc_table(combined, dataset, ratio),
+                     f"## {dataset}, {ratio:g} injected: verdicts\n", verdict_table(combined, dataset, ratio)]
+        figure = save_figure(plot_auroc_by_type(combined, dataset, max(ratios)),
+                             hardness_types_path(args.figures_dir, "figure", dataset))
+        print(f"figure {figure[0]}")
+    write_atomically(stem.with_suffix(".md"), "\n".join(text).encode())
+    print("\n".join(text))
+    print(f"merged {len(tables)} tables into {stem}.csv and .md")
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.sweep is not None:
+        merge_sweep(args)
+    elif args.manifest is not None:
+        run_manifest(args)
+    else:
+        run_cell(args)
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

@@ -24,7 +24,9 @@ minibatch MLPs (or --network CNN) at once, with random 2-pixel shifts of images 
 until the run-averaged margins' rank correlation between two epochs reaches 0.99 (--stopping) or for at most
 --epochs (12) epochs; the trajectory scores run up to that epoch, EL2N, GraNd, loss, confidence and energy are
 taken at it, VoG is not computed, and the consensus is EL2N at the stopping epoch (with cleanlab where
---cleanlab_folds runs folds). Its
+--cleanlab_folds runs folds). It also says why each sample is hard: the ranking gains verdict (mislabelled,
+out_of_distribution, atypical, ambiguous, duplicate or ok; the rules of hardness/verdicts.py), duplicate_of and
+outlier_rank, and the report a section per verdict (docs/hardness_types.md). Its
 files end in _fast (docs/scores.md, "The fast recipe"). Your own data is scored with the labels as given
 (--noise_ratio defaults to 0 for it; docs/your_data.md).
 """
@@ -103,7 +105,8 @@ def write_answer(scores: dict[str, np.ndarray], dataset: Dataset, class_names: l
     """The ranking CSV and the report of the setting `name` (a table's rows shown as read, with their column
     names)."""
     labels, flipped = scores["labels"], scores["flipped"] if noise_ratio > 0 else None
-    verdicts = assign_verdicts(scores, labels, scores["predicted_labels"]) if "agreement" in scores else None
+    verdicts = (assign_verdicts(scores, labels, scores["predicted_labels"], len(class_names)) if "agreement" in scores
+                else None)
     ranking = build_ranking(scores, labels, scores["predicted_labels"], class_names, scores["sample_ids"].tolist(),
                             flipped, verdicts)
     csv_path = scores_path(results_dir, "ranking", name)

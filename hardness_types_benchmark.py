@@ -33,9 +33,9 @@ from hardness.noise_reference import reference_probabilities
 from hardness.results import hardness_types_path
 from hardness.score_figures import plot_auroc_by_type
 from hardness.seeds import Stage, stage_seed
-from hardness.setting import ScoredSetting, save_setting
-from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_runs, injected_subset, score_rows,
-                                      verdict_table)
+from hardness.setting import ScoredSetting, load_setting_arrays, load_settings, save_setting
+from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_runs, injected_subset,
+                                      refresh_verdict_rows, score_rows, verdict_table)
 from hardness.user_data import parse_source
 from hardness.verdicts import VerdictRules, assign_verdicts
 from utils import (UserInputError, add_common_arguments, canonical_dataset_name, combine_rows, load_dataset_from_args,
@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--manifest", type=Path, default=None,
                         help="score --dataset_name folder:PATH as it is against this manifest (a CSV with sample_id "
                              "and type columns, as scripts/export_noisy_folder.py writes)")
-    parser.add_argument("--sweep", type=Path, default=None,
-                        help="merge the cells of this sweep.py folder instead of running one")
+    parser.add_argument("--sweep", type=Path, nargs="+", default=None,
+                        help="merge the cells of these sweep.py folders instead of running one")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.injection != CLEAN:
@@ -99,7 +99,7 @@ def run_cell(args: argparse.Namespace) -> None:
     dataset = standardised_dataset(subset, injected.images, injected.labels, device)
     run = fast_run(dataset.data, dataset.labels, dataset.num_classes, args)
     labels = dataset.labels.cpu().numpy()
-    verdicts = assign_verdicts(run.scores, labels, run.predicted_labels)
+    verdicts = assign_verdicts(run.scores, labels, run.predicted_labels, dataset.num_classes)
     positives = injected.injected.numpy()
     ratio = args.ratio if args.injection != CLEAN else 0.0
     rows = score_rows(run, verdicts, positives, evaluated, dataset.name, args.injection, ratio)
@@ -153,7 +153,7 @@ def run_manifest(args: argparse.Namespace) -> None:
     kinds, _ = read_manifest(args.manifest, dataset.sample_ids)
     run = fast_run(dataset.data, dataset.labels, dataset.num_classes, args)
     labels = dataset.labels.cpu().numpy()
-    verdicts = assign_verdicts(run.scores, labels, run.predicted_labels)
+    verdicts = assign_verdicts(run.scores, labels, run.predicted_labels, dataset.num_classes)
     ours = time.perf_counter() - start
     datalab = {} if args.no_datalab else datalab_runs(labels, dataset.data, None, args.seed)
     kinds = np.asarray(kinds)
@@ -190,19 +190,24 @@ def run_manifest(args: argparse.Namespace) -> None:
 
 
 def merge_sweep(args: argparse.Namespace) -> None:
-    tables = sorted(args.sweep.glob("*/*/results/hardness_types/*.csv"))
+    tables = sorted(table for sweep in args.sweep for table in sweep.glob("*/*/results/hardness_types/*.csv"))
     if not tables:
-        raise UserInputError(f"no <stage>/<cell>/results/hardness_types/*.csv under {args.sweep}; run the sweep first")
+        raise UserInputError(f"no <stage>/<cell>/results/hardness_types/*.csv under {' '.join(map(str, args.sweep))}; "
+                             "run the sweep first")
     rows = []
     for table in tables:
         with open(table, newline="") as handle:
-            rows += list(csv.DictReader(handle))
+            cell = [{key: value for key, value in row.items() if key != "family"} for row in csv.DictReader(handle)]
+        scores = table.with_suffix(".npz")
+        if scores.is_file():
+            cell = refresh_verdict_rows(cell, load_setting_arrays(scores), len(load_settings(scores)["class_names"]))
+        rows += cell
     combined = combine_rows(rows)
     for row in combined:
         row["family"] = FAMILIES.get(row["noise_type"], CLEAN)
     stem = hardness_types_path(args.results_dir, "cell", "hardness_types_sweep")
     write_atomically(stem.with_suffix(".csv"), csv_bytes(combined))
-    text = [f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n"]
+    text = [f"Mean over the cells of {' '.join(map(str, args.sweep))} ({len(tables)} tables)\n"]
     datasets = sorted({row["dataset"] for row in combined})
     ratios = sorted({float(row["noise_ratio"]) for row in combined} - {0.0}, reverse=True)
     for dataset in datasets:

@@ -57,14 +57,16 @@ def prototypicality(latent: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     return 1 - F.cosine_similarity(latent, means[:, labels], dim=-1)
 
 
-def agreement(probabilities: Tensor) -> tuple[Tensor, Tensor]:
+def agreement(probabilities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """From predictions [M, N, C] of M models (runs x recorded epochs): the share of models predicting the sample's
-    majority class (ties to the lower class) [N], and the entropy in nats of the mean prediction [N]."""
+    majority class (ties to the lower class) [N], the entropy in nats of the mean prediction [N], and the mean
+    prediction's second-largest probability [N] (high when the belief is split between two classes)."""
     votes = F.one_hot(probabilities.argmax(-1), probabilities.shape[-1]).sum(0)              # [N, C]
     share = votes.amax(-1).float() / len(probabilities)
     mean = probabilities.mean(0)                                                             # [N, C]
     entropy = -(mean * mean.clamp_min(1e-12).log()).sum(-1)
-    return share, entropy
+    runner_up = mean.topk(2, dim=-1).values[:, 1] if mean.shape[-1] > 1 else torch.zeros(len(mean))
+    return share, entropy, runner_up
 
 
 def shift_images(images: Tensor, rows: int, cols: int) -> Tensor:

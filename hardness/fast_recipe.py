@@ -8,7 +8,9 @@ the training dynamics (AUM, forgetting events, data maps, every epoch's margin, 
 the stragglers (each class's inversion point in the first hidden layer) and the stopping rule
 (hardness.stopping), which ends training at an epoch chosen without clean labels, or at the epoch cap. EL2N,
 GraNd, loss, confidence and energy are taken at that epoch; the trajectory scores run over the epochs up to it.
-VoG (15 checkpoints over 500 full-batch steps in the paper recipe) is not computed. Cleanlab, where
+So are the scores of why a sample is hard (hardness/characterisation.py): Data-IQ from the data map,
+prototypicality and the latent outlier score in the last hidden layer, agreement over runs x the last 3 epochs, for
+images the sensitivity to one- and two-pixel shifts, and every sample's nearest copy in pixel space. VoG (15 checkpoints over 500 full-batch steps in the paper recipe) is not computed. Cleanlab, where
 `cleanlab_folds` > 0, scores the out-of-fold probabilities of runs x folds more networks of the same kind,
 trained to the same epoch.
 """
@@ -221,10 +223,10 @@ def characterisation_scores(networks: StackedNetworks, data: Tensor, labels: Ten
     aleatoric = aleatoric_from_data_map(scores["data_map_confidence"], scores["data_map_variability"])
     latent = last_hidden_layer(networks, data)                                              # [runs, N, D]
     kept_latent.append(latent[0].cpu().numpy())
-    share, entropy = agreement(recent.stacked())
+    share, entropy, runner_up = agreement(recent.stacked())
     out = {"data_iq_aleatoric": aleatoric, "data_iq_group": data_iq_groups(scores["data_map_confidence"], aleatoric),
            "prototypicality": prototypicality(latent, labels, num_classes), "agreement": share[None],
-           "prediction_entropy": entropy[None]}
+           "prediction_entropy": entropy[None], "runner_up": runner_up[None]}
     if len(data) > 1:                                       # neighbours need another sample
         out["latent_outlier"] = latent_outlier_scores(latent)
     if data.dim() == 4:

@@ -70,7 +70,7 @@ CONSENSUS_ROW = "consensus"
 COST_KEYS = {"stragglers": "stragglers", "confidence": "confidence/energy", "energy": "confidence/energy",
              "vog": "vog", "grand": "grand", "cleanlab": "cleanlab", "cleanlab_flagged": "cleanlab",
              "aum_flagged": "aum_flagged", "duplicate": "duplicates",
-             **{name: "characterisation" for name in ("prototypicality", "agreement", "prediction_entropy",
+             **{name: "characterisation" for name in ("prototypicality", "agreement", "prediction_entropy", "runner_up",
                                                       "augmentation_sensitivity", "latent_outlier")},
              **{name: SHARED_COST for name in ("aum", "forgetting", "el2n", "data_map", "loss", "data_iq")}}
 
@@ -113,7 +113,8 @@ def combine_rows(rows: list[dict]) -> list[dict]:
                   "recipe": recipe, "score": score, "benchmark_runs": len(members)}
         merged.update({key: float(np.mean([float(row[key]) for row in members])) for key in sorted(numbers)})
         headline = "auroc" if "auroc" in numbers else "f1"
-        merged[f"{headline}_std_over_runs"] = float(np.std([float(row[headline]) for row in members]))
+        if headline in numbers:                     # a cell with nothing to find (nothing injected) has neither
+            merged[f"{headline}_std_over_runs"] = float(np.std([float(row[headline]) for row in members]))
         combined.append(merged)
     return combined
 

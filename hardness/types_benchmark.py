@@ -14,7 +14,7 @@ from hardness.injection import FAMILIES, Injected, exact_duplicate_groups, injec
 from hardness.mislabel import COST_KEYS, CONSENSUS_ROW, detection_scores, set_scores
 from hardness.ranking import available, consensus_hardness, consensus_members
 from hardness.scoring import RANKINGS, ScoredRun, hardness_ranking
-from hardness.verdicts import VERDICTS, Verdicts
+from hardness.verdicts import VERDICTS, Verdicts, assign_verdicts
 
 OTHER_DATASET = {"MNIST": "FashionMNIST", "FashionMNIST": "MNIST"}   # far_ood's source
 CLEAN = "none"                                                       # the injection of a cell with nothing injected
@@ -84,14 +84,31 @@ def score_rows(run: ScoredRun, verdicts: Verdicts, positives: np.ndarray, evalua
             row.update(detection_scores(hardness[:, evaluated], truth))
         rows.append(row)
     for verdict in VERDICTS:
-        given = verdicts.verdict[evaluated] == verdict
         row = {**base_row(dataset, kind, ratio, "fast", f"verdict {verdict}"), "extra_seconds": 0.0,
-               "training_seconds": seconds["training"], "workflow_seconds": sum(seconds.values()),
-               "verdict_rate": float(given.mean()), "verdict_rate_clean": float(given[~truth].mean())}
-        if truth.any():
-            row.update(set_scores(given[None], truth))
-        rows.append(row)
+               "training_seconds": seconds["training"], "workflow_seconds": sum(seconds.values())}
+        rows.append({**row, **verdict_measures(verdicts.verdict == verdict, positives, evaluated)})
     return rows
+
+
+def verdict_measures(given: np.ndarray, positives: np.ndarray, evaluated: np.ndarray) -> dict[str, float]:
+    """Of a verdict given [N] bool: its share of the evaluated samples and of those not injected, and its precision,
+    recall and F1 against the injected samples (where there are any)."""
+    given, truth = given[evaluated], positives[evaluated]
+    out = {"verdict_rate": float(given.mean()), "verdict_rate_clean": float(given[~truth].mean())}
+    return {**out, **set_scores(given[None], truth)} if truth.any() else out
+
+
+def refresh_verdict_rows(rows: list[dict], arrays: dict[str, np.ndarray], num_classes: int) -> list[dict]:
+    """A cell's rows with every verdict row measured again from its saved scores under today's rules (a cell run
+    before the rules were fixed keeps its other rows)."""
+    verdicts = assign_verdicts(arrays, arrays["labels"], arrays["predicted_labels"], num_classes)
+    out = []
+    for row in rows:
+        if row["score"].startswith("verdict "):
+            given = verdicts.verdict == row["score"].removeprefix("verdict ")
+            row = {**row, **verdict_measures(given, arrays["flipped"], arrays["evaluated"])}
+        out.append(row)
+    return out
 
 
 def datalab_rows(runs: dict[str, tuple[dict[str, np.ndarray], float]], positives: np.ndarray,

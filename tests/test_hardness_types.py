@@ -167,8 +167,9 @@ def test_agreement_share_and_entropy_by_hand():
     probabilities = torch.tensor([[[0.8, 0.2, 0.0], [0.3, 0.3, 0.4]],
                                   [[0.6, 0.4, 0.0], [0.1, 0.8, 0.1]],
                                   [[0.1, 0.9, 0.0], [0.9, 0.1, 0.0]]])     # [models 3, N 2, C 3]
-    share, entropy = agreement(probabilities)
+    share, entropy, runner_up = agreement(probabilities)
     torch.testing.assert_close(share, torch.tensor([2 / 3, 1 / 3]))
+    torch.testing.assert_close(runner_up, torch.tensor([0.5, 0.4]))          # means (1/2, 1/2, 0), (1.3, 1.2, 0.5) / 3
     mean = [0.5, 0.5, 0.0]                                       # sample 0's mean prediction: ln 2 nats
     assert entropy[0].item() == pytest.approx(-sum(p * math.log(p) for p in mean if p), abs=1e-6)
 
@@ -199,13 +200,14 @@ def test_nearest_neighbours_outliers_and_copies_by_hand():
 
 
 def hand_scores() -> dict[str, np.ndarray]:
-    """Eight samples: 0 and 1 copies of each other, 2 far from everything, 3 predicted
-    as another class by every model, 4 of a split prediction, 5 far from its class's mean, 6 and 7 ordinary."""
+    """Eight samples of 3 classes: 0 and 1 copies of each other, 2 of a near-uniform prediction (1.05 nats of ln 3 =
+    1.0986), 3 predicted as another class by every model, 4 split between two classes, 5 far from its class's mean,
+    6 and 7 ordinary."""
     return {"copy_distance": np.array([[0.0, 0.0, 0.5, 0.4, 0.6, 0.5, 0.45, 0.55]]),
             "nearest_copy": np.array([[1, 0, 3, 2, 5, 4, 7, 6]]),
-            "latent_outlier": np.array([[1.0, 1.1, 50.0, 0.9, 1.0, 1.05, 0.95, 1.0]]),
-            "agreement": np.array([[1.0, 1.0, 1.0, 1.0, 0.4, 1.0, 1.0, 1.0]]),
-            "prediction_entropy": np.array([[0.1, 0.12, 0.1, 0.11, 1.0, 0.09, 0.1, 0.1]]),
+            "agreement": np.array([[1.0, 1.0, 0.4, 1.0, 0.6, 1.0, 1.0, 1.0]]),
+            "prediction_entropy": np.array([[0.1, 0.12, 1.05, 0.11, 0.6, 0.09, 0.1, 0.1]]),
+            "runner_up": np.array([[0.05, 0.05, 0.33, 0.04, 0.45, 0.05, 0.05, 0.05]]),
             "prototypicality": np.array([[0.1, 0.1, 0.1, 0.12, 0.1, 0.9, 0.11, 0.09]])}
 
 
@@ -217,23 +219,28 @@ def test_robust_z_by_hand():
 
 def test_the_verdict_rules_in_their_order_on_hand_made_scores():
     labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
-    predicted = np.array([0, 0, 1, 2, 2, 2, 0, 1])                # sample 3 predicted as class 2
-    verdicts = assign_verdicts(hand_scores(), labels, predicted)
+    predicted = np.array([0, 0, 2, 2, 2, 2, 0, 1])                # samples 2 and 3 predicted as class 2
+    rules = VerdictRules(copy_rms=0.03, ood_entropy=0.6, mislabel_agreement=0.8, atypical_z=6.0,
+                         ambiguous_runner_up=0.3)
+    verdicts = assign_verdicts(hand_scores(), labels, predicted, 3, rules)
     assert verdicts.verdict.tolist() == ["duplicate", "duplicate", "out_of_distribution", "mislabelled", "ambiguous",
                                          "atypical", "ok", "ok"]
     assert verdicts.duplicate_of.tolist() == [1, 0, -1, -1, -1, -1, -1, -1]
     assert verdicts.outlier_rank[2] == 1 and sorted(verdicts.outlier_rank.tolist()) == list(range(1, 9))
-    assert verdicts.deciding[3] == {"agreement": 1.0} and not verdicts.notes
+    assert verdicts.deciding[2] == {"entropy_share": pytest.approx(1.05 / math.log(3))}     # 0.956 >= 0.6
+    assert verdicts.deciding[4]["runner_up"] == 0.45 and not verdicts.notes                # 0.6 / 1.0986 < 0.6
+    assert verdicts.deciding[5]["prototypicality_z"] == pytest.approx(0.8 / (1.4826 * 0.005))   # median 0.1
     both = hand_scores()
-    both["copy_distance"][0, 2] = 0.0                             # an outlier that is also a copy: duplicate first
-    assert assign_verdicts(both, labels, predicted).verdict[2] == "duplicate"
-    strict = assign_verdicts(hand_scores(), labels, predicted, VerdictRules(mislabel_agreement=1.01))
+    both["copy_distance"][0, 2] = 0.0                             # a near-uniform copy: duplicate comes first
+    assert assign_verdicts(both, labels, predicted, 3, rules).verdict[2] == "duplicate"
+    strict = assign_verdicts(hand_scores(), labels, predicted, 3, VerdictRules(mislabel_agreement=1.01))
     assert strict.verdict[3] == "ok"
 
 
 def test_missing_scores_and_one_class_are_notes_not_errors():
-    scores = {name: value for name, value in hand_scores().items() if name != "latent_outlier"}
-    verdicts = assign_verdicts(scores, np.zeros(8, dtype=int), np.zeros(8, dtype=int))
+    scores = {name: value for name, value in hand_scores().items() if name != "prediction_entropy"}
+    verdicts = assign_verdicts(scores, np.zeros(8, dtype=int), np.zeros(8, dtype=int), 1)
     assert "out_of_distribution" not in verdicts.verdict.tolist() and verdicts.outlier_rank.tolist() == [0] * 8
     assert any("no out_of_distribution verdicts" in note for note in verdicts.notes)
     assert any("one class only" in note for note in verdicts.notes)
+    assert verdicts.verdict[:2].tolist() == ["duplicate", "duplicate"]      # what can be decided still is

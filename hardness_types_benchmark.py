@@ -181,12 +181,12 @@ def run_manifest(args: argparse.Namespace) -> None:
         alarms["datalab_seconds"] = seconds
     alarms["our_seconds"] = ours
     rows.append(alarms)
-    path = hardness_types_path(args.results_dir, "cell", f"{dataset.name}_manifest")
-    write_atomically(path.with_suffix(".csv"), csv_bytes(rows))
+    path = hardness_types_path(args.results_dir, "cell", f"{dataset.name}_manifest.csv")
+    write_atomically(path, csv_bytes(rows))
     for row in rows:
         print(", ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
                         for key, value in row.items()))
-    print(f"saved {path.with_suffix('.csv')}")
+    print(f"saved {path}")
 
 
 def merge_sweep(args: argparse.Namespace) -> None:
@@ -205,7 +205,7 @@ def merge_sweep(args: argparse.Namespace) -> None:
     combined = combine_rows(rows)
     for row in combined:
         row["family"] = FAMILIES.get(row["noise_type"], CLEAN)
-    stem = hardness_types_path(args.results_dir, "cell", "hardness_types_sweep")
+    stem = hardness_types_path(args.results_dir, "cell", "hardness_types_sweep")             # no dot in the name
     write_atomically(stem.with_suffix(".csv"), csv_bytes(combined))
     text = [f"Mean over the cells of {' '.join(map(str, args.sweep))} ({len(tables)} tables)\n"]
     datasets = sorted({row["dataset"] for row in combined})

@@ -244,3 +244,26 @@ def test_missing_scores_and_one_class_are_notes_not_errors():
     assert any("no out_of_distribution verdicts" in note for note in verdicts.notes)
     assert any("one class only" in note for note in verdicts.notes)
     assert verdicts.verdict[:2].tolist() == ["duplicate", "duplicate"]      # what can be decided still is
+
+
+def test_the_benchmark_cells_and_their_merge_end_to_end(tmp_path):
+    """Two cells of a tiny MNIST (none, far_ood with the tiny Fashion-MNIST's images) laid out as a sweep's, with
+    Datalab's rows, then --sweep: one AUROC table and one verdict table, and the figure."""
+    from conftest import synthetic_blobs, write_mnist_layout
+    root = tmp_path / "data"
+    write_mnist_layout(root)
+    write_mnist_layout(root, "FashionMNIST", make=synthetic_blobs)
+    for kind in ("none", "far_ood"):
+        cell = tmp_path / "sweep" / "stage" / kind
+        hardness_types_benchmark.main(hardness_types_benchmark.parse_args([
+            "--dataset_name", "mnist", "--subset_size", "80", "--injection", kind, "--ratio", "0.25", "--runs", "2",
+            "--device", "cpu", "--data_root", str(root), "--results_dir", str(cell / "results"),
+            "--figures_dir", str(cell / "figures")]))
+    saved = np.load(tmp_path / "sweep/stage/far_ood/results/hardness_types/MNIST_80_far_ood_0.25_seed0.npz")
+    assert (saved["injected_type"] == "far_ood").sum() == 20 and saved["flipped"].sum() == 20
+    hardness_types_benchmark.main(hardness_types_benchmark.parse_args([
+        "--sweep", str(tmp_path / "sweep"), "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F")]))
+    table = (tmp_path / "R/hardness_types/hardness_types_sweep.md").read_text()
+    assert "## MNIST, 0.25 injected: AUROC" in table and "| far_ood |" in table.split("verdicts")[1]
+    assert "| none (clean) |" in table and "datalab outlier (pixels)" in table
+    assert (tmp_path / "F/hardness_types/auroc_by_type_MNIST.png").is_file()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hardness.ranking import CONSENSUS, available, consensus_hardness, consensus_members
-from hardness.scoring import RANKINGS, SETS, SHARED_COST, TRAJECTORY_SCORES, hardness_ranking
+from hardness.scoring import CHARACTERISATION, RANKINGS, SETS, SHARED_COST, TRAJECTORY_SCORES, hardness_ranking
 from hardness.setting import ScoredSetting
 
 
@@ -69,10 +69,9 @@ def rank_correlations(scores: dict[str, np.ndarray], names: Sequence[str]) -> np
 CONSENSUS_ROW = "consensus"
 COST_KEYS = {"stragglers": "stragglers", "confidence": "confidence/energy", "energy": "confidence/energy",
              "vog": "vog", "grand": "grand", "cleanlab": "cleanlab", "cleanlab_flagged": "cleanlab",
-             "aum_flagged": "aum_flagged", "duplicate": "duplicates",
-             **{name: "characterisation" for name in ("prototypicality", "agreement", "prediction_entropy", "runner_up",
-                                                      "augmentation_sensitivity", "latent_outlier")},
-             **{name: SHARED_COST for name in ("aum", "forgetting", "el2n", "data_map", "loss", "data_iq")}}
+             "aum_flagged": "aum_flagged", **{name: "characterisation" for name in CHARACTERISATION},
+             "duplicate": "duplicates", **{name: SHARED_COST for name in ("aum", "forgetting", "el2n", "data_map", "loss",
+                                                                          "data_iq")}}
 
 
 def benchmark_rows(setting: ScoredSetting, dataset_name: str, noise_ratio: float, network: str,

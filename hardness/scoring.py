@@ -33,6 +33,8 @@ RANKINGS = {"confidence": ("confidence", -1), "energy": ("energy", 1), "vog": ("
             "runner_up": ("runner_up", 1),
             "augmentation_sensitivity": ("augmentation_sensitivity", 1), "latent_outlier": ("latent_outlier", 1),
             "duplicate": ("copy_distance", -1)}   # strategy -> (array, sign): sign * array is higher when harder
+CHARACTERISATION = ("data_iq", "prototypicality", "agreement", "prediction_entropy", "runner_up",
+                    "augmentation_sensitivity", "latent_outlier", "duplicate")   # the fast recipe's only
 SETS = ("stragglers", "cleanlab_flagged", "aum_flagged")
 TRAJECTORY_SCORES = ("loss", "confidence", "el2n", "margin")   # taken at each trajectory epoch
 AUM_THRESHOLD_PERCENTILE = 99

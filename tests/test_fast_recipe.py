@@ -56,7 +56,8 @@ def test_the_batched_recipe_equals_one_network_at_a_time(network, augment):
     for run, seed in enumerate([11, 12, 13]):
         alone = score_fast_run(recipe, [seed], data, labels, 3, progress=False)
         for name in ("aum", "forgetting", "data_map_confidence", "el2n", "loss", "grand", "confidence", "energy",
-                     "margin_trajectory", "stragglers"):
+                     "margin_trajectory", "stragglers", "data_iq_aleatoric", "prototypicality", "latent_outlier",
+                     "augmentation_sensitivity"):
             np.testing.assert_allclose(together.scores[name][run], alone.scores[name][0], rtol=1e-4, atol=1e-5,
                                        err_msg=name)
     assert together.trajectory_epochs == [0, 1, 2] and together.recipe["stopping_epoch"] == 3

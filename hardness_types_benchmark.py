@@ -34,7 +34,7 @@ from hardness.results import hardness_types_path
 from hardness.score_figures import plot_auroc_by_type
 from hardness.seeds import Stage, stage_seed
 from hardness.setting import ScoredSetting, load_setting_arrays, load_settings, save_setting
-from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_runs, injected_subset,
+from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_runs, injected_subset, manifest_rows,
                                       refresh_verdict_rows, score_rows, verdict_table)
 from hardness.user_data import parse_source
 from hardness.verdicts import VerdictRules, assign_verdicts
@@ -124,25 +124,19 @@ def run_cell(args: argparse.Namespace) -> None:
     print(f"saved {csv_path} and {npz_path}")
 
 
-def read_manifest(path: Path, sample_ids: list[str]) -> tuple[list[str], np.ndarray]:
-    """[N] the type the manifest gives each sample ("" where none) and [N] the `sample_id` position of its
-    duplicate partner (-1 where none)."""
+def read_manifest(path: Path, sample_ids: list[str]) -> list[str]:
+    """[N] the type the manifest gives each sample ("" where none)."""
     if not path.is_file():
         raise UserInputError(f"--manifest {path}: no such file")
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or not {"sample_id", "type"} <= set(rows[0]):
         raise UserInputError(f"--manifest {path} needs sample_id and type columns")
-    position = {sample_id: i for i, sample_id in enumerate(sample_ids)}
-    kinds, partner = [""] * len(sample_ids), np.full(len(sample_ids), -1)
-    for row in rows:
-        if row["sample_id"] in position:
-            kinds[position[row["sample_id"]]] = row["type"]
-            if row.get("duplicate_of") in position:
-                partner[position[row["sample_id"]]] = position[row["duplicate_of"]]
+    given = {row["sample_id"]: row["type"] for row in rows}
+    kinds = [given.get(sample_id, "") for sample_id in sample_ids]
     if not any(kinds):
         raise UserInputError(f"--manifest {path} names none of the folder's samples")
-    return kinds, partner
+    return kinds
 
 
 def run_manifest(args: argparse.Namespace) -> None:
@@ -150,37 +144,14 @@ def run_manifest(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     scoring_args = argparse.Namespace(**{**vars(args), "network": "MLP", "runs": args.runs})
     dataset = load_dataset_from_args(scoring_args, device)
-    kinds, _ = read_manifest(args.manifest, dataset.sample_ids)
+    kinds = read_manifest(args.manifest, dataset.sample_ids)
     run = fast_run(dataset.data, dataset.labels, dataset.num_classes, args)
     labels = dataset.labels.cpu().numpy()
     verdicts = assign_verdicts(run.scores, labels, run.predicted_labels, dataset.num_classes)
     ours = time.perf_counter() - start
     datalab = {} if args.no_datalab else datalab_runs(labels, dataset.data, None, args.seed)
-    kinds = np.asarray(kinds)
-    rest = kinds == ""
-    rows = []
-    for kind in sorted(set(kinds) - {""}):
-        positives = kinds == kind
-        family = FAMILIES.get(kind, kind)
-        shares = {v: float((verdicts.verdict[positives] == v).mean()) for v in sorted(set(verdicts.verdict))}
-        row = {"type": kind, "samples": int(positives.sum()), "verdict": family,
-               "share_given_its_verdict": shares.get(family, 0.0),
-               **{f"share_{v}": share for v, share in shares.items()}}
-        for issue, (found, _) in [(issue, value) for value in datalab.values()
-                                  for issue in ("label", "outlier", "near_duplicate")]:
-            row[f"datalab_{issue}_recall"] = float(found[f"{issue}_flagged"][positives].mean())
-        rows.append(row)
-    alarms = {"type": "(the rest)", "samples": int(rest.sum()), "verdict": "ok",
-              "share_given_its_verdict": float((verdicts.verdict[rest] == "ok").mean()),
-              **{f"share_{v}": float((verdicts.verdict[rest] == v).mean()) for v in sorted(set(verdicts.verdict))}}
-    for found, seconds in datalab.values():
-        any_flag = found["label_flagged"] | found["outlier_flagged"] | found["near_duplicate_flagged"]
-        alarms.update({f"datalab_{issue}_recall": float(found[f"{issue}_flagged"][rest].mean())
-                       for issue in ("label", "outlier", "near_duplicate")})
-        alarms["datalab_any_flag_rate"] = float(any_flag[rest].mean())
-        alarms["datalab_seconds"] = seconds
-    alarms["our_seconds"] = ours
-    rows.append(alarms)
+    rows = manifest_rows(np.asarray(kinds), verdicts.verdict, datalab)
+    rows[-1]["our_seconds"] = ours
     path = hardness_types_path(args.results_dir, "cell", f"{dataset.name}_manifest.csv")
     write_atomically(path, csv_bytes(rows))
     for row in rows:

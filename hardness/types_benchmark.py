@@ -130,6 +130,28 @@ def datalab_rows(runs: dict[str, tuple[dict[str, np.ndarray], float]], positives
     return rows
 
 
+def manifest_rows(kinds: np.ndarray, verdict: np.ndarray,
+                  datalab: dict[str, tuple[dict[str, np.ndarray], float]]) -> list[dict]:
+    """A folder against its manifest: for every type [N] str ("" where none), its samples' share of each verdict
+    and of each Datalab flag; last, the same shares among the rest (the false alarms) with Datalab's seconds."""
+    names = sorted(set(verdict))
+    rows = []
+    for kind in [*sorted(set(kinds) - {""}), ""]:
+        members = kinds == kind
+        family = FAMILIES.get(kind, "ok")
+        row = {"type": kind or "(the rest)", "samples": int(members.sum()), "verdict": family,
+               "share_given_its_verdict": float((verdict[members] == family).mean()),
+               **{f"share_{name}": float((verdict[members] == name).mean()) for name in names}}
+        for found, seconds in datalab.values():
+            row.update({f"datalab_{issue}_share": float(found[f"{issue}_flagged"][members].mean())
+                        for issue in ("label", "outlier", "near_duplicate")})
+            if not kind:
+                any_flag = found["label_flagged"] | found["outlier_flagged"] | found["near_duplicate_flagged"]
+                row.update({"datalab_any_flag_share": float(any_flag[members].mean()), "datalab_seconds": seconds})
+        rows.append(row)
+    return rows
+
+
 def auroc_table(rows: Sequence[dict], dataset: str, ratio: float) -> str:
     """Merged rows as markdown: one line per continuous score, one column per injected type, AUROC (± its std over
     the seeds where there are several), the best of each column in bold."""

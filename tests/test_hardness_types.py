@@ -267,3 +267,28 @@ def test_the_benchmark_cells_and_their_merge_end_to_end(tmp_path):
     assert "## MNIST, 0.25 injected: AUROC" in table and "| far_ood |" in table.split("verdicts")[1]
     assert "| none (clean) |" in table and "datalab outlier (pixels)" in table
     assert (tmp_path / "F/hardness_types/auroc_by_type_MNIST.png").is_file()
+
+
+def test_a_folder_against_its_manifest_with_datalab(tmp_path):
+    """An exported folder of 80 tiny MNIST images with 10% far out-of-distribution images and 10% exact copies, scored
+    against its injected.csv: every copy given `duplicate`, one row per type and one for the rest, Datalab's shares."""
+    import csv as csv_module
+    from conftest import synthetic_blobs, write_mnist_layout
+    from test_user_data import export_script
+    root = tmp_path / "data"
+    write_mnist_layout(root)
+    write_mnist_layout(root, "FashionMNIST", make=synthetic_blobs)
+    script = export_script()
+    folder, _ = script.export(script.parse_args(["--dataset_name", "MNIST", "--subset_size", "80", "--inject",
+                                                 "far_ood:0.1", "exact_duplicate:0.1", "--data_root", str(root),
+                                                 "--output", str(tmp_path / "export")]))
+    hardness_types_benchmark.main(hardness_types_benchmark.parse_args([
+        "--dataset_name", f"folder:{folder}", "--manifest", str(folder / "injected.csv"), "--runs", "2", "--device",
+        "cpu", "--data_root", str(tmp_path / "cache"), "--results_dir", str(tmp_path / "R")]))
+    with open(tmp_path / "R/hardness_types/export_manifest.csv", newline="") as handle:
+        rows = {row["type"]: row for row in csv_module.DictReader(handle)}
+    assert set(rows) == {"far_ood", "exact_duplicate", "(the rest)"}
+    assert [rows[kind]["samples"] for kind in ("far_ood", "exact_duplicate", "(the rest)")] == ["8", "16", "56"]
+    assert float(rows["exact_duplicate"]["share_duplicate"]) == 1.0
+    assert float(rows["exact_duplicate"]["datalab_near_duplicate_share"]) == 1.0
+    assert float(rows["(the rest)"]["datalab_seconds"]) > 0 and float(rows["(the rest)"]["our_seconds"]) > 0

@@ -73,10 +73,10 @@ def score_rows(run: ScoredRun, verdicts: Verdicts, positives: np.ndarray, evalua
     """Every continuous score of the run and the consensus against the positives (AUROC, AP, precision at k), each
     verdict's set against them, and the share of the evaluated samples given each verdict."""
     scores, seconds, rows = run.scores, run.seconds, []
-    truth = positives[evaluated]
+    truth, members = positives[evaluated], consensus_members(scores)
     for name in [*available(scores, list(RANKINGS)), CONSENSUS_ROW]:
-        members = consensus_members(scores)
-        cost = (sum(seconds[COST_KEYS[m]] for m in {*members}) if name == CONSENSUS_ROW else seconds[COST_KEYS[name]])
+        cost = (sum(seconds[key] for key in {COST_KEYS[member] for member in members}) if name == CONSENSUS_ROW
+                else seconds[COST_KEYS[name]])
         row = {**base_row(dataset, kind, ratio, "fast", name), "extra_seconds": cost,
                "training_seconds": seconds["training"], "workflow_seconds": seconds["training"] + cost}
         if truth.any():

@@ -234,8 +234,12 @@ stages:
                str(tmp_path / "R")]
     sweep_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     manifest = tmp_path / "R/sweeps/stop/manifest.json"
-    wait_until(lambda: running_keys(manifest) == {"values/value-2", "values/value-3"})
-    cell_pids = [int(line.split()[1]) for line in runs.read_text().splitlines() if line.split()[0] in ("2", "3")]
+
+    def held_pids() -> list[int]:        # the manifest can say running before a cell has logged its pid
+        lines = runs.read_text().splitlines() if runs.is_file() else []
+        return [int(line.split()[1]) for line in lines if line.split()[0] in ("2", "3")]
+    wait_until(lambda: running_keys(manifest) == {"values/value-2", "values/value-3"} and len(held_pids()) == 2)
+    cell_pids = held_pids()
     assert len(cell_pids) == 2 and all(alive(pid) for pid in cell_pids)
     sweep_process.send_signal(signal.SIGTERM)
     _, stderr = sweep_process.communicate(timeout=60)

@@ -69,12 +69,12 @@ def agreement(probabilities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return share, entropy, runner_up
 
 
-def shift_images(images: Tensor, rows: int, cols: int) -> Tensor:
-    """images [N, C, H, W] moved down `rows` and right `cols` pixels (negative: up, left), the border repeated (the
-    data are standardised, so there is no black to pad with)."""
+def shift_images(images: Tensor, rows: int, cols: int, border: str = "replicate") -> Tensor:
+    """images [N, C, H, W] moved down `rows` and right `cols` pixels (negative: up, left), the uncovered border
+    repeated (standardised data have no black to pad with) or, with border "zeros", 0."""
     pad = max(abs(rows), abs(cols))
     height, width = images.shape[-2:]
-    padded = F.pad(images, (pad,) * 4, mode="replicate")
+    padded = F.pad(images, (pad,) * 4, mode="replicate" if border == "replicate" else "constant")
     return padded[..., pad - rows:pad - rows + height, pad - cols:pad - cols + width]
 
 

@@ -173,7 +173,9 @@ def score_fast_run(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, label
     latent: list[np.ndarray] = []
 
     def characterise() -> None:
-        scores.update(characterisation_scores(networks, data, labels, num_classes, recent, scores, latent))
+        characterised, first_latent = characterisation_scores(networks, data, labels, num_classes, recent, scores)
+        scores.update(characterised)
+        latent.append(first_latent)
     seconds["characterisation"] = timed["characterisation"].seconds + seconds_on_device(device, characterise)
     start = time.perf_counter()
     if len(data) > 1:
@@ -214,15 +216,13 @@ def last_hidden_layer(networks: StackedNetworks, data: Tensor) -> Tensor:
 
 
 def characterisation_scores(networks: StackedNetworks, data: Tensor, labels: Tensor, num_classes: int,
-                            recent: RecentPredictions, scores: dict[str, Tensor],
-                            kept_latent: list[np.ndarray]) -> dict[str, Tensor]:
+                            recent: RecentPredictions,
+                            scores: dict[str, Tensor]) -> tuple[dict[str, Tensor], np.ndarray]:
     """The scores of hardness/characterisation.py at the stopping epoch: Data-IQ from the data map, prototypicality
     and the latent outlier score in the last hidden layer, agreement over runs x the last recorded epochs and, for
-    images, the sensitivity to one- and two-pixel shifts. The first run's latent vectors are appended to
-    `kept_latent`."""
+    images, the sensitivity to one- and two-pixel shifts; and the first run's latent vectors [N, D]."""
     aleatoric = aleatoric_from_data_map(scores["data_map_confidence"], scores["data_map_variability"])
     latent = last_hidden_layer(networks, data)                                              # [runs, N, D]
-    kept_latent.append(latent[0].cpu().numpy())
     share, entropy, runner_up = agreement(recent.stacked())
     out = {"data_iq_aleatoric": aleatoric, "data_iq_group": data_iq_groups(scores["data_map_confidence"], aleatoric),
            "prototypicality": prototypicality(latent, labels, num_classes), "agreement": share[None],
@@ -231,7 +231,7 @@ def characterisation_scores(networks: StackedNetworks, data: Tensor, labels: Ten
         out["latent_outlier"] = latent_outlier_scores(latent)
     if data.dim() == 4:
         out["augmentation_sensitivity"] = augmentation_sensitivity(lambda x: networks.forward(x)[0], data)
-    return out
+    return out, latent[0].cpu().numpy()
 
 
 def fast_cleanlab(recipe: FastRecipe, seeds: Sequence[int], data: Tensor, labels: Tensor, num_classes: int,

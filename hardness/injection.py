@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
+from hardness.characterisation import exact_copies, shift_images
 from hardness.noise import NOISE_TYPES, check_noise_type, flip_labels
 from hardness.seeds import LABEL_NOISE, stage_generator
 
@@ -87,12 +88,8 @@ def zoomed(images: Tensor, sides: Tensor) -> Tensor:
 
 def shifted(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """Each image moved down `rows` and right `cols` pixels (negative: up, left), the uncovered border 0."""
-    height, width = images.shape[-2:]
-    out = torch.zeros_like(images)
-    for i, (dy, dx) in enumerate(zip(rows.tolist(), cols.tolist())):
-        source = images[i, :, max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)]
-        out[i, :, max(0, dy):max(0, dy) + source.shape[1], max(0, dx):max(0, dx) + source.shape[2]] = source
-    return out
+    return torch.stack([shift_images(image[None], dy, dx, border="zeros")[0]
+                        for image, dy, dx in zip(images, rows.tolist(), cols.tolist())]) if len(images) else images
 
 
 def inject(images: Tensor, labels: Tensor, num_classes: int, kind: str, ratio: float, seed: int,
@@ -177,12 +174,5 @@ def blend_partners(labels: Tensor, chosen: Tensor, pool: Tensor, generator: torc
 def exact_duplicate_groups(images: Tensor) -> Tensor:
     """[N] int64: for every sample the first earlier sample with exactly the same pixels, -1 where none (a dataset's
     own duplicates, found before anything is injected)."""
-    first: dict[bytes, int] = {}
-    out = torch.full((len(images),), -1)
-    for i, image in enumerate(images.cpu().contiguous().numpy()):
-        key = image.tobytes()
-        if key in first:
-            out[i] = first[key]
-        else:
-            first[key] = i
-    return out
+    partner = torch.from_numpy(exact_copies(images.cpu().flatten(1).contiguous().numpy()))
+    return torch.where(partner < torch.arange(len(partner)), partner, -1)

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from hardness.gasten import (STEP_TERMS, Z_DIM, classifier_nf, classifier_on_real, classifier_path, epoch_folders,
                              generator_step_terms, load_classifier, load_gan, load_pair, make_gan, run_seed,
-                             shared_config_name, step1_checkpoint, write_table_csv)
+                             shared_config_name, step1_checkpoint)
+from hardness.results import write_csv
 from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, non_negative_int,
                    positive_int, resolve_device, run_script, run_settings, save_figure, write_atomically)
 
@@ -159,7 +160,7 @@ def main(args: argparse.Namespace) -> None:
     rows, on_real = diagnose(cells, args.samples, args.seed, args.data_root, device)
     means = means_over_seeds(rows)
     output = gasten_path(args.results_dir, "over_seeds", name)
-    write_table_csv(rows, output / "step2_diagnostics.csv")
+    write_csv(rows, output / "step2_diagnostics.csv", missing=float("nan"))
     markdown = diagnostics_markdown(means, on_real)
     write_atomically(output / "step2_diagnostics.md", markdown.encode())
     write_atomically(output / "step2_diagnostics.json", (json.dumps(

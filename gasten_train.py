@@ -46,8 +46,8 @@ from hardness.gasten import (AMBIGUOUS_HALF_WIDTH, AMBIGUOUS_NOISE_SEED, AMBIGUO
                              classifier_path, epoch_folders, feature_cnn, fixed_test_noise, frechet_metric, generate,
                              in_ambiguous_band, inception_features, load_classifier, load_gan, load_pair, make_gan,
                              over_seeds, pareto_efficient, read_metrics_csv, run_epochs, run_folder_name, run_seed,
-                             save_gan, shared_config_name, step1_checkpoint, write_metrics_csv,
-                             write_table_csv)
+                             save_gan, shared_config_name, step1_checkpoint, write_metrics_csv)
+from hardness.results import write_csv
 from hardness.prediction import predict
 from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, non_negative_int,
                    positive_int, resolve_device, run_script, run_settings, save_figure, write_atomically)
@@ -538,7 +538,7 @@ def summarize_seeds(run_folders: list[Path], results_dir: Path, figures_dir: Pat
     name, cells = seed_cells(run_folders, n_samples, data_root, device)
     table = over_seeds(cells)
     output = gasten_path(results_dir, "over_seeds", name)
-    write_table_csv(table, output / "over_seeds.csv")
+    write_csv(table, output / "over_seeds.csv", missing=float("nan"))
     write_atomically(output / "over_seeds.md", seeds_markdown(table, n_samples).encode())
     save_figure(plot_over_seeds(table, f"{name}: {len(run_folders)} seeds"),
                 gasten_path(figures_dir, "over_seeds_figure", name))

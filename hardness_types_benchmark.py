@@ -30,7 +30,7 @@ from hardness.data import load_pixels, standardised_dataset
 from hardness.fast_recipe import FastRecipe, score_fast_run
 from hardness.injection import FAMILIES, INJECTION_TYPES, check_injection
 from hardness.noise_reference import reference_probabilities
-from hardness.results import hardness_types_path
+from hardness.results import hardness_types_path, write_csv
 from hardness.score_figures import plot_auroc_by_type
 from hardness.seeds import Stage, stage_seed
 from hardness.setting import ScoredSetting, load_setting_arrays, load_settings, save_setting
@@ -41,7 +41,6 @@ from hardness.verdicts import VerdictRules, assign_verdicts
 from utils import (UserInputError, add_common_arguments, canonical_dataset_name, combine_rows, load_dataset_from_args,
                    positive_int, resolve_device, run_script, run_settings, save_figure, unit_interval,
                    write_atomically)
-from mislabel_detection_benchmark import csv_bytes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,7 +108,7 @@ def run_cell(args: argparse.Namespace) -> None:
     name = f"{dataset.name}_{args.subset_size}_{args.injection}_{ratio:g}_seed{args.seed}"
     path = hardness_types_path(args.results_dir, "cell", name)
     csv_path, npz_path = path.with_name(f"{name}.csv"), path.with_name(f"{name}.npz")
-    write_atomically(csv_path, csv_bytes(rows))
+    write_csv(rows, csv_path)
     setting = ScoredSetting(dataset, dataset.labels, positives, run)
     run.scores.update({"injected_type": np.asarray(injected.kind, dtype=str), "evaluated": evaluated,
                        "duplicate_of": injected.duplicate_of.numpy(), "verdict": verdicts.verdict})
@@ -153,7 +152,7 @@ def run_manifest(args: argparse.Namespace) -> None:
     rows = manifest_rows(np.asarray(kinds), verdicts.verdict, datalab)
     rows[-1]["our_seconds"] = ours
     path = hardness_types_path(args.results_dir, "cell", f"{dataset.name}_manifest.csv")
-    write_atomically(path, csv_bytes(rows))
+    write_csv(rows, path)
     for row in rows:
         print(", ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
                         for key, value in row.items()))
@@ -177,7 +176,7 @@ def merge_sweep(args: argparse.Namespace) -> None:
     for row in combined:
         row["family"] = FAMILIES.get(row["noise_type"], CLEAN)
     stem = hardness_types_path(args.results_dir, "cell", "hardness_types_sweep")             # no dot in the name
-    write_atomically(stem.with_suffix(".csv"), csv_bytes(combined))
+    write_csv(combined, stem.with_suffix(".csv"))
     text = [f"Mean over the cells of {' '.join(map(str, args.sweep))} ({len(tables)} tables)\n"]
     datasets = sorted({row["dataset"] for row in combined})
     ratios = sorted({float(row["noise_ratio"]) for row in combined} - {0.0}, reverse=True)

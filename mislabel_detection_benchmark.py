@@ -21,7 +21,6 @@ and draws <figures_dir>/scores/benchmark_auroc_against_seconds_sweep: each workf
 """
 import argparse
 import csv
-import io
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from hardness.cleanlab_workflows import WORKFLOWS, run_workflow
-from hardness.results import DEFAULT_NETWORKS
+from hardness.results import DEFAULT_NETWORKS, write_csv
 from hardness.score_figures import plot_auroc_against_seconds
 from hardness.setting import ScoredSetting, setting_name
 from utils import (UserInputError, add_dataset_arguments, add_scoring_arguments, benchmark_rows,
@@ -105,16 +104,6 @@ def moved_setting(args: argparse.Namespace, device: torch.device) -> ScoredSetti
     return setting
 
 
-def csv_bytes(rows: list[dict]) -> bytes:
-    """The rows as CSV, the union of their columns in first-seen order."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue().encode()
-
-
 def workflow_rows(setting: ScoredSetting, label: str, noise_ratio: float, noise_type: str, seed: int) -> list[dict]:
     """The rows of the two pinned cleanlab workflows on the setting's flipped labels."""
     rows = []
@@ -137,7 +126,7 @@ def merge_sweep(args: argparse.Namespace) -> None:
             rows += list(csv.DictReader(handle))
     combined = combine_rows(rows)
     stem = scores_path(args.results_dir, "benchmark", suffix="_sweep")
-    write_atomically(stem.with_suffix(".csv"), csv_bytes(combined))
+    write_csv(combined, stem.with_suffix(".csv"))
     write_atomically(stem.with_suffix(".md"), (f"Mean over the cells of {args.sweep} ({len(tables)} tables)\n\n"
                                                + markdown_table(combined)).encode())
     summary = summary_table(combined)
@@ -180,7 +169,7 @@ def main(args: argparse.Namespace) -> None:
     suffix = (("" if args.network == DEFAULT_NETWORKS[args.recipe] else f"_{args.network}")
               + ("" if noise_type == "uniform" else f"_{noise_type}") + ("" if args.recipe == "paper" else f"_{args.recipe}"))
     stem = scores_path(args.results_dir, "benchmark", suffix=suffix)
-    write_atomically(stem.with_suffix(".csv"), csv_bytes(rows))
+    write_csv(rows, stem.with_suffix(".csv"))
     table = markdown_table(rows)
     write_atomically(stem.with_suffix(".md"), (f"`{settings['command']}`\n\n" + table).encode())
     figure = save_figure(plot_trajectory_auroc(curves, epochs, inversion),

@@ -17,6 +17,7 @@ every unfinished cell of the earlier stages succeeded (afterok), whichever call 
 Ctrl-C stops a local sweep and its cells.
 """
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def main(args: argparse.Namespace) -> None:
     if args.dry_run:
         for stage in grid.stages:
             for cell in stage:
-                print(" ".join(["python", cell.script, *render_flags(cell.flags)]))
+                print(shlex.join(["python", cell.script, *render_flags(cell.flags)]))
         if errors := flag_errors(grid):
             raise GridError(f"{len(errors)} cell(s) have flags their script rejects: {'; '.join(errors)}")
         return

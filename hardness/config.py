@@ -1,8 +1,9 @@
-"""YAML configs of the config-driven systems: read a file over its defaults, apply `section.key=value`
-overrides, and check fields with errors that name them."""
+"""YAML configs of the config-driven systems: a schema of fields (path, kind, range, default), a file read over
+its defaults, `section.key=value` overrides, and checks with errors that name the field."""
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,50 @@ def check_choice(config: dict, field: str, choices: Sequence[str]) -> None:
     value = field_value(config, field)
     if value not in choices:
         raise ConfigError(field, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config field: its dotted path, its default, and what a given value must be. `kind` is one of number,
+    integer, bool, choice (one of `choices`) or any (checked by the system's own code); a number or integer is at
+    least `low` (above it with `strict`) and at most `high`; `optional` also admits None."""
+    path: str
+    default: Any
+    kind: str = "any"
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+    choices: tuple = ()
+    optional: bool = False
+
+
+def schema_defaults(schema: Sequence[Field]) -> dict:
+    """The nested dict of every field's default, sections in the order their first field comes."""
+    defaults: dict = {}
+    for field in schema:
+        *sections, key = field.path.split(".")
+        section = defaults
+        for name in sections:
+            section = section.setdefault(name, {})
+        section[key] = copy.deepcopy(field.default)
+    return defaults
+
+
+def check_fields(config: dict, schema: Sequence[Field]) -> None:
+    """Every field of `schema` in `config` is of its kind and in its range: the first that is not is a
+    ConfigError naming it."""
+    for field in schema:
+        value = field_value(config, field.path)
+        if field.kind == "any" or (field.optional and value is None):
+            continue
+        if field.kind in ("number", "integer"):
+            check_number(config, field.path, field.low, integer=field.kind == "integer", strict=field.strict)
+            if field.high is not None and value > field.high:
+                raise ConfigError(field.path, f"must be <= {field.high}, got {value!r}")
+        elif field.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(field.path, f"must be true or false, got {value!r}")
+        elif field.kind == "choice":
+            check_choice(config, field.path, field.choices)
+        else:
+            raise ValueError(f"field {field.path}: unknown kind {field.kind!r}")

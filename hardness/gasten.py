@@ -32,7 +32,7 @@ from tqdm import tqdm
 from hardness.cli import UserInputError
 from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
 from hardness.prediction import PREDICTION_CHUNK, evaluating, predict
-from hardness.results import gasten_path, write_atomically
+from hardness.results import gasten_path, write_atomically, write_csv
 from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
                              PairClassifierMLP)
 
@@ -443,10 +443,9 @@ def write_metrics_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """The rows with a `pareto` column over (fid_own_features, acd), written atomically; every column any row
     has, nan where a row lacks it (a run resumed with or without --inception_weights)."""
     flags = pareto_efficient([[row["fid_own_features"], row["acd"]] for row in rows]) if rows else []
-    columns = list(dict.fromkeys(key for row in rows for key in row if key != "pareto")) + ["pareto"]
-    lines = [",".join(columns)] + [",".join(str(row.get(c, float("nan"))) for c in columns[:-1]) + f",{bool(flag)}"
-                                   for row, flag in zip(rows, flags)]
-    write_atomically(path, ("\n".join(lines) + "\n").encode())
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "pareto"))
+    write_csv([{**{column: row.get(column, float("nan")) for column in columns}, "pareto": bool(flag)}
+               for row, flag in zip(rows, flags)], path)
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
@@ -593,13 +592,6 @@ def shared_config_name(run_folders: Sequence[Path]) -> str:
         raise UserInputError(f"give the run folders of one config (<name>, <name>_seed<s>), got the names "
                              f"{sorted(names)}")
     return names.pop()
-
-
-def write_table_csv(table: Sequence[dict[str, Any]], path: Path) -> None:
-    """Rows of dicts as a CSV with every column any row has (nan where a row lacks it), written atomically."""
-    columns = list(dict.fromkeys(key for row in table for key in row))
-    lines = [",".join(columns)] + [",".join(str(row.get(column, float("nan"))) for column in columns) for row in table]
-    write_atomically(path, ("\n".join(lines) + "\n").encode())
 
 
 def classifier_nf(name: str) -> int:

@@ -11,8 +11,6 @@ the mean over runs is what the CSV sorts by. Forgetting events were a candidate 
 10% noise adding them lowered the aggregate's average precision from 0.960 to 0.957 and its precision at k from
 0.901 to 0.891 (docs/scores.md), as their integer counts tie across thousands of samples.
 """
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from hardness.results import write_atomically
+from hardness.results import write_csv
 from hardness.scoring import RANKINGS, SETS, hardness_ranking
 from hardness.verdicts import Verdicts
 
@@ -119,15 +117,6 @@ def build_ranking(scores: dict[str, np.ndarray], labels: np.ndarray, predicted: 
     return Ranking(columns, order, members)
 
 
-def ranking_csv(ranking: Ranking) -> bytes:
-    """The ranking as CSV text, most suspicious first."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, list(ranking.columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(ranking.rows())
-    return text.getvalue().encode()
-
-
 def write_ranking(ranking: Ranking, path: Path) -> None:
     """The ranking CSV to `path`, atomically."""
-    write_atomically(path, ranking_csv(ranking))
+    write_csv(ranking.rows(), path)

@@ -1,11 +1,13 @@
 """Result files: where each one lives, atomic pickles, the settings stored with them, and figures."""
 import argparse
+import csv
 import io
 import json
 import math
 import os
 import pickle
 import platform
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -216,7 +218,7 @@ def run_settings(args: argparse.Namespace, device: torch.device | None = None) -
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     if device is not None:
         settings["device"] = str(device)
-    settings.update(command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    settings.update(command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                     versions={"python": platform.python_version(), "torch": torch.__version__,
                               "torchvision": torchvision.__version__, "numpy": np.__version__})
     return settings
@@ -238,6 +240,22 @@ def write_atomically(path: Path, payload: bytes | Callable[[Path], None]) -> Non
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def csv_bytes(rows: Sequence[dict[str, Any]], missing: Any = "") -> bytes:
+    """The rows as CSV (the csv module, `\\n` line endings): the union of their columns in first-seen order,
+    `missing` where a row lacks one."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, restval=missing, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path, missing: Any = "") -> None:
+    """The rows as a CSV file at `path` (csv_bytes), written atomically."""
+    write_atomically(path, csv_bytes(rows, missing))
 
 
 def save_pickle(obj: Any, path: Path) -> None:

@@ -430,7 +430,7 @@ def run_cell(cell: Cell, threads: int | None = None, job_id: str | None = None,
         if threads:
             env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
         with open(cell.log, "a") as log:
-            log.write(f"# {now()} on {socket.gethostname()}: {' '.join(cell.command)}\n")
+            log.write(f"# {now()} on {socket.gethostname()}: {shlex.join(cell.command)}\n")
             log.flush()
 
             def start() -> subprocess.Popen:

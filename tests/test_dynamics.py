@@ -15,7 +15,7 @@ from hardness.dynamics import (AMBIGUOUS, EASY, HARD_TO_LEARN, DynamicsRecorder,
 from hardness.engine import TrainingState, resnet_logits, train_resnets, train_simple_nns
 from hardness.mislabel import detection_scores, precision_at_k, set_scores, trajectory_auroc
 from hardness.scoring import confident_learning, score_training_run
-from neural_networks import BatchedSimpleNN, SimpleNN
+from neural_networks import BatchedSimpleNN
 
 L3 = math.log(3)
 A, B, C = [L3, 0.0, 0.0], [0.0, L3, 0.0], [0.0, 0.0, L3]   # softmax (.6, .2, .2) and its permutations

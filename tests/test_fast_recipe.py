@@ -10,7 +10,7 @@ import torch
 import hardness_scores
 import mislabel_detection_benchmark
 from conftest import REPO, run_in_process, synthetic_blobs, write_mnist_layout
-from hardness.fast_recipe import FastRecipe, build_networks, fold_rows, random_shifts, score_fast_run, train_fast
+from hardness.fast_recipe import FastRecipe, build_networks, fold_rows, random_shifts, score_fast_run
 from hardness.minibatch import train_minibatch
 
 SCORES, BENCHMARK = REPO / "hardness_scores.py", REPO / "mislabel_detection_benchmark.py"

@@ -4,7 +4,6 @@ end to end on run folders written by hand (epoch 0 is the step-1 checkpoint the 
 import csv
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

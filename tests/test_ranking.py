@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hardness.mislabel import benchmark_rows, markdown_table
-from hardness.ranking import average_ranks, build_ranking, consensus_hardness, majority_verdict, ranking_csv
+from hardness.results import csv_bytes
+from hardness.ranking import average_ranks, build_ranking, consensus_hardness, majority_verdict
 from hardness.scoring import ScoredRun, majority_labels
 from hardness.setting import ScoredSetting
 
@@ -57,7 +58,7 @@ def test_ranking_csv_columns_ranks_labels_and_verdicts():
               "aum_flagged": np.array([[0, 1, 0, 0], [0, 1, 1, 0]], dtype=bool)}
     ranking = build_ranking(scores, np.array([0, 1, 1, 0]), np.array([1, 1, 1, 0]), ["cat", "dog"],
                             ["a", "b", "c", "d"], flipped=np.array([True, False, False, False]))
-    rows = list(csv.DictReader(io.StringIO(ranking_csv(ranking).decode())))
+    rows = list(csv.DictReader(io.StringIO(csv_bytes(ranking.rows()).decode())))
     assert list(rows[0])[:6] == ["sample_id", "given_label", "predicted_label", "consensus_rank",
                                  "consensus_mean_rank", "flipped"]
     assert [row["consensus_rank"] for row in rows] == ["1", "2", "3", "4"]

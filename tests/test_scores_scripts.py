@@ -15,6 +15,7 @@ import mislabel_detection_benchmark
 from conftest import REPO, run_in_process, synthetic_blobs, write_mnist_layout
 from hardness.cli import UserInputError
 from hardness.mislabel import detection_scores
+from hardness.results import csv_bytes
 from hardness.scoring import CHARACTERISATION, RANKINGS, SETS, hardness_ranking
 
 PAPER_RANKINGS = [name for name in RANKINGS if name not in CHARACTERISATION]     # what the paper recipe computes
@@ -171,7 +172,7 @@ def test_a_sweep_of_benchmarks_merges_into_one_table(workdir, tmp_path):
         folder = tmp_path / "sweep/benchmark" / cell / "results/scores"
         folder.mkdir(parents=True)
         shifted = [{**row, "auroc": float(row["auroc"]) + shift if row["auroc"] else ""} for row in rows]
-        (folder / "benchmark.csv").write_bytes(mislabel_detection_benchmark.csv_bytes(shifted))
+        (folder / "benchmark.csv").write_bytes(csv_bytes(shifted))
     mislabel_detection_benchmark.main(mislabel_detection_benchmark.parse_args(
         ["--sweep", str(tmp_path / "sweep"), "--results_dir", str(tmp_path), "--figures_dir", str(tmp_path / "F")]))
     assert (tmp_path / "F/scores/benchmark_auroc_against_seconds_sweep.png").stat().st_size > 0

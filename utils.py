@@ -21,7 +21,7 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/score_figures.py` | the data map, correlations, top-k class shares, AUROC against the epoch    |
 | `hardness/ranking.py`   | the ranking CSV: the consensus rank, every score's rank, majority verdicts     |
 | `hardness/report.py`    | the self-contained HTML report of the suspicious samples (Jinja2 template)    |
-| `hardness/sweep.py`     | grids of script runs: cells, manifest, resume, local pool and SLURM launchers  |
+| `hardness/sweep/`       | grids of script runs: cells, manifest, resume, local pool and SLURM launchers  |
 """
 from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_common_arguments, add_dataset_arguments, add_device_argument,
                           add_output_arguments,

@@ -95,11 +95,11 @@ def mnist_root(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 
 @pytest.fixture
 def flag_checks_in_process(monkeypatch):
-    """hardness.sweep.flag_errors's child processes (one per script: `python -c "...parse_in_child(script)"`, a
+    """hardness.sweep.grid.flag_errors's child processes (one per script: `python -c "...parse_in_child(script)"`, a
     new interpreter and its imports each) answered by parse_in_child in this process instead, with the child's
     stdin, stdout, working folder and sys.argv. Every other subprocess.run runs as usual. The real children are
     exercised by tests/test_sweep.py::test_dry_run_reports_the_cells_whose_flags_their_script_rejects."""
-    from hardness import sweep
+    from hardness.sweep import grid
     real_run = subprocess.run
 
     def run(command, *args, **kwargs):
@@ -109,8 +109,8 @@ def flag_checks_in_process(monkeypatch):
         sys.stdin = io.StringIO(kwargs["input"])
         try:
             with contextlib.chdir(kwargs["cwd"]), contextlib.redirect_stdout(out):
-                sweep.parse_in_child(command[3])
+                grid.parse_in_child(command[3])
         finally:
             sys.argv, sys.stdin = argv, stdin
         return subprocess.CompletedProcess(command, 0, out.getvalue(), "")
-    monkeypatch.setattr(sweep.subprocess, "run", run)
+    monkeypatch.setattr(grid.subprocess, "run", run)

@@ -4,6 +4,7 @@ same grids through a real one-node SLURM (which CI starts; HARDNESS_REQUIRE_SLUR
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -167,6 +168,18 @@ def test_sweep_script_dry_run_and_status(tmp_path, flag_checks_in_process):
     assert done.returncode == 0 and done.stdout.startswith("tiny: 5 cell(s): 5 pending")
     done = run_in_process(sweep_py, "--grid", str(tmp_path / "none.yaml"), cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "not found" in done.stderr
+
+
+def test_commands_are_shell_quoted_in_the_dry_run_and_the_cell_log(tmp_path, flag_checks_in_process):
+    """A value with a space and a `;` is one quoted word, in the dry run's commands and in the cell log's."""
+    path = write_grid(tmp_path, f'stages: [{{script: {FAKE}, common: {{fail_markers: "MNIST; rm -rf x"}}}}]')
+    done = run_in_process(REPO / "sweep.py", "--grid", str(path), "--dry_run", "--results_dir", str(tmp_path / "R"),
+                          cwd=tmp_path)
+    assert done.returncode == 0 and " --fail_markers 'MNIST; rm -rf x'" in done.stdout, done.stdout + done.stderr
+    assert shlex.split(done.stdout)[-1] == "MNIST; rm -rf x"
+    cell = load_grid(path, tmp_path / "R").cells[0]
+    assert run_cell(cell) == 0
+    assert " --fail_markers 'MNIST; rm -rf x'" in cell.log.read_text().splitlines()[0]
 
 
 def test_dry_run_reports_the_cells_whose_flags_their_script_rejects(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, run_in_process, write_mnist_layout
-from hardness.class_overlap import (DEFAULTS, ConfigError, build_model, class_mapping, cosine_matrix,
+from hardness.class_hardness import (DEFAULTS, ConfigError, build_model, class_mapping, cosine_matrix,
                                     evaluation_steps, load_config, load_simulation_data, plot_dynamics, simulate,
                                     static_overlap, stratified_split, train_group)
 
@@ -219,7 +219,7 @@ def test_standardisation_uses_the_training_split_then_shift():
 def test_separation_puts_class_means_that_far_apart():
     data = gaussian(num_classes=4, separation=6.0, std=1e-4, channels=2, height=3, width=3,
                     train_samples_per_class=1, test_samples_per_class=1)
-    from hardness.class_overlap import gaussian_splits
+    from hardness.class_hardness import gaussian_splits
     train_x, train_y, _, _ = gaussian_splits(data)
     distances = torch.cdist(train_x.flatten(1).double(), train_x.flatten(1).double())
     off_diagonal = distances[~torch.eye(4, dtype=torch.bool)]

@@ -15,10 +15,13 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, run_in_process, write_mnist_layout
-from hardness.class_hardness import (DEFAULTS, ConfigError, build_model, class_mapping, cosine_matrix,
-                                    evaluation_steps, load_config, load_simulation_data, plot_dynamics, simulate,
-                                    static_overlap, stratified_split, train_group)
+from hardness.class_hardness import build_model, cosine_matrix, evaluation_steps, simulate, static_overlap, train_group
+from hardness.class_hardness_config import SCHEMA, load_config
+from hardness.class_hardness_data import class_mapping, gaussian_splits, load_simulation_data, stratified_split
+from hardness.class_hardness_figures import plot_dynamics
+from hardness.config import ConfigError, schema_defaults
 
+DEFAULTS = schema_defaults(SCHEMA)
 SIMULATE = REPO / "class_hardness_simulation.py"
 PLOT = REPO / "plotting_class_hardness.py"
 CONFIGS = REPO / "configs/class_hardness"
@@ -78,11 +81,26 @@ def test_shipped_configs_are_valid():
     ({"model": {"activation": "swish"}}, [], "model.activation"),
     ({"model": {"type": "resnet", "pooling": "none"}}, [], "model.pooling"),
     ({}, ["dataset.gaussian.std=0"], "dataset.std"),
+    ({"rnus": 2}, [], "rnus: unknown field; known: dataset, model, training, runs, evaluation, output"),
+    ({}, ["training.epoch=2"], "training.epoch: unknown field; known: epochs, batch_size"),
+    ({"dataset": {"height": None}}, [], "dataset.height: must be an integer, got None"),
 ])
 def test_bad_config_fields_are_named(tmp_path, sections, overrides, field):
     sections = {**sections, "dataset": {"name": "gaussian", **sections.get("dataset", {})}}
     with pytest.raises(ConfigError, match=f"config field {field}"):
         load_config(config_file(tmp_path, **sections), overrides)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluaton.steps=[1]", "evaluaton: unknown field; known: dataset, model, training, runs, evaluation, output"),
+    ("model.widht=4", "model.widht: unknown field; known: type, depth, width, activation, pooling, cifar_stem, "
+                      "init, small_input"),
+])
+def test_a_misspelt_field_is_one_line_naming_it(tmp_path, override, message):
+    done = run_in_process(SIMULATE, "--config", str(CONFIGS / "gaussian_example.yaml"), "--set", override,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr == f"error: config field {message}\n"
+    assert not (tmp_path / "Results").exists()
 
 
 def test_a_missing_dataset_name_says_so(tmp_path):
@@ -219,7 +237,6 @@ def test_standardisation_uses_the_training_split_then_shift():
 def test_separation_puts_class_means_that_far_apart():
     data = gaussian(num_classes=4, separation=6.0, std=1e-4, channels=2, height=3, width=3,
                     train_samples_per_class=1, test_samples_per_class=1)
-    from hardness.class_hardness import gaussian_splits
     train_x, train_y, _, _ = gaussian_splits(data)
     distances = torch.cdist(train_x.flatten(1).double(), train_x.flatten(1).double())
     off_diagonal = distances[~torch.eye(4, dtype=torch.bool)]

@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from hardness.class_hardness_data import SimulationData
 from hardness.cli import UserInputError
 from hardness.config import ConfigError
-from hardness.minibatch import StackedNetworks, epoch_orders
+from hardness.minibatch import StackedNetworks, train_minibatch
 from hardness.prediction import PREDICTION_CHUNK
 from hardness.radii import one_hot_float
 from hardness.results import save_npz_with_settings, write_atomically
@@ -67,11 +66,13 @@ def build_model(model: dict, input_shape: Sequence[int], num_classes: int) -> nn
 
 
 class RunGroup:
-    """Independent networks trained together: MLPs and CNNs as one stacked computation (`torch.vmap` over
-    their stacked parameters), a ResNet alone. `forward(x)` gives logits [runs, n, C] and features
-    [runs, n, F] from shared inputs [n, ...] or per-run inputs [runs, n, ...] (`per_run`)."""
+    """Independent networks trained together by the minibatch engine (hardness.minibatch.Networks): MLPs and
+    CNNs as one stacked computation (`torch.vmap` over their stacked parameters), a ResNet alone. `forward(x)`
+    gives logits [runs, n, C] and features [runs, n, F] from shared inputs [n, ...] or per-run inputs
+    [runs, n, ...] (`per_run`)."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
+        self.runs = len(models)
         self.stacked = not any(isinstance(m, HardnessResNet50) for m in models)
         if self.stacked:
             self.networks = StackedNetworks(models)
@@ -137,44 +138,32 @@ def train_group(config: dict, data: SimulationData, runs: Sequence[int], steps: 
     for run in runs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stage_seed(training["seed"], ClassHardnessStage.INITIALISATION, run))
-            models.append(build_model(config["model"], data.train_x.shape[1:], data.num_classes).to(data.train_x.device))
+            model = build_model(config["model"], data.train_x.shape[1:], data.num_classes)
+            models.append(model.to(data.train_x.device))
     group = RunGroup(models)
     optimizer = (torch.optim.SGD if training["optimizer"] == "sgd" else torch.optim.Adam)(group.parameters(),
                                                                                           lr=training["lr"])
     shuffles = [stage_generator(training["seed"], ClassHardnessStage.MINIBATCH_ORDER, run) for run in runs]
-    records: list[dict[str, Tensor]] = []
+    wanted, records = set(steps), []             # records: one dict of [runs, ...] tensors per evaluation
 
-    def record() -> None:
-        test = evaluate(group, data.test_x, data.test_y, data.num_classes)
-        train = evaluate(group, data.train_x, data.train_y, data.num_classes)
-        records.append({**{k: v for k, v in test.items()}, **{f"train_{k}": v for k, v in train.items()
-                                                               if k != "overlap"}})
+    def record(step: int) -> None:
+        """Both splits' metrics after `step` optimizer steps, if it is one of `steps`."""
+        if step in wanted:
+            test = evaluate(group, data.test_x, data.test_y, data.num_classes)
+            train = evaluate(group, data.train_x, data.train_y, data.num_classes)
+            records.append({**test, **{f"train_{k}": v for k, v in train.items() if k != "overlap"}})
 
-    wanted, step, n = set(steps), 0, len(data.train_y)
-    if 0 in wanted:
-        record()
-    batches_per_epoch = math.ceil(n / training["batch_size"])
-    bar = tqdm(total=training["epochs"] * batches_per_epoch, desc=f"{len(runs)} run(s)", disable=not progress,
-               leave=False)
-    for _ in range(training["epochs"]):
-        order = epoch_orders(shuffles, n, data.train_y.device)                                          # [runs, n]
-        for batch in order.split(training["batch_size"], dim=1):                                   # [runs, b]
-            logits, _ = group.forward(data.train_x[batch], per_run=True)                           # [runs, b, C]
-            loss = F.cross_entropy(logits.transpose(1, 2), data.train_y[batch], reduction="none").mean(1).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update()
-            if step in wanted:
-                record()
-    bar.close()
+    record(0)
+    train_minibatch(group, optimizer, data.train_x, data.train_y, data.num_classes, training["epochs"],
+                    training["batch_size"], shuffles, progress=progress, description=f"{len(runs)} run(s)",
+                    after_step=record)
     return [{key: torch.stack([r[key][i] for r in records]).cpu().numpy() for key in records[0]}
             for i in range(len(runs))]
 
 
-def simulate(config: dict, data: SimulationData, progress: bool = True) -> tuple[list[dict[str, np.ndarray]], list[int]]:
-    """Every run's metrics (see the README for the arrays) and the evaluation steps."""
+def simulate(config: dict, data: SimulationData,
+             progress: bool = True) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    """Every run's metrics (docs/class_hardness.md lists the arrays) and the evaluation steps."""
     total = config["training"]["epochs"] * math.ceil(len(data.train_y) / config["training"]["batch_size"])
     evaluation = config["evaluation"]
     if evaluation["steps"] is not None:
@@ -183,7 +172,8 @@ def simulate(config: dict, data: SimulationData, progress: bool = True) -> tuple
             raise ConfigError("evaluation.steps", f"step {steps[-1]} is beyond the {total} optimizer steps of training")
     else:
         steps = evaluation_steps(total, evaluation["num_points"])
-    groups = [[run] for run in range(config["runs"])] if config["model"]["type"] == "resnet" else [list(range(config["runs"]))]
+    every_run = range(config["runs"])
+    groups = [[run] for run in every_run] if config["model"]["type"] == "resnet" else [list(every_run)]  # ResNets alone
     static = static_overlap(data).float().cpu().numpy()
     results = []
     for runs in groups:

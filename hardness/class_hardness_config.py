@@ -214,4 +214,3 @@ def load_config(path: Path, overrides: Sequence[str] = (), seed: int | None = No
     if config["output"] is None:
         config["output"] = Path(path).stem
     return validate(config)
-

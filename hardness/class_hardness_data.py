@@ -188,4 +188,3 @@ def load_simulation_data(dataset: dict, root: Path, device: torch.device) -> Sim
     train_x, test_x = [(x - mean) / std + dataset["shift"] for x in (train_x, test_x)]
     return SimulationData(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device),
                           len(set(mapping.values())), merged_class_names(mapping, names), train_ids, test_ids)
-

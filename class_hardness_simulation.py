@@ -15,7 +15,10 @@ setting's figures to <figures_dir>/class_hardness/<output>/.
 import argparse
 from pathlib import Path
 
-from hardness.class_overlap import draw_figures, load_config, load_simulation_data, save_simulation, simulate
+from hardness.class_hardness import save_simulation, simulate
+from hardness.class_hardness_config import load_config
+from hardness.class_hardness_data import load_simulation_data
+from hardness.class_hardness_figures import draw_figures
 from utils import (add_device_argument, add_output_arguments, class_hardness_path, non_negative_int, resolve_device,
                    run_script, run_settings)
 

@@ -12,7 +12,8 @@ Each --results is a folder class_hardness_simulation.py wrote (or its output nam
 import argparse
 from pathlib import Path
 
-from hardness.class_overlap import draw_figures, load_simulation
+from hardness.class_hardness import load_simulation
+from hardness.class_hardness_figures import draw_figures
 from hardness.cli import UserInputError
 from utils import add_output_arguments, class_hardness_path, run_script
 

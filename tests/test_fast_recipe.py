@@ -1,5 +1,6 @@
-"""The fast recipe (hardness/fast_recipe.py): the engine's observers ending training, the batched recipe against
-one network at a time, folds, augmentation; the scripts with --recipe fast and paper, the paper fixture, --replot."""
+"""The fast recipe (hardness/fast_recipe.py): the engine's observers ending training and its step hook, the batched
+recipe against one network at a time, folds, augmentation; the scripts with --recipe fast and paper, the paper
+fixture, --replot."""
 import json
 from pathlib import Path
 
@@ -39,6 +40,22 @@ def test_the_minibatch_engine_stops_when_every_observer_is_done():
     losses = train_minibatch(networks, optimizer, data, labels, 3, 10, 8, [torch.Generator() for _ in range(2)],
                              [first, late], progress=False)
     assert losses.shape == (2, 4) and late.seen == [0, 1, 2, 3]                 # the later observer decides
+
+
+def test_the_minibatch_engine_calls_its_step_hook_after_every_step():
+    data, labels = torch.randn(30, 4), torch.arange(30) % 3
+    networks = build_networks("MLP", [0], (4,), 3, torch.device("cpu"))
+    optimizer = torch.optim.SGD(networks.parameters(), lr=0.01)
+    steps, weights = [], []
+
+    def after_step(step: int) -> None:
+        steps.append(step)
+        weights.append(networks.parameters()[0].detach().clone())
+
+    train_minibatch(networks, optimizer, data, labels, 3, 10, 8, [torch.Generator()], [StopAfter(1)], progress=False,
+                    after_step=after_step)
+    assert steps == list(range(1, 9))                       # 4 steps an epoch (30 samples by 8), stopped after 2
+    assert all(not torch.equal(a, b) for a, b in zip(weights, weights[1:]))              # each after its step
 
 
 def blobs(n: int = 90, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

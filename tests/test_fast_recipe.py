@@ -141,7 +141,10 @@ def test_recipe_paper_reproduces_the_scores_of_the_code_before_the_fast_recipe(t
         assert set(ours.files) == set(theirs.files)
         for name in theirs.files:
             if theirs[name].dtype.kind == "f":
-                np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
+                # VoG standardises a variance per class: another CPU's kernels (AVX2 against AVX-512) move it by up to
+                # 5e-6 (6e-5 relative); every other score stays within 1e-6
+                atol, rtol = (1e-5, 1e-4) if name == "vog" else (1e-6, 1e-5)
+                np.testing.assert_allclose(ours[name], theirs[name], rtol=rtol, atol=atol, err_msg=name)
             else:
                 np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
     settings = json.loads((tmp_path / "Results/scores/bars_60_0.1.json").read_text())

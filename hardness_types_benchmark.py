@@ -38,8 +38,8 @@ from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_
                                       refresh_verdict_rows, score_rows, verdict_table)
 from hardness.user_data import parse_source
 from hardness.verdicts import VerdictRules, assign_verdicts
-from utils import (UserInputError, add_common_arguments, canonical_dataset_name, combine_rows, load_dataset_from_args,
-                   positive_int, resolve_device, run_script, run_settings, save_figure, unit_interval,
+from utils import (RunDescription, UserInputError, add_common_arguments, canonical_dataset_name, combine_rows,
+                   load_dataset_from_args, positive_int, resolve_device, run_script, run_settings, save_figure, unit_interval,
                    write_atomically)
 
 
@@ -141,8 +141,7 @@ def read_manifest(path: Path, sample_ids: list[str]) -> list[str]:
 def run_manifest(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     start = time.perf_counter()
-    scoring_args = argparse.Namespace(**{**vars(args), "network": "MLP", "runs": args.runs})
-    dataset = load_dataset_from_args(scoring_args, device)
+    dataset = load_dataset_from_args(args, device, run=RunDescription("MLP", args.runs))
     kinds = read_manifest(args.manifest, dataset.sample_ids)
     run = fast_run(dataset.data, dataset.labels, dataset.num_classes, args)
     labels = dataset.labels.cpu().numpy()

@@ -20,7 +20,7 @@ import hardness_scores  # noqa: E402
 from hardness.data import load_dataset_from_args  # noqa: E402
 from hardness.device import device_name  # noqa: E402
 from hardness.results import run_settings, scores_path  # noqa: E402
-from hardness.setting import save_setting, score_setting, setting_name  # noqa: E402
+from hardness.setting import save_setting, score_setting, scoring_run, setting_name  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
                                        "--results_dir", str(options.results_dir), "--figures_dir",
                                        str(options.results_dir / "figures")])
     device = torch.device("cpu")
-    load_dataset_from_args(args, device)                                       # warm the decoded cache
+    load_dataset_from_args(args, device, run=scoring_run(args))                # warm the decoded cache
     stages: dict[str, float] = {}
     start = time.perf_counter()
     setting = score_setting(args.dataset_name, args.subset_size, args.noise_ratio, args, device)

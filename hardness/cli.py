@@ -12,6 +12,22 @@ class UserInputError(Exception):
     """An error in what the user asked for; scripts print it as one line and exit."""
 
 
+class FieldError(UserInputError):
+    """A user error about fields of a request (subset_size, label_column, ...), which each caller names its own way:
+    `field` is the one it is about, and `wording(name)` the message with every field it mentions given as
+    `name(field)`. str() words them as flags (flag_name: --label_column), as the scripts print them; a config-driven
+    caller words them as its keys (dataset.label_column)."""
+
+    def __init__(self, field: str, wording: Callable[[Callable[[str], str]], str]) -> None:
+        self.field, self.wording = field, wording
+        super().__init__(wording(flag_name))
+
+
+def flag_name(field: str) -> str:
+    """The command line's name of a field: --field."""
+    return f"--{field}"
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     value = int(text)

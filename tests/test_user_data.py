@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from conftest import REPO, synthetic_blobs, write_mnist_layout
-from hardness import data as data_module
+from hardness import memory
 from hardness.cli import UserInputError, add_common_arguments, add_dataset_arguments, budget_share_or_count
 from hardness.data import dataset_label, load_dataset, load_dataset_from_args
+from hardness.memory import RunDescription
 from hardness.engine import train_simple_nns
 from hardness.identifiers import budget_counts
 from neural_networks import ResNet18
@@ -28,8 +29,6 @@ def flags(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_dataset_arguments(parser)
     add_common_arguments(parser)
-    parser.add_argument("--network", default="SimpleNN")
-    parser.add_argument("--batch_size", type=int, default=None)
     return parser.parse_args(list(argv))
 
 
@@ -222,12 +221,12 @@ def test_bad_csv_files_are_one_line_errors(tmp_path, text, extra, message):
 
 def test_memory_estimate_stops_before_loading(pets, tmp_path, monkeypatch):
     root, _ = pets
-    monkeypatch.setattr(data_module, "free_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 1000)
     with pytest.raises(UserInputError, match=r"7 samples of pets shaped \[1, 4, 5\] .* give a smaller --subset_size$"):
         load_dataset_from_args(flags("--dataset_name", f"folder:{root}", "--data_root", str(tmp_path / "d")), CPU)
     assert not (tmp_path / "d").exists()   # nothing decoded, nothing cached
     with pytest.raises(UserInputError, match=r"--subset_size or a --batch_size \(e.g. 128\)$"):
-        load_dataset_from_args(flags("--dataset_name", f"folder:{root}", "--network", "ResNet"), CPU)
+        load_dataset_from_args(flags("--dataset_name", f"folder:{root}"), CPU, run=RunDescription("ResNet"))
     np.savez(tmp_path / "a.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
     with pytest.raises(UserInputError, match="give a smaller --subset_size"):
         load_dataset_from_args(flags("--dataset_name", f"npz:{tmp_path}/a.npz"), CPU)
@@ -238,15 +237,15 @@ def test_memory_estimate_counts_the_data_and_the_networks():
     source value; 3 SimpleNNs of 2 x 20 units: (3 * 40 + 64) * 4 bytes per network and sample and 12 bytes per
     first-layer weight."""
     expected = 1000 * 20 * 12 + 2000 * 20 + 3 * 1000 * (3 * 40 + 64) * 4 + 3 * 20 * 20 * 12
-    assert data_module.estimated_bytes(2000, (1, 4, 5), 1000, CPU, "SimpleNN", 3, None) == expected
-    resnet = data_module.estimated_bytes(2000, (1, 4, 5), 1000, CPU, "ResNet", 3, 10)
+    assert memory.estimated_bytes(2000, (1, 4, 5), 1000, CPU, RunDescription("SimpleNN", 3)) == expected
+    resnet = memory.estimated_bytes(2000, (1, 4, 5), 1000, CPU, RunDescription("ResNet", 3, 10))
     assert resnet == 1000 * 20 * 12 + 2000 * 20 + 16 * 11_200_000 + 7300 * 20 * 10
 
 
 def test_resnet_on_a_table_is_a_one_line_error(tmp_path):
     (tmp_path / "t.csv").write_text("a,b,label\n1,2,x\n3,4,y\n")
     with pytest.raises(UserInputError, match="t is a table of 2 features, and a ResNet needs images"):
-        load_dataset_from_args(flags("--dataset_name", f"csv:{tmp_path}/t.csv", "--network", "ResNet"), CPU)
+        load_dataset_from_args(flags("--dataset_name", f"csv:{tmp_path}/t.csv"), CPU, run=RunDescription("ResNet"))
 
 
 def test_labels_of_sources_and_builtins(tmp_path):

@@ -24,7 +24,7 @@ from utils import (RunDescription, UserInputError, add_common_arguments, add_dat
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_arguments(parser, subset_size=70000)
+    add_dataset_arguments(parser, subset_size={"default": 70000})
     parser.add_argument("--overfit", action="store_true",
                         help="train on the whole subset and test on it, instead of holding out 1/7 for testing")
     parser.add_argument("--runs", type=positive_int, default=100, help="networks trained at once (default 100)")

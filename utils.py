@@ -25,8 +25,8 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/report.py`    | the self-contained HTML report of the suspicious samples (Jinja2 template)    |
 | `hardness/sweep.py`     | grids of script runs: cells, manifest, resume, local pool and SLURM launchers  |
 """
-from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_common_arguments, add_dataset_arguments, add_device_argument,
-                          add_output_arguments,
+from hardness.cli import (TORCHVISION_ROOT, UserInputError, add_benchmark_dataset_arguments, add_common_arguments,
+                          add_dataset_arguments, add_device_argument, add_output_arguments, add_shared_arguments,
                           add_results_arguments, budget_share_or_count, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
 from hardness.data import canonical_dataset_name, dataset_label, load_benchmark_dataset, load_dataset, load_dataset_from_args
@@ -57,7 +57,8 @@ from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, c
                           input_gradients, stage_windows, vog_from_gradients, vog_scores)
 
 __all__ = [
-    "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
+    "TORCHVISION_ROOT", "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments",
+    "add_device_argument", "add_output_arguments", "add_results_arguments", "add_shared_arguments",
     "budget_share_or_count", "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
     "RunDescription", "benchmark_splits", "canonical_dataset_name", "dataset_label", "random_split", "load_benchmark_dataset", "load_dataset", "load_dataset_from_args",
     "keep_freed_memory_in_heap", "resolve_device",

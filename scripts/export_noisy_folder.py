@@ -33,8 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hardness.cli import (UserInputError, non_negative_int, positive_int, run_script,  # noqa: E402
-                          unit_interval)
+from hardness.cli import UserInputError, add_shared_arguments, run_script, unit_interval  # noqa: E402
 from hardness.data import (as_nchw_uint8, dataset_class, load_dataset, load_pixels,  # noqa: E402
                            standardised_dataset, torchvision_splits)
 from hardness.noise import NOISE_TYPES, check_noise_type, flip_labels  # noqa: E402
@@ -59,10 +58,10 @@ def injection(text: str) -> tuple[str, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="FashionMNIST",
-                        help="built-in torchvision dataset to export, any letter case (default FashionMNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=10000,
-                        help="images exported: the head of the seeded shuffle of train+test (default 10000)")
+    add_shared_arguments(parser, "dataset_name", "subset_size", dataset_name={
+        "default": "FashionMNIST", "help": "built-in torchvision dataset to export, any letter case (default FashionMNIST)"},
+        subset_size={"default": 10000, "help": "images exported: the head of the seeded shuffle of train+test (default "
+                                                "10000)"})
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.05,
                         help="share of the images, int(ratio * N), put into a wrong class folder, in [0, 1) "
                              "(default 0.05)")
@@ -73,12 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="write these injected types instead of label noise, each into its own share of the "
                              f"images: {', '.join(INJECTION_TYPES)}; one mislabelled type at most, e.g. "
                              "asymmetric:0.05 far_ood:0.05 exact_duplicate:0.05 (hardness_types_benchmark.py)")
-    parser.add_argument("--results_dir", type=Path, default=Path("Results"),
-                        help="where instance noise caches its reference model's probabilities (default Results)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the subset and of the moved images (default 0)")
-    parser.add_argument("--data_root", type=Path, default=Path("./data"),
-                        help="folder holding torchvision's dataset layout (default ./data)")
+    add_shared_arguments(parser, "results_dir", "seed", "data_root", results_dir={
+        "help": "where instance noise caches its reference model's probabilities (default Results)"},
+        seed={"help": "seed of the subset and of the moved images (default 0)"},
+        data_root={"help": "folder holding torchvision's dataset layout (default ./data)"})
     parser.add_argument("--output", type=Path, default=None,
                         help="folder to create; must not exist (default "
                              "<data_root>/exports/<dataset>_<subset_size>_<noise_type>_<noise_ratio>)")

@@ -34,8 +34,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hardness.cli import UserInputError, add_shared_arguments, run_script, unit_interval  # noqa: E402
-from hardness.data import (as_nchw_uint8, dataset_class, load_dataset, load_pixels,  # noqa: E402
-                           standardised_dataset, torchvision_splits)
+from hardness.data import (dataset_class, load_pixels, load_source, standardised_dataset,  # noqa: E402
+                           subset_dataset)
 from hardness.noise import NOISE_TYPES, check_noise_type, flip_labels  # noqa: E402
 from hardness.injection import FAMILIES, INJECTION_TYPES, Injected, check_injection, inject  # noqa: E402
 from hardness.noise_reference import reference_probabilities  # noqa: E402
@@ -140,7 +140,8 @@ def export(args: argparse.Namespace) -> tuple[Path, int]:
         images = (injected.images * 255).round().to(torch.uint8).numpy()                       # [N, C, H, W]
         given, kinds, partner = injected.labels.tolist(), injected.kind, injected.duplicate_of.tolist()
     else:
-        dataset = load_dataset(name, args.data_root, args.subset_size, args.seed, torch.device("cpu"))
+        source = load_source(name, args.data_root)
+        dataset = subset_dataset(source, name, args.subset_size, args.seed, torch.device("cpu"))
         try:
             check_noise_type(args.noise_type, dataset.num_classes)
         except ValueError as error:
@@ -149,8 +150,7 @@ def export(args: argparse.Namespace) -> tuple[Path, int]:
                          if args.noise_type == "instance" and args.noise_ratio > 0 else None)
         noisy, moved, _ = flip_labels(dataset.labels, args.noise_ratio, dataset.num_classes, args.seed,
                                       args.noise_type, dataset.data, probabilities=probabilities)
-        splits = torchvision_splits(dataset.name, Path(args.data_root))
-        images = torch.cat([as_nchw_uint8(split.data) for split in splits])[dataset.indices].numpy()   # [N, C, H, W]
+        images = source.values[dataset.indices.numpy()]                                          # [N, C, H, W]
         class_names, sample_ids, true, given = (dataset.class_names, dataset.sample_ids, dataset.labels.tolist(),
                                                 noisy.tolist())
         kinds, partner = [args.noise_type if m else "" for m in moved.tolist()], [-1] * len(given)

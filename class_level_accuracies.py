@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from utils import (UserInputError, add_common_arguments, add_dataset_arguments, child_seeds, confusion_matrices,
-                   hard_samples_path, keep_freed_memory_in_heap, load_dataset_from_args,
+from utils import (RunDescription, UserInputError, add_common_arguments, add_dataset_arguments, child_seeds,
+                   confusion_matrices, hard_samples_path, keep_freed_memory_in_heap, load_dataset_from_args,
                    load_pickle, positive_int, resolve_device, run_script, run_settings, save_figure, save_pickle,
                    train_and_predict)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_arguments(parser, subset_size=70000)
+    add_dataset_arguments(parser, subset_size={"default": 70000})
     parser.add_argument("--overfit", action="store_true",
                         help="train on the whole subset and test on it, instead of holding out 1/7 for testing")
     parser.add_argument("--runs", type=positive_int, default=100, help="networks trained at once (default 100)")
@@ -48,7 +48,7 @@ def train_and_test_rows(size: int, overfit: bool) -> tuple[Tensor, Tensor]:
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset_from_args(args, device)
+    dataset = load_dataset_from_args(args, device, run=RunDescription("SimpleNN", args.runs))
     train_mask, test_rows = train_and_test_rows(len(dataset.labels), args.overfit)
     train_masks, test_rows = train_mask.to(device).expand(args.runs, -1), test_rows.to(device)
 

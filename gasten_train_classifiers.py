@@ -9,14 +9,13 @@ loss of the other 1/6 (the best epoch is kept), and scores it on the pair's test
 and draws the test accuracies to <figures_dir>/gasten/classifiers_<dataset>_<pos>v<neg> (PNG and PDF).
 """
 import argparse
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from hardness.gasten import (CLASSIFIERS, PAIR_DATASETS, classifier_name, load_pair,
                              save_classifier, train_classifier)
-from utils import (add_device_argument, add_output_arguments, gasten_path, non_negative_int, positive_float,
-                   positive_int, resolve_device, run_script, run_settings, save_figure)
+from utils import (TORCHVISION_ROOT, add_shared_arguments, gasten_path, non_negative_int, positive_float, positive_int,
+                   resolve_device, run_script, run_settings, save_figure)
 
 DEFAULT_EPOCHS = {"mnist": 1, "fashionmnist": 3}
 
@@ -43,11 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate (default 1e-3)")
     parser.add_argument("--early_stop", type=positive_int, default=3,
                         help="epochs without a lower validation loss before stopping (default 3)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the split, the shuffling and the initialisation (default 0)")
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
-    add_device_argument(parser)
-    add_output_arguments(parser)
+    add_shared_arguments(parser, "seed", "data_root", "device", "results_dir", "figures_dir",
+                         seed={"help": "seed of the split, the shuffling and the initialisation (default 0)"},
+                         data_root=TORCHVISION_ROOT)
     args = parser.parse_args(argv)
     args.nf = sorted({nf for group in (args.nf or [[1, 2, 4] if args.dataset == "mnist" else [4, 8, 16]])
                       for nf in group})

@@ -41,7 +41,7 @@ from hardness.data import Dataset
 from hardness.ranking import Ranking, build_ranking, write_ranking
 from hardness.report import render_report, write_report
 from hardness.score_figures import plot_class_counts
-from hardness.setting import saved_setting_path, setting_name
+from hardness.setting import saved_setting_path, scoring_run, setting_name
 from hardness.user_data import parse_source
 from hardness.verdicts import VERDICTS, assign_verdicts
 from utils import (RANKINGS, UserInputError, add_dataset_arguments, add_scoring_arguments, check_scoring_arguments,
@@ -134,7 +134,7 @@ def main(args: argparse.Namespace) -> None:
         path = saved_setting_path(args, label)
         scores, settings = load_setting_arrays(path), load_settings(path)
         class_names, seconds, notes = settings["class_names"], settings["seconds"], settings["notes"]
-        dataset = load_dataset_from_args(args, torch.device("cpu"), seed=settings["seed"])
+        dataset = load_dataset_from_args(args, torch.device("cpu"), seed=settings["seed"], run=scoring_run(args))
         if "sample_ids" not in scores or scores["sample_ids"].tolist() != dataset.sample_ids:
             raise UserInputError(f"the samples of {args.dataset_name} are not those {path} scored (changed data, or a "
                                  "file of an older version); score them again without --replot")

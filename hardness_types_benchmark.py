@@ -38,18 +38,17 @@ from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_
                                       refresh_verdict_rows, score_rows, verdict_table)
 from hardness.user_data import parse_source
 from hardness.verdicts import VerdictRules, assign_verdicts
-from utils import (UserInputError, add_common_arguments, canonical_dataset_name, combine_rows, load_dataset_from_args,
-                   positive_int, resolve_device, run_script, run_settings, save_figure, unit_interval,
+from utils import (RunDescription, UserInputError, add_common_arguments, add_shared_arguments, canonical_dataset_name,
+                   combine_rows, load_dataset_from_args, positive_int, resolve_device, run_script, run_settings, save_figure, unit_interval,
                    write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST",
-                        help="MNIST or FashionMNIST, any letter case (far_ood takes the other's images); with "
-                             "--manifest a folder:PATH (default MNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=10000,
-                        help="samples kept from train+test after the seeded shuffle (default 10000)")
+    add_shared_arguments(parser, "dataset_name", "subset_size", dataset_name={
+        "help": "MNIST or FashionMNIST, any letter case (far_ood takes the other's images); with --manifest a "
+                "folder:PATH (default MNIST)"},
+        subset_size={"default": 10000, "help": "samples kept from train+test after the seeded shuffle (default 10000)"})
     parser.add_argument("--injection", default="uniform",
                         help=f"the type injected: {', '.join(INJECTION_TYPES)}, or {CLEAN} (default uniform)")
     parser.add_argument("--ratio", type=unit_interval(False, False), default=0.1,
@@ -141,8 +140,7 @@ def read_manifest(path: Path, sample_ids: list[str]) -> list[str]:
 def run_manifest(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     start = time.perf_counter()
-    scoring_args = argparse.Namespace(**{**vars(args), "network": "MLP", "runs": args.runs})
-    dataset = load_dataset_from_args(scoring_args, device)
+    dataset = load_dataset_from_args(args, device, run=RunDescription("MLP", args.runs))
     kinds = read_manifest(args.manifest, dataset.sample_ids)
     run = fast_run(dataset.data, dataset.labels, dataset.num_classes, args)
     labels = dataset.labels.cpu().numpy()

@@ -36,7 +36,7 @@ DEFAULT_EPOCHS = {"mlp": 100, "cnn": 100}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_arguments(parser, subset_size=10000)
+    add_dataset_arguments(parser, subset_size={"default": 10000})
     parser.add_argument("--holdout_size", type=positive_int, default=5000,
                         help="samples after the training subset in the same seeded shuffle, never trained on: the "
                              "held-out split for early stopping (default 5000)")

@@ -33,20 +33,18 @@ from hardness.score_figures import plot_auroc_against_seconds
 from hardness.setting import ScoredSetting, setting_name
 from utils import (UserInputError, add_dataset_arguments, add_scoring_arguments, benchmark_rows,
                    canonical_dataset_name, check_scoring_arguments, combine_rows, detection_scores, markdown_table, plot_trajectory_auroc,
-                   positive_int, resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
+                   resolve_device, run_script, run_settings, save_figure, save_setting, score_setting,
                    scores_path, summary_table, trajectory_auroc, unit_interval, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     conflict_handler="resolve")
-    add_dataset_arguments(parser)                 # the flags of your own data; --dataset_name and --subset_size follow
-    parser.add_argument("--dataset_name", nargs="+", default=["MNIST", "FashionMNIST"],
-                        help="torchvision datasets, any letter case, or your own data (folder:PATH, npz:PATH, "
-                             "csv:PATH; docs/your_data.md) (default MNIST FashionMNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=20000,
-                        help="samples kept from train+test after the seeded shuffle; your own data smaller than this "
-                             "is used whole (default 20000)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_arguments(parser, dataset_name={
+        "nargs": "+", "default": ["MNIST", "FashionMNIST"],
+        "help": "torchvision datasets, any letter case, or your own data (folder:PATH, npz:PATH, csv:PATH; "
+                "docs/your_data.md) (default MNIST FashionMNIST)"},
+        subset_size={"help": "samples kept from train+test after the seeded shuffle; your own data smaller than this "
+                             "is used whole (default 20000)"})
     parser.add_argument("--noise_ratio", type=unit_interval(False, False), nargs="+", default=None,
                         help="shares of labels flipped, each in (0, 1), one setting each (default 0.05 0.1 0.2; none "
                              "with --moved_list)")

@@ -11,15 +11,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils import (add_output_arguments, class_grid, dataset_label, load_pickle, mean_inversion_epochs,
+from utils import (add_output_arguments, add_shared_arguments, class_grid, dataset_label, load_pickle, mean_inversion_epochs,
                    inversion_path, run_script, save_figure)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="MNIST",
-                        help="dataset whose results to plot, any letter case, or your own data's label (or its "
-                             "folder:/npz:/csv: source); names the default results file (default MNIST)")
+    add_shared_arguments(parser, "dataset_name", dataset_name={
+        "help": "dataset whose results to plot, any letter case, or your own data's label (or its folder:/npz:/csv: "
+                "source); names the default results file (default MNIST)"})
     parser.add_argument("--results_path", type=Path, default=None,
                         help="results pickle to read (default <results_dir>/Radii_over_epoch/<dataset>_all_epoch_radii.pkl)")
     add_output_arguments(parser)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from neural_networks import BatchedSimpleNN
-from utils import (INVERSION_START, RadiiRecorder, StragglerTracker, UserInputError, add_common_arguments,
-                   add_dataset_arguments, class_grid, input_channels, keep_freed_memory_in_heap, load_dataset_from_args,
+from utils import (INVERSION_START, RadiiRecorder, RunDescription, StragglerTracker, UserInputError,
+                   add_common_arguments, add_dataset_arguments, class_grid, input_channels, keep_freed_memory_in_heap, load_dataset_from_args,
                    mean_inversion_epochs, positive_float, positive_int, inversion_path, resolve_device, run_script,
                    run_settings, save_figure, save_pickle, simple_nn_size, train_full_batch)
 
@@ -62,7 +62,7 @@ def plot_radii(radii: np.ndarray, epochs: np.ndarray, class_names: list[str], da
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset_from_args(args, device)
+    dataset = load_dataset_from_args(args, device, run=RunDescription("SimpleNN", args.number_of_runs))
     default_depth, default_width = simple_nn_size(channels=input_channels(dataset.data))
     args.depth, args.width = args.depth or default_depth, args.width or default_width
     if args.latent > args.depth:

@@ -21,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hardness.cli import non_negative_int, positive_float, positive_int, run_script
+from hardness.cli import add_shared_arguments, non_negative_int, positive_float, positive_int, run_script
 from hardness.sweep import (DEFAULT_POLL_S, GridError, SlurmError, cancel_slurm, flag_errors, load_grid, render_flags,
                             run_local, status_table, submit_slurm, wait_for_slurm)
 
@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"jobs (default {DEFAULT_POLL_S:g})")
     parser.add_argument("--no_wait", action="store_true",
                         help="slurm: submit and return; --status tells how the jobs are doing (no retries then)")
-    parser.add_argument("--results_dir", type=Path, default=Path("Results"),
-                        help="the sweep lives in <results_dir>/sweeps/<grid name>/ (default Results)")
+    add_shared_arguments(parser, "results_dir", results_dir={
+        "help": "the sweep lives in <results_dir>/sweeps/<grid name>/ (default Results)"})
     return parser.parse_args(argv)
 
 

@@ -6,8 +6,10 @@ The mechanics live in the package `hardness/`, one module per subject:
 | ----------------------- | ------------------------------------------------------------------------------ |
 | `hardness/cli.py`       | typed flag parsers, the shared flags, `run_script` (user errors as one line)   |
 | `hardness/device.py`    | choosing the device, timing and peak memory, the CPU allocator setting         |
-| `hardness/data.py`      | fetching and loading datasets, label noise, the benchmark's train/test splits  |
+| `hardness/data.py`      | fetching datasets; load_source, every source's samples; the standardised subset |
 | `hardness/user_data.py` | the user's own data: folder:, npz:, csv: sources, the folder cache, checks     |
+| `hardness/memory.py`    | the memory estimate of a run (RunDescription) against the free memory         |
+| `hardness/splits.py`    | random splits: VoG's training and held-out parts, the benchmark's splits       |
 | `hardness/radii.py`     | class-manifold radii                                                           |
 | `hardness/engine.py`    | batched full-batch training with observers, ResNet-18 training, predictions    |
 | `hardness/identifiers.py` | stragglers, confidence, energy, vog, the dynamics strategies; budgets       |
@@ -23,12 +25,12 @@ The mechanics live in the package `hardness/`, one module per subject:
 | `hardness/report.py`    | the self-contained HTML report of the suspicious samples (Jinja2 template)    |
 | `hardness/sweep/`       | grids of script runs: cells, manifest, resume, local pool and SLURM launchers  |
 """
-from hardness.cli import (UserInputError, add_benchmark_dataset_arguments, add_common_arguments, add_dataset_arguments, add_device_argument,
-                          add_output_arguments,
+from hardness.cli import (TORCHVISION_ROOT, UserInputError, add_benchmark_dataset_arguments, add_common_arguments,
+                          add_dataset_arguments, add_device_argument, add_output_arguments, add_shared_arguments,
                           add_results_arguments, budget_share_or_count, non_negative_int, positive_float, positive_int, run_script,
                           unit_interval)
-from hardness.data import (benchmark_splits, canonical_dataset_name, dataset_label, load_benchmark_dataset, load_dataset,
-                           load_dataset_from_args)
+from hardness.data import canonical_dataset_name, dataset_label, load_benchmark_dataset, load_dataset, load_dataset_from_args
+from hardness.memory import RunDescription
 from hardness.device import keep_freed_memory_in_heap, resolve_device
 from hardness.engine import (RadiiRecorder, input_channels, simple_nn_size, train_and_predict, train_full_batch,
                              train_networks)
@@ -41,6 +43,7 @@ from hardness.scoring import RANKINGS, SETS, hardness_ranking
 from hardness.setting import (add_scoring_arguments, check_scoring_arguments, load_setting_arrays, load_settings,
                               save_setting, score_setting)
 from hardness.noise import NOISE_TYPES, flip_labels
+from hardness.splits import benchmark_splits, random_split
 from hardness.seeds import (ClassHardnessStage, MemorisationStage, NetworkStage, Stage, VogStage, child_seeds, derived_seed,
                             stage_generator, stage_seed)
 from hardness.metrics import METRICS, confusion_matrices, train_and_evaluate
@@ -54,9 +57,10 @@ from hardness.vog import (CALIBRATIONS, STAGES, CheckpointRecorder, calibrate, c
                           input_gradients, stage_windows, vog_from_gradients, vog_scores)
 
 __all__ = [
-    "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments", "add_device_argument", "add_output_arguments", "add_results_arguments",
+    "TORCHVISION_ROOT", "UserInputError", "add_benchmark_dataset_arguments", "add_common_arguments", "add_dataset_arguments",
+    "add_device_argument", "add_output_arguments", "add_results_arguments", "add_shared_arguments",
     "budget_share_or_count", "non_negative_int", "positive_float", "positive_int", "run_script", "unit_interval",
-    "benchmark_splits", "canonical_dataset_name", "dataset_label", "load_benchmark_dataset", "load_dataset", "load_dataset_from_args",
+    "RunDescription", "benchmark_splits", "canonical_dataset_name", "dataset_label", "random_split", "load_benchmark_dataset", "load_dataset", "load_dataset_from_args",
     "keep_freed_memory_in_heap", "resolve_device",
     "RadiiRecorder", "input_channels", "simple_nn_size", "train_and_predict", "train_full_batch", "train_networks",
     "INVERSION_INTERVAL", "INVERSION_START", "STRATEGIES", "StragglerTracker", "class_counts",

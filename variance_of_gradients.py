@@ -22,7 +22,6 @@ Prints whether the paper's claims hold: top-decile error above bottom-decile err
 the AUROC with which late-stage VoG separates the flipped training labels from the clean ones.
 """
 import argparse
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,13 +30,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
-from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN
-from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, VogStage, add_common_arguments,
-                   add_dataset_arguments, calibrate, checkpoint_epochs, checkpoint_predictions,
-                   flip_labels, input_channels, input_gradients, keep_freed_memory_in_heap, load_dataset_from_args,
-                   positive_int, resolve_device, run_script, run_settings, save_figure, save_npz_with_settings,
-                   simple_nn_size, stage_generator, stage_seed, stage_windows, train_networks, unit_interval,
-                   vog_path, vog_scores, write_atomically)
+from hardness.data import Dataset
+from hardness.vog import (accuracy_kept, checkpoint_paths, checkpoint_skeleton, equal_groups, extremes_of_each_class,
+                          last_checkpoint, load_checkpoints, save_checkpoints, train_checkpoints, vog_table)
+from utils import (CALIBRATIONS, STAGES, RunDescription, VogStage, add_common_arguments, add_dataset_arguments,
+                   checkpoint_predictions, flip_labels, input_gradients, keep_freed_memory_in_heap,
+                   load_dataset_from_args, positive_int, random_split, resolve_device, run_script, run_settings,
+                   save_figure, save_npz_with_settings, stage_generator, stage_seed, stage_windows, unit_interval,
+                   vog_path)
 
 EXTREMES = 10                      # lowest- and highest-VoG images shown per class
 KEPT_SHARES = np.arange(10, 101, 10)
@@ -84,82 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size is not None and args.evaluation_network != "ResNet":
         parser.error("--batch_size applies to --evaluation_network ResNet only; SimpleNNs train full batch")
     return args
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def network_for(args: argparse.Namespace, data: Tensor, num_classes: int) -> nn.Module:
-    """An untrained --evaluation_network for `data` ([N, C, H, W] images, or [N, D] features for a SimpleNN): the
-    skeleton the checkpoints are loaded into."""
-    if args.evaluation_network == "ResNet":
-        return ResNet18(data.shape[1], num_classes).to(data.device)
-    depth, width = simple_nn_size(input_channels(data))
-    return SimpleNN(data[0].numel(), width, depth, num_classes).to(data.device)
-
-
-def trained_checkpoints(args: argparse.Namespace, data: Tensor, labels: Tensor,
-                        num_classes: int) -> tuple[list[dict[str, Tensor]], list[int]]:
-    """Train the network on (data, labels), keeping --checkpoints state dicts evenly over --epochs, and
-    the epochs they were kept after."""
-    recorder = CheckpointRecorder(checkpoint_epochs(args.epochs, args.checkpoints))
-    train_networks(args.evaluation_network, [stage_seed(args.seed, VogStage.TRAIN)], data, labels, num_classes, args.epochs,
-                   batch_size=args.batch_size, observers=[recorder], description="training")
-    states = recorder.checkpoints
-    if args.evaluation_network == "SimpleNN":  # the engine's batched model of one run, as a SimpleNN
-        states = [BatchedSimpleNN.run_state_dict(state, 0) for state in states]
-    return states, recorder.epochs
-
-
-def natural_key(path: Path) -> list:
-    """Sort key that puts checkpoint_2 before checkpoint_10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
-def checkpoint_paths(folder: Path) -> list[Path]:
-    """The *.pt files in `folder`, in file-name order; a user error unless there are at least 3."""
-    if not folder.is_dir():
-        raise UserInputError(f"--checkpoint_dir {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
-    paths = sorted(folder.glob("*.pt"), key=natural_key)
-    if len(paths) < 3:
-        raise UserInputError(f"--checkpoint_dir {folder} holds {len(paths)} *.pt checkpoint(s); VoG's stages need "
-                             "at least 3")
-    return paths
-
-
-def load_checkpoints(paths: list[Path], skeleton: nn.Module, device: torch.device) -> list[dict[str, Tensor]]:
-    """The state dicts at `paths`, in order, checked against the network they are for."""
-    states = []
-    for path in paths:
-        state = torch.load(path, map_location=device, weights_only=True)
-        try:
-            skeleton.load_state_dict(state)
-        except (RuntimeError, TypeError) as error:
-            raise UserInputError(f"{path} is not a state dict of this --evaluation_network: "
-                                 f"{str(error).splitlines()[0]}") from error
-        states.append(state)
-    return states
-
-
-def save_checkpoints(states: list[dict[str, Tensor]], epochs: list[int], folder: Path) -> None:
-    digits = len(str(len(states)))
-    for k, (state, epoch) in enumerate(zip(states, epochs), start=1):
-        write_atomically(folder / f"checkpoint_{k:0{digits}d}_epoch_{epoch}.pt",
-                         lambda temporary, state=state: torch.save(state, temporary))
-
-
-# ----------------------------------------------------------------------------- VoG of every part
-
-def all_vog(model: nn.Module, checkpoints: list[dict[str, Tensor]], data: Tensor, labels: Tensor,
-            args: argparse.Namespace) -> np.ndarray:
-    """[stages, calibrations, n] VoG of the samples `data` with classes `labels` (calibrated within the part)."""
-    raw = vog_scores(model, checkpoints, data, labels, STAGES, args.target, args.predicted_class)
-    return np.stack([np.stack([calibrate(raw[stage], labels, cal).cpu().numpy() for cal in CALIBRATIONS])
-                     for stage in STAGES])
-
-
-def equal_groups(values: np.ndarray, groups: int) -> list[np.ndarray]:
-    """The positions of `values`, ascending, cut into `groups` groups of (almost) equal size."""
-    return np.array_split(np.argsort(values, kind="stable"), groups)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -270,105 +194,99 @@ def plot_histograms(train: np.ndarray, held_out: np.ndarray, vog_cal: str, title
     return fig
 
 
-def extremes_of_each_class(vog: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """[C, 2 * EXTREMES] positions of every class's lowest-VoG samples (ascending) then its highest; a class
-    with fewer than 2 * EXTREMES samples shows half of them on each side, -1 filling the empty places."""
-    chosen = np.full((num_classes, 2 * EXTREMES), -1)
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        order = members[np.argsort(vog[members], kind="stable")]
-        shown = min(EXTREMES, len(order) // 2)
-        chosen[c, :shown] = order[:shown]
-        chosen[c, 2 * EXTREMES - shown:] = order[len(order) - shown:]
-    return chosen
+def plot_class_extremes(model: nn.Module, checkpoints: list[dict[str, Tensor]], train: Dataset, labels: Tensor,
+                        vog: np.ndarray, target: str, predicted: bool, title: str) -> plt.Figure:
+    """Every class's EXTREMES lowest- and highest-VoG training samples (`vog` [n] of `train`, trained on `labels`)
+    beside their mean input gradients over the stage's `checkpoints`: images, or a table's rows."""
+    extremes = extremes_of_each_class(vog, labels.cpu().numpy(), train.num_classes, EXTREMES)      # [C, 20]
+    places = torch.from_numpy(extremes.reshape(-1))
+    rows = places.clamp_min(0).to(train.data.device)          # an empty place (-1) reads sample 0, never drawn
+    gradients = input_gradients(model, checkpoints, train.data[rows], labels[rows], target, predicted)
+    maps = gradients.mean(0).cpu()                            # over the stage's checkpoints: [C * 20, ...]
+    if train.is_table:
+        shown_ids = [train.sample_ids[i] if i >= 0 else "" for i in places.tolist()]
+        return plot_extreme_rows(train.data[rows].cpu(), maps, places >= 0, extremes.shape, train.class_names,
+                                 shown_ids, title)
+    return plot_extremes(train.data[rows].cpu(), maps.mean(1), places >= 0, extremes.shape, train.class_names, title)
+
+
+def print_claims(held_vog: np.ndarray, wrong: np.ndarray, kept: np.ndarray, flipped: np.ndarray,
+                 late_train_vog: np.ndarray, vog_cal: str) -> None:
+    """Whether the paper's claims hold: held-out error (`wrong` [n]) rises with VoG (`held_vog` [n]), accuracy when
+    only the lowest-VoG samples are `kept`, and with flipped training labels (`flipped` [n]) the AUROC of late-stage
+    VoG separating them."""
+    deciles = equal_groups(held_vog, 10)
+    bottom, top = 100 * wrong[deciles[0]].mean(), 100 * wrong[deciles[-1]].mean()
+    print(f"held-out error in the lowest VoG decile {bottom:.2f}%, highest {top:.2f}%: the paper's claim (error "
+          f"rises with VoG) {'holds' if top > bottom else 'does not hold'}")
+    print("held-out accuracy keeping the lowest-VoG x%: "
+          + ", ".join(f"{share}% {100 * accuracy:.2f}" for share, accuracy in zip(KEPT_SHARES, kept)))
+    if flipped.any():
+        auroc = roc_auc_score(flipped, late_train_vog)
+        print(f"AUROC of late-stage VoG ({vog_cal}) separating the {int(flipped.sum())} flipped training "
+              f"labels from the clean ones: {auroc:.3f} ({'above' if auroc > 0.6 else 'not above'} 0.6)")
 
 
 def main(args: argparse.Namespace) -> None:
     paths = None if args.checkpoint_dir is None else checkpoint_paths(args.checkpoint_dir)    # before the data
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset_from_args(args, device)        # a ResNet on a table is refused here, before any work
-    data, labels, num_classes = dataset.data, dataset.labels, dataset.num_classes
+    run = RunDescription(args.evaluation_network, batch_size=args.batch_size)
+    dataset = load_dataset_from_args(args, device, run=run)   # a ResNet on a table is refused here, before any work
+    train_rows, held_rows = random_split(len(dataset.labels), args.train_ratio,
+                                         stage_generator(args.seed, VogStage.SPLIT))
+    train, held_out = dataset.select(train_rows), dataset.select(held_rows)
+    train_labels, flipped, _ = flip_labels(train.labels, args.noise_ratio, dataset.num_classes, args.seed)
+    flipped = flipped.cpu().numpy()
 
-    order = torch.randperm(len(labels), generator=stage_generator(args.seed, VogStage.SPLIT))
-    train_rows, held_rows = order[:int(args.train_ratio * len(labels))], order[int(args.train_ratio * len(labels)):]
-    train_data, held_data, held_labels = data[train_rows], data[held_rows], labels[held_rows]
-    train_ids = [dataset.sample_ids[i] for i in train_rows.tolist()]
-    train_labels, is_flipped, _ = flip_labels(labels[train_rows], args.noise_ratio, num_classes, args.seed)
-    is_flipped = is_flipped.cpu()
-
-    model = network_for(args, data, num_classes)
+    model = checkpoint_skeleton(args.evaluation_network, dataset.data, dataset.num_classes)
     if paths is not None:
         checkpoints, epochs = load_checkpoints(paths, model, device), []
     else:
-        checkpoints, epochs = trained_checkpoints(args, train_data, train_labels, num_classes)
-    if args.save_checkpoints:
-        save_checkpoints(checkpoints, epochs or list(range(len(checkpoints))),
-                         vog_path(args.results_dir, "checkpoints", f"{dataset.name}_{args.subset_size}"))
-    train_vog = all_vog(model, checkpoints, train_data, train_labels, args)          # [stages, calibrations, n]
-    held_vog = all_vog(model, checkpoints, held_data, held_labels, args)
-    train_predictions = checkpoint_predictions(model, checkpoints, train_data).cpu().numpy()     # [K, n]
-    held_predictions = checkpoint_predictions(model, checkpoints, held_data).cpu().numpy()
-
+        checkpoints, epochs = train_checkpoints(args.evaluation_network, stage_seed(args.seed, VogStage.TRAIN),
+                                                train.data, train_labels, dataset.num_classes, args.epochs,
+                                                args.checkpoints, args.batch_size)
     name = f"{dataset.name}_{args.subset_size}"
+    if args.save_checkpoints:
+        save_checkpoints(checkpoints, epochs, vog_path(args.results_dir, "checkpoints", name))
+    train_vog = vog_table(model, checkpoints, train.data, train_labels, args.target, args.predicted_class)
+    held_vog = vog_table(model, checkpoints, held_out.data, held_out.labels, args.target, args.predicted_class)
+    train_predictions = checkpoint_predictions(model, checkpoints, train.data).cpu().numpy()     # [K, n]
+    held_predictions = checkpoint_predictions(model, checkpoints, held_out.data).cpu().numpy()
+
     path = vog_path(args.results_dir, "scores", name)
     save_npz_with_settings({
         "stages": np.array(STAGES), "calibrations": np.array(CALIBRATIONS), "checkpoint_epochs": np.array(epochs),
-        "train_indices": dataset.indices[train_rows].numpy(), "held_out_indices": dataset.indices[held_rows].numpy(),
-        "train_sample_ids": np.array(train_ids), "class_names": np.array(dataset.class_names),
-        "held_out_sample_ids": np.array([dataset.sample_ids[i] for i in held_rows.tolist()]),
-        "train_labels": train_labels.cpu().numpy(), "train_clean_labels": labels[train_rows].cpu().numpy(),
-        "train_flipped": is_flipped.numpy(), "held_out_labels": held_labels.cpu().numpy(),
+        "train_indices": train.indices.numpy(), "held_out_indices": held_out.indices.numpy(),
+        "train_sample_ids": np.array(train.sample_ids), "class_names": np.array(dataset.class_names),
+        "held_out_sample_ids": np.array(held_out.sample_ids),
+        "train_labels": train_labels.cpu().numpy(), "train_clean_labels": train.labels.cpu().numpy(),
+        "train_flipped": flipped, "held_out_labels": held_out.labels.cpu().numpy(),
         "train_vog": train_vog, "held_out_vog": held_vog,
         "train_predictions": train_predictions, "held_out_predictions": held_predictions,
     }, path, run_settings(args, device))
 
     stage, cal = STAGES.index(args.mode), CALIBRATIONS.index(args.vog_cal)
-    held = held_vog[stage, cal]
-    window = stage_windows(len(checkpoints))[args.mode]
-    last = range(len(checkpoints))[window][-1]                                  # the stage's last checkpoint
-    wrong = held_predictions[last] != held_labels.cpu().numpy()                 # its errors, as the original
-    order = np.argsort(held, kind="stable")
-    kept_accuracy = np.array([1 - wrong[order[:-(-share * len(held) // 100)]].mean()   # the lowest ceil(x% of n)
-                              for share in KEPT_SHARES])
+    last = last_checkpoint(len(checkpoints), args.mode)
+    wrong = held_predictions[last] != held_out.labels.cpu().numpy()     # the stage's last checkpoint's, as the original
+    kept = accuracy_kept(held_vog[stage, cal], wrong, KEPT_SHARES)
     title = f"{dataset.name} {args.subset_size}, {args.evaluation_network}, {args.mode} VoG ({args.vog_cal})"
     figures = vog_path(args.figures_dir, "figures", name, args.mode, args.vog_cal)
-    saved = save_figure(plot_error_by_vog(held, wrong, title), Path(f"{figures}_error_by_vog"))
-    saved += save_figure(plot_accuracy_kept(kept_accuracy, title), Path(f"{figures}_accuracy_kept"))
+    saved = save_figure(plot_error_by_vog(held_vog[stage, cal], wrong, title), Path(f"{figures}_error_by_vog"))
+    saved += save_figure(plot_accuracy_kept(kept, title), Path(f"{figures}_accuracy_kept"))
     saved += save_figure(plot_histograms(train_vog[:, cal], held_vog[:, cal], args.vog_cal, title),
                          Path(f"{figures}_histograms"))
-    extremes = extremes_of_each_class(train_vog[stage, cal], train_labels.cpu().numpy(), num_classes)  # [C, 20]
-    places = torch.from_numpy(extremes.reshape(-1))
-    rows = places.clamp_min(0).to(device)                     # an empty place (-1) reads sample 0, never drawn
-    gradients = input_gradients(model, checkpoints[window], train_data[rows], train_labels[rows], args.target,
-                                args.predicted_class)
-    maps = gradients.mean(0).cpu()                            # over the stage's checkpoints: [C * 20, ...]
-    if dataset.is_table:
-        shown_ids = [train_ids[i] if i >= 0 else "" for i in places.tolist()]
-        extremes_figure = plot_extreme_rows(train_data[rows].cpu(), maps, places >= 0, extremes.shape,
-                                            dataset.class_names, shown_ids, title)
-    else:
-        channel_means = maps.mean(1)                          # [C * 20, H, W]
-        extremes_figure = plot_extremes(train_data[rows].cpu(), channel_means, places >= 0, extremes.shape,
-                                        dataset.class_names, title)
-    saved += save_figure(extremes_figure, Path(f"{figures}_extremes"))
+    stage_checkpoints = checkpoints[stage_windows(len(checkpoints))[args.mode]]
+    saved += save_figure(plot_class_extremes(model, stage_checkpoints, train, train_labels, train_vog[stage, cal],
+                                             args.target, args.predicted_class, title), Path(f"{figures}_extremes"))
 
     train_accuracy = (train_predictions[-1] == train_labels.cpu().numpy()).mean()
-    held_accuracy = (held_predictions[-1] == held_labels.cpu().numpy()).mean()
+    held_accuracy = (held_predictions[-1] == held_out.labels.cpu().numpy()).mean()
     print(f"final checkpoint: training accuracy {100 * train_accuracy:.1f}% (on the labels trained on), "
           f"held-out accuracy {100 * held_accuracy:.1f}%")
     print(f"the figures and the claims below use the predictions of the {args.mode} stage's last checkpoint "
           f"({last + 1} of {len(checkpoints)}): held-out accuracy {100 * (1 - wrong.mean()):.1f}%")
-    deciles = equal_groups(held, 10)
-    bottom, top = 100 * wrong[deciles[0]].mean(), 100 * wrong[deciles[-1]].mean()
-    print(f"held-out error in the lowest VoG decile {bottom:.2f}%, highest {top:.2f}%: the paper's claim (error "
-          f"rises with VoG) {'holds' if top > bottom else 'does not hold'}")
-    print("held-out accuracy keeping the lowest-VoG x%: "
-          + ", ".join(f"{share}% {100 * accuracy:.2f}" for share, accuracy in zip(KEPT_SHARES, kept_accuracy)))
-    if is_flipped.any():
-        auroc = roc_auc_score(is_flipped.numpy(), train_vog[STAGES.index("late"), cal])
-        print(f"AUROC of late-stage VoG ({args.vog_cal}) separating the {int(is_flipped.sum())} flipped training "
-              f"labels from the clean ones: {auroc:.3f} ({'above' if auroc > 0.6 else 'not above'} 0.6)")
+    print_claims(held_vog[stage, cal], wrong, kept, flipped, train_vog[STAGES.index("late"), cal], args.vog_cal)
     print(f"saved {path} (+ .json) and {', '.join(str(p) for p in saved if p.suffix == '.png')} (+ .pdf)")
 
 

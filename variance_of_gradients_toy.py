@@ -40,7 +40,7 @@ from torch.func import functional_call
 
 from neural_networks import VoGToyNet
 from utils import (CALIBRATIONS, STAGES, CheckpointRecorder, UserInputError, add_device_argument,
-                   add_output_arguments, calibrate, input_gradients, non_negative_int, positive_float, positive_int,
+                   add_output_arguments, add_shared_arguments, calibrate, input_gradients, positive_float, positive_int,
                    resolve_device, run_script, run_settings, save_figure, save_npz_with_settings, stage_windows,
                    train_full_batch, vog_from_gradients, vog_path)
 
@@ -63,9 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", choices=["original", "normal"], default="original",
                         help="weights N(0, 1), biases 0: original draws each layer's weights after re-seeding "
                              "with 0, as the original code; normal draws them all from --seed (default original)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the weights with --init normal; the data are always the original's "
-                             "(default 0)")
+    add_shared_arguments(parser, "seed", seed={
+        "help": "seed of the weights with --init normal; the data are always the original's (default 0)"})
     parser.add_argument("--lr", type=positive_float, default=LR, help=f"SGD learning rate (default {LR:g})")
     parser.add_argument("--steps", type=positive_int, default=STEPS,
                         help=f"full-batch training steps, with a checkpoint after each; at least 3 (default {STEPS})")

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (INVERSION_INTERVAL, INVERSION_START, METRICS, STRATEGIES, Stage, add_common_arguments,
-                   add_dataset_arguments, benchmark_splits, budget_share_or_count, class_counts,
+from utils import (INVERSION_INTERVAL, INVERSION_START, METRICS, STRATEGIES, RunDescription, Stage,
+                   add_common_arguments, add_dataset_arguments, benchmark_splits, budget_share_or_count, class_counts,
                    flip_labels, hard_samples_path, identify_hard_samples, keep_freed_memory_in_heap,
                    load_dataset_from_args, positive_int, resolve_device, run_script, run_settings, save_figure,
                    save_pickle, stage_generator, stage_seed, train_and_evaluate, unit_interval)
@@ -116,7 +116,8 @@ def plot_accuracies(metrics: dict, args: argparse.Namespace, dataset_name: str) 
 def main(args: argparse.Namespace) -> None:
     keep_freed_memory_in_heap()
     device = resolve_device(args.device)
-    dataset = load_dataset_from_args(args, device)
+    run = RunDescription(args.evaluation_network, args.runs * len(args.train_ratios), args.batch_size)
+    dataset = load_dataset_from_args(args, device, run=run)
     num_classes, data, clean_labels = dataset.num_classes, dataset.data, dataset.labels
     labels, flipped, _ = flip_labels(clean_labels, args.noise_ratio, num_classes, args.seed)
 

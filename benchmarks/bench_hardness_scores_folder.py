@@ -17,24 +17,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hardness_scores  # noqa: E402
+from hardness.cli import add_shared_arguments  # noqa: E402
 from hardness.data import load_dataset_from_args  # noqa: E402
 from hardness.device import device_name  # noqa: E402
 from hardness.results import run_settings, scores_path  # noqa: E402
-from hardness.setting import save_setting, score_setting, setting_name  # noqa: E402
+from hardness.setting import save_setting, score_setting, scoring_run, setting_name  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, required=True, help="the image folder (class sub-folders)")
     parser.add_argument("--recipe", choices=["fast", "paper"], default="fast", help="the recipe (default fast)")
-    parser.add_argument("--results_dir", type=Path, default=Path("Results/bench_folder"),
-                        help="where the command's files go (default Results/bench_folder)")
+    add_shared_arguments(parser, "results_dir", results_dir={
+        "default": Path("Results/bench_folder"), "help": "where the command's files go (default Results/bench_folder)"})
     options = parser.parse_args()
     args = hardness_scores.parse_args(["--dataset_name", f"folder:{options.folder}", "--recipe", options.recipe,
                                        "--results_dir", str(options.results_dir), "--figures_dir",
                                        str(options.results_dir / "figures")])
     device = torch.device("cpu")
-    load_dataset_from_args(args, device)                                       # warm the decoded cache
+    load_dataset_from_args(args, device, run=scoring_run(args))                # warm the decoded cache
     stages: dict[str, float] = {}
     start = time.perf_counter()
     setting = score_setting(args.dataset_name, args.subset_size, args.noise_ratio, args, device)

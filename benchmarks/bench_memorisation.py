@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name, seconds_on_device  # noqa: E402
 from hardness.minibatch import StackedNetworks, train_minibatch  # noqa: E402
 from neural_networks import memorisation_cnn, memorisation_mlp  # noqa: E402
-from utils import positive_int, resolve_device  # noqa: E402
+from utils import add_device_argument, add_shared_arguments, positive_int, resolve_device  # noqa: E402
 
 DEFAULT_EPOCHS = {"mlp": 100, "cnn": 100}
 
@@ -37,10 +37,10 @@ def seconds_per_epoch(networks: StackedNetworks, data: torch.Tensor, labels: tor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset_size", type=positive_int, default=10000, help="training samples (default 10000)")
+    add_shared_arguments(parser, "subset_size", subset_size={"default": 10000, "help": "training samples (default 10000)"})
     parser.add_argument("--runs", type=positive_int, default=5, help="networks trained at once (default 5)")
     parser.add_argument("--epochs", type=positive_int, default=2, help="epochs timed per measurement (default 2)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    add_device_argument(parser, device={"help": "(default auto)"})
     args = parser.parse_args()
     device = resolve_device(args.device)
     generator = torch.Generator().manual_seed(0)

@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hardness.characterisation import latent_outlier_scores, nearest_copies  # noqa: E402
+from hardness.cli import add_shared_arguments  # noqa: E402
 from hardness.data import load_pixels  # noqa: E402
 from neural_networks import memorisation_mlp  # noqa: E402
 
@@ -27,9 +28,9 @@ def peak_gib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_root", type=Path, default=Path("./data"))
-    parser.add_argument("--dataset_name", default="FashionMNIST")
-    parser.add_argument("--subset_size", type=int, default=70000)
+    add_shared_arguments(parser, "data_root", "dataset_name", "subset_size", data_root={"help": None},
+                         dataset_name={"default": "FashionMNIST", "help": None},
+                         subset_size={"type": int, "default": 70000, "help": None})
     args = parser.parse_args()
     torch.manual_seed(0)
     subset = load_pixels(args.dataset_name, args.data_root, args.subset_size, seed=0)

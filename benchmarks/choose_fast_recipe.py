@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hardness_scores  # noqa: E402
+from hardness.cli import add_shared_arguments  # noqa: E402
 from hardness.dynamics import DynamicsRecorder  # noqa: E402
 from hardness.fast_recipe import FastRecipe, train_fast  # noqa: E402
 from hardness.identifiers import StragglerTracker  # noqa: E402
@@ -45,7 +46,8 @@ CONSENSUS = {"aum+data_map+loss": ("aum", "data_map", "loss"), "aum+data_map": (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", nargs="+", default=["MNIST"], help="datasets (default MNIST)")
+    add_shared_arguments(parser, "dataset_name", dataset_name={"nargs": "+", "default": ["MNIST"],
+                                                               "help": "datasets (default MNIST)"})
     parser.add_argument("--noise_type", nargs="+", default=["uniform", "pairs", "asymmetric", "instance"],
                         help="noise types, each a setting (default uniform pairs asymmetric instance)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
@@ -54,10 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--other_seeds", type=int, default=3,
                         help="the first this many seeds train the candidates other than the plain MLP (default 3)")
     parser.add_argument("--noise_ratio", type=float, default=0.1, help="share flipped (default 0.1)")
-    parser.add_argument("--subset_size", type=int, default=10000, help="samples (default 10000)")
+    add_shared_arguments(parser, "subset_size", subset_size={"type": int, "default": 10000,
+                                                             "help": "samples (default 10000)"})
     parser.add_argument("--runs", type=int, default=3, help="networks per candidate (default 3)")
     parser.add_argument("--cap", type=int, default=20, help="epochs recorded (default 20)")
-    parser.add_argument("--results_dir", type=Path, default=Path("Results"), help="where the rows go")
+    add_shared_arguments(parser, "results_dir", results_dir={"help": "where the rows go"})
     return parser.parse_args()
 
 

@@ -24,7 +24,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 from sklearn.mixture import GaussianMixture
 from torch import Tensor, nn
 
-from hardness.cli import UserInputError, add_device_argument, add_output_arguments
+from hardness.cli import TORCHVISION_ROOT, UserInputError, add_device_argument, add_output_arguments, add_shared_arguments
 from hardness.config import ConfigError, check_choice, check_number, read_config
 from hardness.gasten import (Z_DIM, classifier_path, epoch_folders, feature_cnn, frechet_distance, frechet_metric,
                              generate, load_classifier, load_pair)
@@ -212,8 +212,8 @@ def ambiguity_parser(description: str, device: bool = True) -> argparse.Argument
     parser.add_argument("--config", type=Path, required=True, help="YAML file of the analysis (see configs/ambiguity/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set n_trials=5 (repeatable)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the sampling and the search (default: the config's)")
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_shared_arguments(parser, "seed", "data_root", data_root=TORCHVISION_ROOT, seed={
+        "type": int, "default": None, "help": "seed of the sampling and the search (default: the config's)"})
     if device:
         add_device_argument(parser)
     add_output_arguments(parser)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hardness.data import Dataset, load_dataset, torchvision_splits
+from hardness.data import Dataset, dataset_label, load_source, subset_dataset
 from hardness.minibatch import StackedNetworks, train_minibatch
 from hardness.results import save_npz_with_settings, scores_path
 from hardness.seeds import Stage, stage_generator, stage_seed
@@ -28,12 +28,13 @@ REFERENCE_SAMPLES, REFERENCE_EPOCHS, REFERENCE_FOLDS = 20_000, 3, 5
 def outside_network_probabilities(name: str, root: Path, subset: Dataset, architecture: str, seed: int,
                                   progress: bool = True) -> Tensor:
     """[N, C] softmax of a network trained on the clean labels of samples outside the subset (a built-in dataset)."""
-    total = sum(len(split) for split in torchvision_splits(name, Path(root)))
+    source = load_source(name, root)
+    total = len(source.labels)
     n = len(subset.labels)
     if total - n < 1000:
         raise ValueError(f"instance noise needs samples outside the scored subset to train its reference model; "
                          f"{name} has {total} and the subset takes {n}")
-    full = load_dataset(name, root, total, seed, subset.data.device)       # the same shuffle: the subset comes first
+    full = subset_dataset(source, dataset_label(name), total, seed, subset.data.device)  # same shuffle: subset first
     train = slice(n, n + REFERENCE_SAMPLES)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stage_seed(seed, Stage.INSTANCE_REFERENCE))

@@ -13,6 +13,7 @@ from hardness.cli import UserInputError, add_common_arguments, non_negative_int,
 from hardness.data import Dataset, load_dataset_from_args
 from hardness.identifiers import VOG_CHECKPOINTS
 from hardness.fast_recipe import AUGMENT_CHOICES, FAST_NETWORKS, FastRecipe, score_fast_run
+from hardness.memory import RunDescription
 from hardness.noise import NOISE_TYPES, check_noise_type, flip_labels
 from hardness.noise_reference import reference_probabilities
 from hardness.ranking import consensus_members
@@ -119,6 +120,11 @@ def check_scoring_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         parser.error("--cleanlab_folds must be 0 (no baseline) or at least 2")
 
 
+def scoring_run(args: argparse.Namespace) -> RunDescription:
+    """What the resolved flags train, for the memory estimate: --runs networks of --network."""
+    return RunDescription(args.network, args.runs, args.batch_size)
+
+
 def fast_recipe(args: argparse.Namespace) -> FastRecipe:
     """The fast recipe the resolved flags describe."""
     return FastRecipe(network=args.network, epoch_cap=args.epochs, batch_size=args.batch_size, stopping=args.stopping,
@@ -149,7 +155,8 @@ def saved_setting_path(args: argparse.Namespace, label: str) -> Path:
     versions gave it (--subset_size as given); then the same names of the other recipe (a folder scored by the
     paper recipe before the fast one was its default); the first name when none is there."""
     other = {"paper": "fast", "fast": "paper"}[args.recipe]
-    dataset = load_dataset_from_args(args, torch.device("cpu")) if parse_source(args.dataset_name) else None
+    dataset = (load_dataset_from_args(args, torch.device("cpu"), run=scoring_run(args))
+               if parse_source(args.dataset_name) else None)
     names = []
     for recipe, network in ((args.recipe, args.network), (other, DEFAULT_NETWORKS[other])):
         names.append(scores_name(label, args.subset_size, args.noise_ratio, network, args.noise_type, recipe))
@@ -167,7 +174,7 @@ def noisy_subset(dataset_name: str, subset_size: int, noise_ratio: float, args: 
     pairs). A noise type the data cannot take is a UserInputError before any training."""
     seed, noise_type = args.seed, getattr(args, "noise_type", "uniform")
     dataset = load_dataset_from_args(argparse.Namespace(**{**vars(args), "dataset_name": dataset_name}), device,
-                                     subset_size=subset_size)
+                                     subset_size=subset_size, run=scoring_run(args))
     try:
         check_noise_type(noise_type, dataset.num_classes)
     except ValueError as error:

@@ -1,6 +1,8 @@
 """The user's own data: an image folder (folder:PATH), an array file (npz:PATH) or a table (csv:PATH), checked
-and read into raw arrays (hardness.data standardises them and takes the subset). Folders are decoded once, with
-every core, and cached under --data_root, keyed by every file's path, size and modification time."""
+and read whole into a Source (hardness.data reads the built-in datasets into one too, standardises and takes the
+subset). Folders are decoded once, with every core, and cached under --data_root, keyed by every file's path, size
+and modification time. Errors about a field of the request (label_column, ...) are FieldErrors, which each caller
+words as its flag or config key."""
 import csv
 import hashlib
 import io
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hardness.cli import UserInputError
+from hardness.cli import FieldError, UserInputError
 from hardness.results import write_atomically
 
 SOURCES = ("folder", "npz", "csv")
@@ -31,13 +33,28 @@ MemoryCheck = Callable[[int, tuple[int, ...]], None]   # (samples in the source,
 
 
 @dataclass
-class UserData:
-    """A user source read whole, before the subset and the standardisation."""
+class Source:
+    """A source read whole, before any subset, split or standardisation: the user's data or a built-in dataset."""
     values: np.ndarray        # [N, C, H, W] uint8 images, [N, C, H, W] float images or [N, D] features
     labels: np.ndarray        # [N] int64 class indices into class_names
     class_names: list[str]
-    sample_ids: list[str]     # [N]
+    sample_ids: list[str]     # [N] "train/123", "test/45" (built-ins), a file's path, a row's id or number
     feature_names: list[str] | None = None   # [D] a table's column names
+    in_train: np.ndarray | None = None       # [N] bool, a built-in's torchvision train split (None: user data)
+
+
+UserData = Source             # its name in hardness.class_overlap until that loads through hardness.data.load_source
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How a user source is read: the dataset flags of docs/your_data.md, or a config's dataset fields."""
+    label: str | None = None                       # names the folder's decoding cache (default: the folder's name)
+    channels: int | None = None                    # folder: 1 or 3 (default: what most files are)
+    image_size: tuple[int, int] | None = None      # folder: (H, W) (default: the most common size)
+    label_column: str = "label"                    # csv: the class column
+    id_column: str | None = None                   # csv: the sample ids' column (default: the row numbers)
+    skip_unreadable: bool = False                  # folder: drop undecodable images instead of stopping
 
 
 def parse_source(name: str) -> tuple[str, Path] | None:
@@ -46,7 +63,7 @@ def parse_source(name: str) -> tuple[str, Path] | None:
     if not separator or kind not in SOURCES:
         return None
     if not path:
-        raise UserInputError(f"--dataset_name {name} names no path; give {kind}:PATH")
+        raise FieldError("dataset_name", lambda field: f"{field('dataset_name')} {name} names no path; give {kind}:PATH")
     return kind, Path(path).expanduser()
 
 
@@ -60,7 +77,8 @@ def default_label(kind: str, path: Path) -> str:
 def check_label(label: str) -> str:
     """A label that names result files: letters, digits and . _ + -, not starting with a dot."""
     if not LABEL_PATTERN.fullmatch(label) or label.startswith("."):
-        raise UserInputError(f"--dataset_label {label!r} must be letters, digits and . _ + - (it names result files)")
+        raise FieldError("dataset_label", lambda field: f"{field('dataset_label')} {label!r} must be letters, digits and "
+                                                        ". _ + - (it names result files)")
     return label
 
 
@@ -120,7 +138,7 @@ def npz_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
     return shape, dtype
 
 
-def load_npz(path: Path, check_memory: MemoryCheck) -> UserData:
+def load_npz(path: Path, check_memory: MemoryCheck) -> Source:
     """x ([N, D], [N, H, W] or [N, C, H, W], uint8 or numbers) and integer y [N]; optional ids [N], class_names
     and, for a table, feature_names [D]."""
     source = f"npz:{path}"
@@ -169,12 +187,12 @@ def load_npz(path: Path, check_memory: MemoryCheck) -> UserData:
     if ids is not None and ids.shape != (len(x),):
         raise UserInputError(f"{source}: ids is shaped {list(ids.shape)}; it must name every sample, [{len(x)}]")
     sample_ids = check_ids([str(i) for i in ids] if ids is not None else [str(i) for i in range(len(x))], source)
-    return UserData(x, labels, class_names, sample_ids, None if columns is None else [str(c) for c in columns])
+    return Source(x, labels, class_names, sample_ids, None if columns is None else [str(c) for c in columns])
 
 
 # ----------------------------------------------------------------------------- csv
 
-def load_csv(path: Path, label_column: str, id_column: str | None, check_memory: MemoryCheck) -> UserData:
+def load_csv(path: Path, label_column: str, id_column: str | None, check_memory: MemoryCheck) -> Source:
     """A table with a header row: the class in `label_column`, row names in `id_column` (optional), every other
     column a number."""
     source = f"csv:{path}"
@@ -186,9 +204,10 @@ def load_csv(path: Path, label_column: str, id_column: str | None, check_memory:
     if not rows:
         raise UserInputError(f"{source} is empty; it needs a header row and one row per sample")
     header, body = [name.strip() for name in rows[0]], [row for row in rows[1:] if row]
-    for flag, column in (("--label_column", label_column), ("--id_column", id_column)):
+    for name, column in (("label_column", label_column), ("id_column", id_column)):
         if column is not None and column not in header:
-            raise UserInputError(f"{source} has no column {column!r} ({flag}); its columns are {', '.join(header)}")
+            raise FieldError(name, lambda field: f"{source} has no column {column!r} ({field(name)}); its columns are "
+                                                 f"{', '.join(header)}")
     short = next((number for number, row in enumerate(body, start=2) if len(row) != len(header)), None)
     if short is not None:
         raise UserInputError(f"{source}: line {short} has {len(body[short - 2])} fields, the header {len(header)}")
@@ -211,7 +230,7 @@ def load_csv(path: Path, label_column: str, id_column: str | None, check_memory:
     check_classes(class_names, labels, source)
     ids = ([row[header.index(id_column)].strip() for row in body] if id_column is not None
            else [str(i) for i in range(len(body))])
-    return UserData(table, labels, class_names, check_ids(ids, source), [header[column] for column in features])
+    return Source(table, labels, class_names, check_ids(ids, source), [header[column] for column in features])
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -281,7 +300,8 @@ def unreadable(root: Path, failures: list[tuple[Path, str]], skip: bool) -> None
     path, reason = failures[0]
     if not skip:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise UserInputError(f"{path} cannot be decoded: {reason}{more}; fix or remove it, or give --skip_unreadable")
+        raise FieldError("skip_unreadable", lambda field: f"{path} cannot be decoded: {reason}{more}; fix or remove it, "
+                                                          f"or give {field('skip_unreadable')}")
     print(f"folder:{root}: skipped {len(failures)} unreadable image(s), e.g. {path.relative_to(root)} ({reason})",
           file=sys.stderr)
 
@@ -320,7 +340,7 @@ def decode_folder(root: Path, files: list[Path], channels: int | None, image_siz
 
 
 def load_folder(root: Path, data_root: Path, label: str, channels: int | None, image_size: tuple[int, int] | None,
-                skip: bool, check_memory: MemoryCheck) -> UserData:
+                skip: bool, check_memory: MemoryCheck) -> Source:
     """ImageFolder's layout decoded (or read from the cache of the same files and settings)."""
     class_names, files, labels = folder_files(root)
     settings = (channels, tuple(image_size) if image_size else None, skip)
@@ -343,4 +363,4 @@ def load_folder(root: Path, data_root: Path, label: str, channels: int | None, i
     labels = labels[kept]
     check_classes(class_names, labels, f"folder:{root} (after skipping unreadable images)")
     sample_ids = [files[i].relative_to(root).as_posix() for i in kept.tolist()]
-    return UserData(images, labels, class_names, sample_ids)
+    return Source(images, labels, class_names, sample_ids)

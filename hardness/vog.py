@@ -14,17 +14,25 @@ training engine; epoch e is the (e+1)-th step, as there); the untrained model is
 of a run are split into stages in training order (`stage_windows`), each stage's VoG from its own.
 Gradients are taken in eval mode for a chunk of examples per backward pass, and for every network of a
 batched ensemble (`BatchedSimpleNN`) at once, each on its own copy of the inputs.
+
+variance_of_gradients.py's mechanics live here too: one network's checkpoints trained, saved and read from files,
+every stage's and calibration's VoG of a set of samples, and what the figures measure of them.
 """
 import copy
+import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from hardness.engine import TrainingState
+from hardness.cli import FieldError
+from hardness.engine import TrainingState, input_channels, simple_nn_size, train_networks
 from hardness.prediction import PREDICTION_CHUNK, evaluating, predict
-from neural_networks import BatchedSimpleNN
+from hardness.results import write_atomically
+from neural_networks import BatchedSimpleNN, ResNet18, SimpleNN
 
 TARGETS = ("logit", "probability")
 CALIBRATIONS = ("raw", "normalize", "abs_normalize")
@@ -60,6 +68,71 @@ class CheckpointRecorder:
 
     def done(self) -> bool:
         return False
+
+
+def checkpoint_skeleton(network: str, data: Tensor, num_classes: int) -> nn.Module:
+    """An untrained `network` (SimpleNN or ResNet) for `data` ([N, C, H, W] images, or [N, D] features for a
+    SimpleNN) on its device: the model a run's checkpoints are loaded into."""
+    if network == "ResNet":
+        return ResNet18(data.shape[1], num_classes).to(data.device)
+    depth, width = simple_nn_size(input_channels(data))
+    return SimpleNN(data[0].numel(), width, depth, num_classes).to(data.device)
+
+
+def train_checkpoints(network: str, seed: int, data: Tensor, labels: Tensor, num_classes: int, epochs: int,
+                      count: int, batch_size: int | None = None) -> tuple[list[dict[str, Tensor]], list[int]]:
+    """Train one `network` (engine.train_networks) on (data, labels) for `epochs`, keeping `count` state dicts
+    evenly over training (checkpoint_epochs), each loadable into checkpoint_skeleton; and the epochs they were
+    kept after."""
+    recorder = CheckpointRecorder(checkpoint_epochs(epochs, count))
+    train_networks(network, [seed], data, labels, num_classes, epochs, batch_size=batch_size, observers=[recorder],
+                   description="training")
+    states = recorder.checkpoints
+    if network == "SimpleNN":  # the engine's batched model of one run, as a SimpleNN
+        states = [BatchedSimpleNN.run_state_dict(state, 0) for state in states]
+    return states, recorder.epochs
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that puts checkpoint_2 before checkpoint_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def checkpoint_paths(folder: Path) -> list[Path]:
+    """The *.pt files in `folder`, in file-name order; a FieldError (checkpoint_dir) unless there are at least 3."""
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise FieldError("checkpoint_dir", lambda field: f"{field('checkpoint_dir')} {folder} {problem}")
+    paths = sorted(folder.glob("*.pt"), key=natural_key)
+    if len(paths) < 3:
+        raise FieldError("checkpoint_dir", lambda field: f"{field('checkpoint_dir')} {folder} holds {len(paths)} *.pt "
+                                                         "checkpoint(s); VoG's stages need at least 3")
+    return paths
+
+
+def load_checkpoints(paths: list[Path], skeleton: nn.Module, device: torch.device) -> list[dict[str, Tensor]]:
+    """The state dicts at `paths`, in order, checked against the network they are for (a FieldError naming
+    evaluation_network otherwise)."""
+    states = []
+    for path in paths:
+        state = torch.load(path, map_location=device, weights_only=True)
+        try:
+            skeleton.load_state_dict(state)
+        except (RuntimeError, TypeError) as error:
+            reason = str(error).splitlines()[0]
+            raise FieldError("evaluation_network", lambda field: f"{path} is not a state dict of this "
+                                                                 f"{field('evaluation_network')}: {reason}") from error
+        states.append(state)
+    return states
+
+
+def save_checkpoints(states: list[dict[str, Tensor]], epochs: list[int], folder: Path) -> None:
+    """Each state as <folder>/checkpoint_<k>_epoch_<epoch>.pt, readable by checkpoint_paths and load_checkpoints;
+    without `epochs` (checkpoints read from files) numbered 0 to K - 1."""
+    digits = len(str(len(states)))
+    for k, (state, epoch) in enumerate(zip(states, epochs or range(len(states))), start=1):
+        write_atomically(folder / f"checkpoint_{k:0{digits}d}_epoch_{epoch}.pt",
+                         lambda temporary, state=state: torch.save(state, temporary))
 
 
 # ----------------------------------------------------------------------------- input gradients
@@ -205,3 +278,44 @@ def calibrate(vog: Tensor, labels: Tensor, mode: str) -> Tensor:
         standardised = (values - values.mean(-1, keepdim=True)) / spread.where(spread > 0, 1)
         calibrated[..., members] = standardised.where(spread > 0, 0)
     return calibrated.abs() if mode == "abs_normalize" else calibrated
+
+
+# ----------------------------------------------------------------------------- every stage, and what it says
+
+def vog_table(model: nn.Module, checkpoints: Sequence[dict[str, Tensor]], data: Tensor, labels: Tensor,
+              target: str = "logit", predicted: bool = False) -> np.ndarray:
+    """[stages, calibrations, N] VoG of the examples `data` with classes `labels` in every stage (STAGES) and
+    calibration (CALIBRATIONS), calibrated within these examples."""
+    raw = vog_scores(model, checkpoints, data, labels, STAGES, target, predicted)
+    return np.stack([np.stack([calibrate(raw[stage], labels, cal).cpu().numpy() for cal in CALIBRATIONS])
+                     for stage in STAGES])
+
+
+def last_checkpoint(checkpoints: int, stage: str) -> int:
+    """The position of `stage`'s last checkpoint among `checkpoints` (stage_windows)."""
+    return range(checkpoints)[stage_windows(checkpoints)[stage]][-1]
+
+
+def equal_groups(values: np.ndarray, groups: int) -> list[np.ndarray]:
+    """The positions of `values`, ascending, cut into `groups` groups of (almost) equal size."""
+    return np.array_split(np.argsort(values, kind="stable"), groups)
+
+
+def accuracy_kept(vog: np.ndarray, wrong: np.ndarray, shares: Sequence[int]) -> np.ndarray:
+    """[len(shares)] the accuracy on the lowest-VoG ceil(x% of n) examples, for each share x (percent), of the
+    examples' VoG [n] and errors [n]."""
+    order = np.argsort(vog, kind="stable")
+    return np.array([1 - wrong[order[:-(-share * len(vog) // 100)]].mean() for share in shares])
+
+
+def extremes_of_each_class(vog: np.ndarray, labels: np.ndarray, num_classes: int, count: int) -> np.ndarray:
+    """[C, 2 * count] positions of every class's `count` lowest-VoG examples (ascending), then its highest; a class
+    with fewer than 2 * count examples shows half of them on each side, -1 filling the empty places."""
+    chosen = np.full((num_classes, 2 * count), -1)
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        order = members[np.argsort(vog[members], kind="stable")]
+        shown = min(count, len(order) // 2)
+        chosen[c, :shown] = order[:shown]
+        chosen[c, 2 * count - shown:] = order[len(order) - shown:]
+    return chosen

@@ -33,10 +33,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hardness.cli import (UserInputError, non_negative_int, positive_int, run_script,  # noqa: E402
-                          unit_interval)
-from hardness.data import (as_nchw_uint8, dataset_class, load_dataset, load_pixels,  # noqa: E402
-                           standardised_dataset, torchvision_splits)
+from hardness.cli import UserInputError, add_shared_arguments, run_script, unit_interval  # noqa: E402
+from hardness.data import (dataset_class, load_pixels, load_source, standardised_dataset,  # noqa: E402
+                           subset_dataset)
 from hardness.noise import NOISE_TYPES, check_noise_type, flip_labels  # noqa: E402
 from hardness.injection import FAMILIES, INJECTION_TYPES, Injected, check_injection, inject  # noqa: E402
 from hardness.noise_reference import reference_probabilities  # noqa: E402
@@ -59,10 +58,10 @@ def injection(text: str) -> tuple[str, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_name", default="FashionMNIST",
-                        help="built-in torchvision dataset to export, any letter case (default FashionMNIST)")
-    parser.add_argument("--subset_size", type=positive_int, default=10000,
-                        help="images exported: the head of the seeded shuffle of train+test (default 10000)")
+    add_shared_arguments(parser, "dataset_name", "subset_size", dataset_name={
+        "default": "FashionMNIST", "help": "built-in torchvision dataset to export, any letter case (default FashionMNIST)"},
+        subset_size={"default": 10000, "help": "images exported: the head of the seeded shuffle of train+test (default "
+                                                "10000)"})
     parser.add_argument("--noise_ratio", type=unit_interval(True, False), default=0.05,
                         help="share of the images, int(ratio * N), put into a wrong class folder, in [0, 1) "
                              "(default 0.05)")
@@ -73,12 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="write these injected types instead of label noise, each into its own share of the "
                              f"images: {', '.join(INJECTION_TYPES)}; one mislabelled type at most, e.g. "
                              "asymmetric:0.05 far_ood:0.05 exact_duplicate:0.05 (hardness_types_benchmark.py)")
-    parser.add_argument("--results_dir", type=Path, default=Path("Results"),
-                        help="where instance noise caches its reference model's probabilities (default Results)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the subset and of the moved images (default 0)")
-    parser.add_argument("--data_root", type=Path, default=Path("./data"),
-                        help="folder holding torchvision's dataset layout (default ./data)")
+    add_shared_arguments(parser, "results_dir", "seed", "data_root", results_dir={
+        "help": "where instance noise caches its reference model's probabilities (default Results)"},
+        seed={"help": "seed of the subset and of the moved images (default 0)"},
+        data_root={"help": "folder holding torchvision's dataset layout (default ./data)"})
     parser.add_argument("--output", type=Path, default=None,
                         help="folder to create; must not exist (default "
                              "<data_root>/exports/<dataset>_<subset_size>_<noise_type>_<noise_ratio>)")
@@ -143,7 +140,8 @@ def export(args: argparse.Namespace) -> tuple[Path, int]:
         images = (injected.images * 255).round().to(torch.uint8).numpy()                       # [N, C, H, W]
         given, kinds, partner = injected.labels.tolist(), injected.kind, injected.duplicate_of.tolist()
     else:
-        dataset = load_dataset(name, args.data_root, args.subset_size, args.seed, torch.device("cpu"))
+        source = load_source(name, args.data_root)
+        dataset = subset_dataset(source, name, args.subset_size, args.seed, torch.device("cpu"))
         try:
             check_noise_type(args.noise_type, dataset.num_classes)
         except ValueError as error:
@@ -152,8 +150,7 @@ def export(args: argparse.Namespace) -> tuple[Path, int]:
                          if args.noise_type == "instance" and args.noise_ratio > 0 else None)
         noisy, moved, _ = flip_labels(dataset.labels, args.noise_ratio, dataset.num_classes, args.seed,
                                       args.noise_type, dataset.data, probabilities=probabilities)
-        splits = torchvision_splits(dataset.name, Path(args.data_root))
-        images = torch.cat([as_nchw_uint8(split.data) for split in splits])[dataset.indices].numpy()   # [N, C, H, W]
+        images = source.values[dataset.indices.numpy()]                                          # [N, C, H, W]
         class_names, sample_ids, true, given = (dataset.class_names, dataset.sample_ids, dataset.labels.tolist(),
                                                 noisy.tolist())
         kinds, partner = [args.noise_type if m else "" for m in moved.tolist()], [-1] * len(given)

@@ -122,3 +122,31 @@ def test_failing_registry_fetch_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(data_module.REGISTRY_FETCHERS, "FashionMNIST", no_registry)
     with pytest.raises(DataUnavailableError, match="nor from its registry package .apt-get: not found"):
         load_dataset("FashionMNIST", tmp_path, 10, 0, CPU)
+
+
+def test_load_source_marks_each_samples_split_and_every_system_reads_the_same_images(mnist_root):
+    """load_source, the one path of every system: a built-in's train (60) and test (20) images concatenated as
+    stored, each marked with its split; GASTeN's [-1, 1] splits and the subset loader read the same pixels."""
+    root, written = mnist_root
+    source = data_module.load_source("mnist", root)
+    assert source.values.shape == (80, 1, 28, 28) and source.values.dtype == np.uint8
+    assert source.in_train.tolist() == [True] * 60 + [False] * 20
+    assert source.sample_ids[59:61] == ["train/59", "test/0"] and source.class_names[3] == "3 - three"
+    assert source.labels.tolist() == written["labels"].tolist()
+    np.testing.assert_array_equal(source.values[:, 0], written["images"])
+    train, test = torchvision.datasets.MNIST(str(root), train=True), torchvision.datasets.MNIST(str(root), train=False)
+    images = torch.from_numpy(source.values).float() / 127.5 - 1                 # GASTeN's scaling, over load_source
+    assert torch.equal(images[torch.from_numpy(source.in_train)], train.data[:, None].float() / 127.5 - 1)
+    assert torch.equal(images[torch.from_numpy(~source.in_train)], test.data[:, None].float() / 127.5 - 1)
+    subset = load_dataset("MNIST", root, 30, 2, CPU)
+    assert subset.sample_ids == [source.sample_ids[i] for i in subset.indices.tolist()]
+
+
+def test_a_dataset_selects_its_rows(mnist_root):
+    root, _ = mnist_root
+    dataset = load_dataset("MNIST", root, 30, 2, CPU)
+    rows = torch.tensor([4, 0, 7])
+    part = dataset.select(rows)
+    assert torch.equal(part.data, dataset.data[rows]) and torch.equal(part.labels, dataset.labels[rows])
+    assert part.indices.tolist() == dataset.indices[rows].tolist() and part.class_names == dataset.class_names
+    assert part.sample_ids == [dataset.sample_ids[i] for i in (4, 0, 7)] and part.table_values is None

@@ -12,7 +12,7 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
                                                     multiclass_precision, multiclass_recall)
 
 from hardness import engine, identifiers
-from hardness.data import benchmark_splits, reduction_masks, split_train_test
+from hardness.splits import benchmark_splits, reduction_masks, split_train_test
 from hardness.engine import RadiiRecorder, network_logits, resnet_logits, train_full_batch, train_networks
 from hardness.noise import confusable_classes, flip_labels
 from hardness.seeds import MemorisationStage, derived_seed

@@ -14,9 +14,12 @@ import torch
 from PIL import Image
 
 from conftest import REPO, synthetic_blobs, write_mnist_layout
-from hardness import data as data_module
-from hardness.cli import UserInputError, add_common_arguments, add_dataset_arguments, budget_share_or_count
-from hardness.data import dataset_label, load_dataset, load_dataset_from_args
+from hardness import memory
+from hardness.cli import (TORCHVISION_ROOT, FieldError, UserInputError, add_common_arguments, add_dataset_arguments,
+                          add_shared_arguments, budget_share_or_count)
+from hardness.data import dataset_label, load_dataset, load_dataset_from_args, load_source
+from hardness.memory import RunDescription
+from hardness.user_data import SourceOptions
 from hardness.engine import train_simple_nns
 from hardness.identifiers import budget_counts
 from neural_networks import ResNet18
@@ -28,8 +31,6 @@ def flags(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_dataset_arguments(parser)
     add_common_arguments(parser)
-    parser.add_argument("--network", default="SimpleNN")
-    parser.add_argument("--batch_size", type=int, default=None)
     return parser.parse_args(list(argv))
 
 
@@ -222,12 +223,12 @@ def test_bad_csv_files_are_one_line_errors(tmp_path, text, extra, message):
 
 def test_memory_estimate_stops_before_loading(pets, tmp_path, monkeypatch):
     root, _ = pets
-    monkeypatch.setattr(data_module, "free_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 1000)
     with pytest.raises(UserInputError, match=r"7 samples of pets shaped \[1, 4, 5\] .* give a smaller --subset_size$"):
         load_dataset_from_args(flags("--dataset_name", f"folder:{root}", "--data_root", str(tmp_path / "d")), CPU)
     assert not (tmp_path / "d").exists()   # nothing decoded, nothing cached
     with pytest.raises(UserInputError, match=r"--subset_size or a --batch_size \(e.g. 128\)$"):
-        load_dataset_from_args(flags("--dataset_name", f"folder:{root}", "--network", "ResNet"), CPU)
+        load_dataset_from_args(flags("--dataset_name", f"folder:{root}"), CPU, run=RunDescription("ResNet"))
     np.savez(tmp_path / "a.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
     with pytest.raises(UserInputError, match="give a smaller --subset_size"):
         load_dataset_from_args(flags("--dataset_name", f"npz:{tmp_path}/a.npz"), CPU)
@@ -238,15 +239,49 @@ def test_memory_estimate_counts_the_data_and_the_networks():
     source value; 3 SimpleNNs of 2 x 20 units: (3 * 40 + 64) * 4 bytes per network and sample and 12 bytes per
     first-layer weight."""
     expected = 1000 * 20 * 12 + 2000 * 20 + 3 * 1000 * (3 * 40 + 64) * 4 + 3 * 20 * 20 * 12
-    assert data_module.estimated_bytes(2000, (1, 4, 5), 1000, CPU, "SimpleNN", 3, None) == expected
-    resnet = data_module.estimated_bytes(2000, (1, 4, 5), 1000, CPU, "ResNet", 3, 10)
+    assert memory.estimated_bytes(2000, (1, 4, 5), 1000, CPU, RunDescription("SimpleNN", 3)) == expected
+    resnet = memory.estimated_bytes(2000, (1, 4, 5), 1000, CPU, RunDescription("ResNet", 3, 10))
     assert resnet == 1000 * 20 * 12 + 2000 * 20 + 16 * 11_200_000 + 7300 * 20 * 10
+
+
+def test_a_run_that_trains_nothing_counts_the_data_and_names_the_source(tmp_path, monkeypatch):
+    """RunDescription(None): the data only (4 bytes per used value, and on the CPU 1 per source value and 8 per used
+    one); a run over the whole source (samples None) is told to take a smaller source, a FieldError of dataset_name."""
+    assert memory.estimated_bytes(2000, (1, 4, 5), 1000, CPU, RunDescription(None)) == 1000 * 20 * 12 + 2000 * 20
+    assert memory.estimated_bytes(2000, (1, 4, 5), 2000, torch.device("cuda"), RunDescription(None)) == 2000 * 20 * 4
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 1000)
+    check = memory.memory_check(RunDescription(None), CPU, None, "npz:x.npz")
+    with pytest.raises(FieldError, match=r"^400 samples of npz:x.npz shaped \[2\] need about .* give a smaller source$") as error:
+        check(400, (2,))
+    assert error.value.field == "dataset_name"
+
+
+def test_errors_about_a_field_are_worded_by_the_caller(tmp_path):
+    """A csv's missing label column: --label_column for the scripts, the config key for a config-driven caller."""
+    (tmp_path / "t.csv").write_text("a,b,kind\n1,2,x\n3,4,y\n")
+    with pytest.raises(FieldError) as error:
+        load_source(f"csv:{tmp_path}/t.csv", tmp_path)
+    assert error.value.field == "label_column"
+    assert str(error.value) == f"csv:{tmp_path}/t.csv has no column 'label' (--label_column); its columns are a, b, kind"
+    assert error.value.wording(lambda field: f"dataset.{field}") == (
+        f"csv:{tmp_path}/t.csv has no column 'label' (dataset.label_column); its columns are a, b, kind")
+    source = load_source(f"csv:{tmp_path}/t.csv", tmp_path, SourceOptions(label_column="kind"))
+    assert source.class_names == ["x", "y"] and source.in_train is None and source.values.shape == (2, 2)
+
+
+def test_shared_flags_take_a_scripts_own_default_and_help():
+    parser = argparse.ArgumentParser()
+    add_shared_arguments(parser, "subset_size", "data_root", subset_size={"default": 10000}, data_root=TORCHVISION_ROOT)
+    assert vars(parser.parse_args([])) == {"subset_size": 10000, "data_root": Path("data")}
+    assert "(default 10000)" in parser.format_help() and "torchvision's layout (default ./data)" in parser.format_help()
+    with pytest.raises(ValueError, match="changes to flags not declared: \\['seed'\\]"):
+        add_shared_arguments(argparse.ArgumentParser(), "device", seed={"default": 1})
 
 
 def test_resnet_on_a_table_is_a_one_line_error(tmp_path):
     (tmp_path / "t.csv").write_text("a,b,label\n1,2,x\n3,4,y\n")
     with pytest.raises(UserInputError, match="t is a table of 2 features, and a ResNet needs images"):
-        load_dataset_from_args(flags("--dataset_name", f"csv:{tmp_path}/t.csv", "--network", "ResNet"), CPU)
+        load_dataset_from_args(flags("--dataset_name", f"csv:{tmp_path}/t.csv"), CPU, run=RunDescription("ResNet"))
 
 
 def test_labels_of_sources_and_builtins(tmp_path):

@@ -16,6 +16,7 @@ from PIL import Image
 
 import variance_of_gradients as vog_script
 from conftest import REPO, run_in_process, synthetic_digits, write_mnist_layout
+from hardness.cli import UserInputError
 from hardness.data import load_dataset
 from hardness.vog import CALIBRATIONS, STAGES, input_gradients, stage_windows, vog_from_gradients
 from neural_networks import SimpleNN
@@ -184,7 +185,7 @@ def test_missing_checkpoint_dir_is_named_before_the_data_are_read(tmp_path, monk
                             (tmp_path, "holds 1 \\*\\.pt checkpoint")]:
         args = vog_script.parse_args(["--checkpoint_dir", str(folder), "--data_root", str(tmp_path / "no_data"),
                                       "--device", "cpu", "--results_dir", str(tmp_path / "R")])
-        with pytest.raises(vog_script.UserInputError, match=f"^--checkpoint_dir {re.escape(str(folder))} {problem}"):
+        with pytest.raises(UserInputError, match=f"^--checkpoint_dir {re.escape(str(folder))} {problem}"):
             vog_script.main(args)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file.pt"]
 

@@ -12,9 +12,10 @@ import torch
 from torch import Tensor
 
 from hardness.config import ConfigError
-from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
-from hardness.device import free_memory_bytes
-from hardness.user_data import UserData, load_csv, load_folder, load_npz, parse_source
+from hardness.cli import FieldError
+from hardness.data import load_source
+from hardness.memory import RunDescription, memory_check
+from hardness.user_data import Source, SourceOptions, parse_source
 
 
 @dataclass
@@ -93,26 +94,24 @@ def class_mapping(dataset: dict, labels: Tensor, names: Sequence[str] | None = N
     return mapping
 
 
-def read_user_source(dataset: dict, device: torch.device, root: Path) -> UserData:
-    """The folder:, npz: or csv: source dataset.name names, read whole (a folder decoded once and cached under
-    `root`), after checking that its float32 values fit in `device`'s free memory."""
-    kind, path = parse_source(dataset["name"])
+def config_key(field: str) -> str:
+    """The config key of a field a user-source error names (hardness.cli.FieldError)."""
+    return {"dataset_name": "dataset.name", "dataset_label": "dataset.label"}.get(field, f"dataset.{field}")
 
-    def check_memory(samples: int, sample_shape: tuple[int, ...]) -> None:
-        needed = samples * math.prod(sample_shape) * 4 * (3 if device.type == "cpu" else 1)   # + raw + a copy
-        free = free_memory_bytes(device)
-        if needed > free:
-            raise ConfigError("dataset.name", f"{samples} samples of {dataset['name']} shaped {list(sample_shape)} "
-                                              f"need about {needed / 2**30:.1f} GiB, more than the "
-                                              f"{free / 2**30:.1f} GiB free on {device}; give a smaller source")
 
-    if kind == "folder":
-        size = dataset["image_size"]
-        return load_folder(path, root, dataset["label"], dataset["channels"], tuple(size) if size else None,
-                           dataset["skip_unreadable"], check_memory)
-    if kind == "npz":
-        return load_npz(path, check_memory)
-    return load_csv(path, dataset["label_column"], dataset["id_column"], check_memory)
+def read_source(dataset: dict, device: torch.device, root: Path) -> Source:
+    """The built-in dataset or the folder:, npz: or csv: source dataset.name names, read whole through the one
+    loading path (hardness.data.load_source; a folder decoded once and cached under `root`); a user source after
+    checking that its values fit in `device`'s free memory. Errors name the config's keys."""
+    size = dataset["image_size"]
+    options = SourceOptions(dataset["label"], dataset["channels"], tuple(size) if size else None,
+                            dataset["label_column"] or "label", dataset["id_column"], dataset["skip_unreadable"])
+    user = parse_source(dataset["name"]) is not None
+    check = memory_check(RunDescription(network=None), device, None, dataset["name"]) if user else None
+    try:
+        return load_source(dataset["name"], root, options, check)
+    except FieldError as error:
+        raise ConfigError(config_key(error.field), error.wording(config_key)) from None
 
 
 def stratified_split(labels: np.ndarray, classes: Sequence[int], fraction: float, seed: int,
@@ -148,31 +147,27 @@ def load_simulation_data(dataset: dict, root: Path, device: torch.device) -> Sim
     """Filter and relabel the classes, standardise per channel (per column for a table) with the filtered training
     split's mean and std (population), apply that to both splits, then add `shift`. A user source is split by
     stratified_split with dataset.test_fraction and dataset.seed first."""
-    names, source = None, None
     if dataset["name"] == "gaussian":
         train_x, train_y, test_x, test_y = gaussian_splits(dataset)
-    elif parse_source(dataset["name"]) is not None:
-        source = read_user_source(dataset, device, Path(root))
-        names, train_y = source.class_names, torch.from_numpy(source.labels)
+        names, source, known = None, None, train_y
     else:
-        splits = torchvision_splits(canonical_dataset_name(dataset["name"]), Path(root))
-        names = splits[0].classes
-        (train_x, test_x), (train_y, test_y) = (
-            [as_nchw_uint8(split.data).float() / 255 for split in splits],
-            [torch.as_tensor(split.targets, dtype=torch.int64) for split in splits])
-    mapping = class_mapping(dataset, train_y, names)
-    missing = sorted(set(mapping) - set(train_y.unique().tolist()))
+        source = read_source(dataset, device, Path(root))
+        names, labels = source.class_names, torch.from_numpy(source.labels)
+        known = labels if source.in_train is None else labels[torch.from_numpy(source.in_train)]
+    mapping = class_mapping(dataset, known, names)
+    missing = sorted(set(mapping) - set(known.unique().tolist()))
     if missing:
         raise ConfigError("dataset.class_map" if dataset["class_map"] is not None else "dataset.classes",
                           f"label(s) {missing} not in {dataset['name']}")
     if source is None:
         train_ids, test_ids = [f"train/{i}" for i in range(len(train_y))], [f"test/{i}" for i in range(len(test_y))]
     else:
-        rows = stratified_split(source.labels, list(mapping), dataset["test_fraction"], dataset["seed"], names)
+        rows = (stratified_split(source.labels, list(mapping), dataset["test_fraction"], dataset["seed"], names)
+                if source.in_train is None else (np.flatnonzero(source.in_train), np.flatnonzero(~source.in_train)))
         values = torch.from_numpy(source.values)
         values = values.float() / 255 if values.dtype == torch.uint8 else values.float()
         train_x, test_x = [values[r] for r in rows]
-        train_y, test_y = [torch.from_numpy(source.labels[r]) for r in rows]
+        train_y, test_y = [labels[r] for r in rows]
         train_ids, test_ids = [[source.sample_ids[i] for i in r.tolist()] for r in rows]
     lookup = torch.full((int(max(train_y.max(), test_y.max(), max(mapping))) + 1,), -1)
     lookup[list(mapping)] = torch.tensor(list(mapping.values()))

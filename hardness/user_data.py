@@ -43,8 +43,6 @@ class Source:
     in_train: np.ndarray | None = None       # [N] bool, a built-in's torchvision train split (None: user data)
 
 
-UserData = Source             # its name in hardness.class_overlap until that loads through hardness.data.load_source
-
 
 @dataclass(frozen=True)
 class SourceOptions:

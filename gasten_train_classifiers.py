@@ -13,8 +13,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from hardness.gasten import (CLASSIFIERS, PAIR_DATASETS, classifier_name, load_pair,
-                             save_classifier, train_classifier)
+from hardness.gasten import CLASSIFIERS, PAIR_DATASETS, load_pair, save_classifier, train_classifier
+from hardness.gasten_names import classifier_name
 from utils import (add_device_argument, add_output_arguments, gasten_path, non_negative_int, positive_float,
                    positive_int, resolve_device, run_script, run_settings, save_figure)
 

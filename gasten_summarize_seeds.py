@@ -42,14 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def add_seed_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    """--summarize_seeds (also --run_folders) and --ambiguous_samples, here and in gasten_train.py."""
-    parser.add_argument("--summarize_seeds", "--run_folders", dest="summarize_seeds", type=Path, nargs="+",
-                        required=required, default=None, metavar="RUN_DIR",
+    """--summarize_seeds and --ambiguous_samples, here and in gasten_train.py."""
+    parser.add_argument("--summarize_seeds", type=Path, nargs="+", required=required, default=None, metavar="RUN_DIR",
                         help="the run folders of one config, one per GAN seed (<name>, <name>_seed<s>): the study's "
                              "table (CSV and markdown) and its figure")
     parser.add_argument("--ambiguous_samples", type=positive_int, default=AMBIGUOUS_SAMPLES,
-                        help=f"samples of each cell's last generator whose C in [0.4, 0.6] are counted (default "
-                             f"{AMBIGUOUS_SAMPLES})")
+                        help=f"--summarize_seeds: samples of each cell's last generator whose C in [0.4, 0.6] are "
+                             f"counted (default {AMBIGUOUS_SAMPLES})")
 
 
 def cell_ambiguity(cell: Path, epoch: int, n_samples: int, data_root: Path, device: torch.device,

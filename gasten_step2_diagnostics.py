@@ -2,14 +2,15 @@
 
     python gasten_step2_diagnostics.py --run_folders Results/gasten/mnist_7v1_seeds Results/gasten/mnist_7v1_seeds_seed1 ...
 
-For every step-2 cell of the run folders (one per GAN seed, as --summarize_seeds takes them) and every checkpoint
-it has, epoch 0 being the step-1 checkpoint it started from, G and D are loaded and shown --samples noise vectors
-(drawn from --seed) and as many real training images of the pair, in batches of the run's batch size, as a
-training step sees them: the adversarial term BCE(D(G(z)), 1) and the confusion term mean |0.5 - C(G(z))|, the
-norms of their gradients in G's parameters and the cosine between them, the mean D on real images and on G(z),
-and the share of G(z) that C calls positive (hardness.gasten.generator_step_terms). Each classifier's accuracy,
-ACD and share in [0.4, 0.6] on the pair's real test images tell what ACD a generator of perfectly realistic
-images would get. Step 2 needs checkpoints to look at: configs/gasten/mnist_7v1_seeds.yaml keeps every epoch.
+For every step-2 cell of the run folders (one per GAN seed, as gasten_summarize_seeds.py takes them) and every
+checkpoint it has, epoch 0 being the step-1 checkpoint it started from, G and D are loaded and shown --samples
+noise vectors (drawn from --seed) and as many real training images of the pair, in batches of the run's batch
+size, as a training step sees them: the adversarial term BCE(D(G(z)), 1) and the confusion term
+mean |0.5 - C(G(z))|, the norms of their gradients in G's parameters and the cosine between them, the mean D on
+real images and on G(z), and the share of G(z) that C calls positive (generator_step_terms). Each classifier's
+accuracy, ACD and share in [0.4, 0.6] on the pair's real test images (classifier_on_real) tell what ACD a
+generator of perfectly realistic images would get. Step 2 needs checkpoints to look at:
+configs/gasten/mnist_7v1_seeds.yaml keeps every epoch.
 
 Writes <results_dir>/gasten/<name>_over_seeds/step2_diagnostics.{csv,md,json} (a row per seed, cell and epoch;
 the means over seeds; the settings) and the figure <figures_dir>/gasten/<name>_over_seeds/step2_diagnostics.{png,pdf}.
@@ -22,11 +23,15 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from hardness.gasten import (STEP_TERMS, Z_DIM, classifier_nf, classifier_on_real, classifier_path, epoch_folders,
-                             generator_step_terms, load_classifier, load_gan, load_pair, make_gan, run_seed,
-                             shared_config_name, step1_checkpoint)
+from hardness.gasten import (GAN, Z_DIM, average_confusion_distance, classifier_path, epoch_folders,
+                             generator_gan_loss, load_classifier, load_gan, load_pair, make_gan, step1_checkpoint)
+from hardness.gasten_names import Step2Cell, classifier_nf, run_seed
+from hardness.gasten_seeds import in_ambiguous_band, shared_config_name
+from hardness.prediction import predict
 from hardness.results import write_csv
 from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, non_negative_int,
                    positive_int, resolve_device, run_script, run_settings, save_figure, write_atomically)
@@ -46,6 +51,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+STEP_TERMS = ("adversarial", "confusion", "adversarial_gradient_norm", "confusion_gradient_norm", "gradient_cosine",
+              "discriminator_real", "discriminator_fake", "positive_share")
+
+
+def generator_step_terms(gan: GAN, classifier: nn.Module, noise: Tensor, real: Tensor,
+                         batch_size: int) -> dict[str, float]:
+    """What a step-2 generator step sees, in batches of `batch_size` of `noise` [n, 64] and `real` [n, 1, 28, 28]
+    with G and D in training mode as train_epoch has them (an incomplete last batch left out, as there), averaged
+    over the batches: the adversarial term BCE(D(G(z)), 1) (-mean D(G(z)) for WGAN-GP), the confusion term
+    mean |0.5 - C(G(z))|, the norms of their gradients in G's parameters and the cosine between the two gradients
+    (the weight multiplies the confusion gradient), the mean D(x) of real images and D(G(z)), and the share of
+    G(z) that C calls positive."""
+    parameters = list(gan.generator.parameters())
+    gan.generator.train()
+    gan.discriminator.train()
+    sums = dict.fromkeys(STEP_TERMS, 0.0)
+    batches = [(z, x) for z, x in zip(noise.split(batch_size), real.split(batch_size)) if len(z) == batch_size]
+    if not batches:
+        raise UserInputError(f"{len(noise)} samples make no full batch of {batch_size}")
+    for z, x in batches:
+        fake = gan.generator(z)                                                    # [b, 1, 28, 28]
+        adversarial = generator_gan_loss(gan, fake)
+        probabilities = classifier(fake)                                          # [b]
+        confusion = average_confusion_distance(probabilities)
+        adversarial_gradient = torch.cat([g.flatten() for g in torch.autograd.grad(adversarial, parameters,
+                                                                                     retain_graph=True)])
+        confusion_gradient = torch.cat([g.flatten() for g in torch.autograd.grad(confusion, parameters)])
+        with torch.no_grad():
+            terms = {"adversarial": adversarial, "confusion": confusion,
+                     "adversarial_gradient_norm": adversarial_gradient.norm(),
+                     "confusion_gradient_norm": confusion_gradient.norm(),
+                     "gradient_cosine": F.cosine_similarity(adversarial_gradient, confusion_gradient, dim=0),
+                     "discriminator_real": gan.discriminator(x).mean(),
+                     "discriminator_fake": gan.discriminator(fake).mean(),
+                     "positive_share": (probabilities > 0.5).float().mean()}
+        for key, value in terms.items():
+            sums[key] += float(value.detach())
+    return {key: value / len(batches) for key, value in sums.items()}
+
+
+def classifier_on_real(classifier: nn.Module, images: Tensor, targets: Tensor) -> dict[str, float]:
+    """A classifier's accuracy, ACD and share of images with C in [0.4, 0.6] on real `images` with 0/1 `targets`."""
+    probabilities = predict(classifier, images)                                                     # [n]
+    return {"accuracy": float(((probabilities > 0.5).float() == targets).float().mean()),
+            "acd": float(average_confusion_distance(probabilities)),
+            "in_band_share": float(in_ambiguous_band(probabilities).float().mean())}
+
+
 def cells_of(run_folders: list[Path]) -> tuple[str, list[dict[str, Any]]]:
     """The config name shared by the run folders, and every step-2 cell: its seed, classifier, weight, the
     settings of its last checkpoint and {epoch: checkpoint folder}, epoch 0 being the step-1 start."""
@@ -56,14 +109,15 @@ def cells_of(run_folders: list[Path]) -> tuple[str, list[dict[str, Any]]]:
         if not found:
             raise UserInputError(f"no step-2 checkpoints (step2/<cell>/epoch_<e>/generator.pt) under {folder}")
         for cell in found:
-            classifier, weight, step1_epoch = cell.name.rsplit("_", 2)
+            key = Step2Cell.parse(cell.name)
             checkpoints = epoch_folders(cell)
             settings = json.loads((checkpoints[max(checkpoints)] / "config.json").read_text())
             step1_folder = Path(settings["step1_run"] or settings["config"]["step1"]["run"] or Path(folder) / "step1")
-            checkpoints[0] = step1_checkpoint(step1_folder, int(step1_epoch))[1]
-            cells.append({"seed": run_seed(folder)[1], "classifier": classifier, "nf": classifier_nf(classifier),
-                          "weight": weight, "step1_epoch": int(step1_epoch), "settings": settings,
-                          "checkpoints": dict(sorted(checkpoints.items())), "results_root": cell.parents[3]})
+            checkpoints[0] = step1_checkpoint(step1_folder, key.step1_epoch)[1]
+            cells.append({"seed": run_seed(folder)[1], "classifier": key.classifier,
+                          "nf": classifier_nf(key.classifier), "weight": key.weight, "step1_epoch": key.step1_epoch,
+                          "settings": settings, "checkpoints": dict(sorted(checkpoints.items())),
+                          "results_root": cell.parents[3]})
     return name, cells
 
 
@@ -96,11 +150,12 @@ def means_over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per classifier, weight, step-1 epoch and epoch, the mean over the seeds of every term and the seed count."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["nf"], row["classifier"], float(row["weight"]), row["weight"], row["step1_epoch"],
-                           row["epoch"]), []).append(row)
-    return [{"nf": nf, "classifier": classifier, "weight": weight, "step1_epoch": step1_epoch, "epoch": epoch,
-             "seeds": len(members), **{key: float(np.mean([m[key] for m in members])) for key in STEP_TERMS}}
-            for (nf, classifier, _, weight, step1_epoch, epoch), members in sorted(groups.items())]
+        groups.setdefault((row["nf"], row["classifier"], row["weight"].order(), row["step1_epoch"], row["epoch"]),
+                          []).append(row)
+    return [{"nf": nf, "classifier": classifier, "weight": members[0]["weight"], "step1_epoch": step1_epoch,
+             "epoch": epoch, "seeds": len(members),
+             **{key: float(np.mean([m[key] for m in members])) for key in STEP_TERMS}}
+            for (nf, classifier, _, step1_epoch, epoch), members in sorted(groups.items())]
 
 
 def diagnostics_markdown(means: list[dict[str, Any]], on_real: dict[str, dict[str, float]]) -> str:
@@ -138,8 +193,8 @@ def plot_diagnostics(means: list[dict[str, Any]], on_real: dict[str, dict[str, f
     for name, scores in on_real.items():
         axes[0].axhline(scores["acd"], color=f"C{nfs.index(classifier_nf(name))}", lw=0.8, alpha=0.6)
     for weight in weights:
-        if float(weight) > 0:
-            axes[1].axhline(1 / float(weight), color="grey", lw=0.8, ls=":")
+        if not weight.mgda and weight.value > 0:
+            axes[1].axhline(1 / weight.value, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("ACD of G(z) (lines: real test images)")
     axes[1].set_ylabel("|grad confusion| / |grad adversarial|")
     axes[1].set_yscale("log")

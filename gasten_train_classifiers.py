@@ -12,8 +12,8 @@ import argparse
 
 import matplotlib.pyplot as plt
 
-from hardness.gasten import (CLASSIFIERS, PAIR_DATASETS, classifier_name, load_pair,
-                             save_classifier, train_classifier)
+from hardness.gasten import CLASSIFIERS, PAIR_DATASETS, load_pair, save_classifier, train_classifier
+from hardness.gasten_names import classifier_name
 from utils import (TORCHVISION_ROOT, add_shared_arguments, gasten_path, non_negative_int, positive_float, positive_int,
                    resolve_device, run_script, run_settings, save_figure)
 

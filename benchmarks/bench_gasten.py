@@ -16,10 +16,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardness.device import device_name  # noqa: E402
 from hardness.gasten import make_gan, train_epoch  # noqa: E402
+from hardness.gasten_names import ConfusionWeight  # noqa: E402
 from neural_networks import PairClassifierCNN  # noqa: E402
 from utils import add_device_argument, positive_int, resolve_device  # noqa: E402
 
-BATCH = 64
+BATCH, WEIGHT = 64, ConfusionWeight(25.0)
 
 
 def steps_per_second(device: torch.device, steps: int, channels_last: bool, classifier: torch.nn.Module | None) -> float:
@@ -30,11 +31,11 @@ def steps_per_second(device: torch.device, steps: int, channels_last: bool, clas
         gan.discriminator.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     noise_rng = torch.Generator().manual_seed(0)
-    train_epoch(gan, images[:2 * BATCH], BATCH, noise_rng, classifier, 25.0, progress=False)   # warm-up
+    train_epoch(gan, images[:2 * BATCH], BATCH, noise_rng, classifier, WEIGHT, progress=False)   # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    train_epoch(gan, images, BATCH, noise_rng, classifier, 25.0, progress=False)
+    train_epoch(gan, images, BATCH, noise_rng, classifier, WEIGHT, progress=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (len(images) // BATCH) / (time.perf_counter() - start)

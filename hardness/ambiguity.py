@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from hardness.cli import TORCHVISION_ROOT, UserInputError, add_device_argument, add_output_arguments, add_shared_arguments
 from hardness.config import ConfigError, check_choice, check_number, read_config
-from hardness.gasten import (Z_DIM, classifier_path, epoch_folders, feature_cnn, frechet_distance, frechet_metric,
-                             generate, load_classifier, load_pair)
+from hardness.gasten import Z_DIM, classifier_path, epoch_folders, generate, load_classifier, load_pair
+from hardness.gasten_metrics import feature_cnn, frechet_distance, frechet_metric
+from hardness.gasten_names import ConfusionWeight, Step2Cell
 from hardness.prediction import predict
 from hardness.results import gasten_path, save_figure, save_npz_with_settings
 from neural_networks import DCGANGenerator, FeatureCNN
@@ -66,8 +67,12 @@ def load_ambiguity_config(path: Path, overrides: list[str], seed: int | None) ->
 
 def gasten_cell(config: dict, results_dir: Path, device: torch.device) -> tuple[nn.Module, nn.Module, dict]:
     """The step-2 generator and the classifier the config names, and the GASTeN run's settings."""
-    weight = config["weight"] if isinstance(config["weight"], str) else f"{float(config['weight']):g}"
-    cell = Path(config["gasten_run"]) / "step2" / f"{config['classifier']}_{weight}_{config['step1_epoch']}"
+    try:
+        weight = ConfusionWeight.parse(config["weight"])
+    except ValueError as error:
+        raise ConfigError("weight", str(error)) from None
+    cell = Path(config["gasten_run"]) / "step2" / Step2Cell(config["classifier"], weight,
+                                                            config["step1_epoch"]).folder_name()
     found = epoch_folders(cell)
     if config["step2_epoch"] not in found:
         raise UserInputError(f"no step-2 checkpoint of epoch {config['step2_epoch']} in {cell} (found "

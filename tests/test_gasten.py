@@ -16,9 +16,11 @@ from torch import nn
 from conftest import REPO, run_in_process, write_idx, write_mnist_layout
 from hardness.ambiguity import ambiguous_samples, medoids, reduced_silhouette
 from hardness.cli import UserInputError
-from hardness.gasten import (InceptionFeatures, average_confusion_distance, epoch_folders, frechet_distance,
-                             frechet_metric, inception_features, load_classifier, load_gan, load_pair, make_gan,
-                             mgda_weight, pareto_efficient, read_metrics_csv, save_gan, statistics_key, train_epoch)
+from hardness.gasten import (average_confusion_distance, epoch_folders, load_classifier, load_gan, load_pair,
+                             make_gan, mgda_weight, pareto_efficient, read_metrics_csv, save_gan, train_epoch)
+from hardness.gasten_metrics import (InceptionFeatures, frechet_distance, frechet_metric, inception_features,
+                                     statistics_key)
+from hardness.gasten_names import ConfusionWeight, Step2Cell
 from neural_networks import (DCGANDiscriminator, DCGANGenerator, FeatureCNN, PairClassifierCNN,
                              PairClassifierMLP)
 
@@ -175,6 +177,28 @@ def test_epoch_folders_find_single_digit_and_padded_names(tmp_path):
     assert sorted(epoch_folders(tmp_path)) == [0, 5, 10]
 
 
+@pytest.mark.parametrize("name, classifier, weight, step1_epoch", [
+    ("cnn-1-1.0_25_5", "cnn-1-1.0", 25.0, 5),
+    ("cnn-2-1.0_0.5_10", "cnn-2-1.0", 0.5, 10),
+    ("cnn-4-20.0_mgda_0", "cnn-4-20.0", "mgda", 0),
+    ("my_cnn_mgda:norm_3", "my_cnn", "mgda:norm", 3),           # the classifier's own underscores stay its own
+])
+def test_a_step2_cells_folder_name_is_built_and_parsed_in_one_place(name, classifier, weight, step1_epoch):
+    cell = Step2Cell.parse(name)
+    assert cell == Step2Cell(classifier, ConfusionWeight(weight), step1_epoch) and cell.folder_name() == name
+
+
+def test_confusion_weights_parse_print_and_sort():
+    weights = [ConfusionWeight.parse(given) for given in ("mgda:norm", 25, "0.5", "mgda", 0)]
+    assert [str(w) for w in sorted(weights, key=ConfusionWeight.order)] == ["0", "0.5", "25", "mgda", "mgda:norm"]
+    assert ConfusionWeight.parse("25").value == 25.0 and ConfusionWeight.parse("mgda").mgda
+    for bad in ("-3", "inf", "sometimes", None):
+        with pytest.raises(ValueError):
+            ConfusionWeight.parse(bad)
+    with pytest.raises(UserInputError, match="not a step-2 cell's folder"):
+        Step2Cell.parse("cnn-1-1.0_25")
+
+
 def strokes(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """28x28 uint8 '1's (a slanted bar) and '7's (a top bar and a diagonal), random thickness, slant and place;
     labels 1 and 7 alternate."""
@@ -213,6 +237,7 @@ def strokes_run(tmp_path_factory) -> Path:
                       " classifiers: [cnn-1-20.0]}\n")
     done = run(TRAIN, "--config", str(config), "--device", "cpu", cwd=folder)
     assert done.returncode == 0, done.stderr
+    assert "training the feature CNN of FID (own features) on all of mnist" in done.stderr      # not silently
     return folder
 
 
@@ -475,8 +500,8 @@ def test_ambiguity_scripts_end_to_end(strokes_run):
         assert (strokes_run / "Figures/ambiguity/ambiguity" / f"{name}.png").is_file()
 
 
-@pytest.mark.parametrize("module", ["gasten_train_classifiers", "gasten_train", "gasten_step2_diagnostics",
-                                    "ambiguity_patterns", "ambiguity_generate_embeddings",
+@pytest.mark.parametrize("module", ["gasten_train_classifiers", "gasten_train", "gasten_summarize_seeds",
+                                    "gasten_step2_diagnostics", "ambiguity_patterns", "ambiguity_generate_embeddings",
                                     "ambiguity_optimize_clustering", "ambiguity_prototypes"])
 def test_help_explains_every_flag(module, capsys):
     import importlib

@@ -12,8 +12,9 @@ from torch import nn
 
 import gasten_step2_diagnostics
 from conftest import write_idx
+from gasten_step2_diagnostics import classifier_on_real, generator_step_terms
 from hardness.cli import UserInputError
-from hardness.gasten import GAN, classifier_on_real, generator_step_terms, make_gan, save_classifier, save_gan
+from hardness.gasten import GAN, make_gan, save_classifier, save_gan
 from test_gasten_seeds import constant_classifier
 
 

@@ -1,4 +1,4 @@
-"""GASTeN over seeds: the table, the collapse verdict and the figure of gasten_train.py --summarize_seeds on
+"""GASTeN over seeds: the table, the collapse verdict and the figure of gasten_summarize_seeds.py on
 run folders written by hand (the expected means and stds worked out by hand below), the ambiguous counts from a
 checkpoint whose images and classifier are built so that the counts are known, and the grid of the study."""
 import csv
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+import gasten_summarize_seeds
 import gasten_train
 from conftest import REPO, write_idx
 from hardness.cli import UserInputError
-from hardness.gasten import collapsed, make_gan, save_classifier, save_gan
+from hardness.gasten import make_gan, save_classifier, save_gan
+from hardness.gasten_seeds import collapsed
 from hardness.sweep import flag_errors, load_grid
 from neural_networks import PairClassifierCNN
 
@@ -54,10 +56,11 @@ def two_seeds(tmp_path: Path) -> tuple[Path, Path]:
     return seed0, seed1
 
 
-def summarize(tmp_path: Path, *runs: Path, samples: int = 15000, data_root: Path | None = None) -> None:
+def summarize(tmp_path: Path, *runs: Path, samples: int = 15000, data_root: Path | None = None,
+              script=gasten_summarize_seeds) -> None:
     flags = ["--summarize_seeds", *map(str, runs), "--results_dir", str(tmp_path / "Results"), "--figures_dir",
              str(tmp_path / "Figures"), "--ambiguous_samples", str(samples), "--device", "cpu"]
-    gasten_train.main(gasten_train.parse_args(flags + (["--data_root", str(data_root)] if data_root else [])))
+    script.main(script.parse_args(flags + (["--data_root", str(data_root)] if data_root else [])))
 
 
 def test_the_collapse_rule_needs_both_thresholds():
@@ -102,6 +105,16 @@ def test_table_over_two_seeds_by_hand(tmp_path, two_seeds, capsys):
     assert markdown in capsys.readouterr().out
     figure = tmp_path / "Figures/gasten/study_over_seeds/over_seeds.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
+
+
+def test_gasten_train_summarize_seeds_writes_the_same_table(tmp_path, two_seeds):
+    """gasten_train.py --summarize_seeds, the flag from before the study had a script of its own, runs the same."""
+    summarize(tmp_path, *two_seeds)
+    table = tmp_path / "Results/gasten/study_over_seeds/over_seeds.csv"
+    expected = table.read_text()
+    table.unlink()
+    summarize(tmp_path, *two_seeds, script=gasten_train)
+    assert table.read_text() == expected
 
 
 def test_seed_folders_must_be_one_config_and_one_length(tmp_path, two_seeds):
@@ -176,6 +189,7 @@ def test_the_grid_runs_each_seed_from_its_own_step1(flag_checks_in_process):
             (f"cnn-{nf}-1.0", w) for nf in (1, 2, 4) for w in (0, 25)}
         assert all(c.flags["seed"] == seed and c.flags["step1_run"].endswith(f"/gasten/{folder}/step1")
                    and c.flags["set"] == "step2.epochs=5" for c in cells)
+    assert stages["summary"][0].script == "gasten_summarize_seeds.py"
     summary = stages["summary"][0].flags["summarize_seeds"]
     assert [Path(path).name for path in summary] == ["mnist_7v1_seeds", "mnist_7v1_seeds_seed1", "mnist_7v1_seeds_seed2"]
     assert stages["diagnostics"][0].flags["run_folders"] == summary

@@ -19,7 +19,7 @@ from hardness.class_hardness import save_simulation, simulate
 from hardness.class_hardness_config import load_config
 from hardness.class_hardness_data import load_simulation_data
 from hardness.class_hardness_figures import draw_figures
-from utils import (add_device_argument, add_output_arguments, class_hardness_path, non_negative_int, resolve_device,
+from utils import (add_device_argument, add_output_arguments, add_shared_arguments, class_hardness_path, resolve_device,
                    run_script, run_settings)
 
 
@@ -29,14 +29,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="YAML file of the simulation (see configs/class_hardness/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config field, e.g. --set training.lr=0.01 (repeatable; values read as YAML)")
-    parser.add_argument("--seed", type=non_negative_int, default=None,
-                        help="training.seed: every run's initialisation and shuffling derive from it "
-                             "(default: the config's)")
+    add_shared_arguments(parser, "seed", seed={
+        "default": None, "help": "training.seed: every run's initialisation and shuffling derive from it (default: "
+                                 "the config's)"})
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing results folder of the same output name")
-    parser.add_argument("--data_root", type=Path, default=Path("./data"),
-                        help="where torchvision datasets are, or are fetched to, and where image folders' decodings "
-                             "are cached (default ./data)")
+    add_shared_arguments(parser, "data_root", data_root={
+        "help": "where torchvision datasets are, or are fetched to, and where image folders' decodings are cached "
+                "(default ./data)"})
     add_device_argument(parser)
     add_output_arguments(parser)
     return parser.parse_args(argv)

@@ -33,8 +33,8 @@ from hardness.gasten_names import Step2Cell, classifier_nf, run_seed
 from hardness.gasten_seeds import in_ambiguous_band, shared_config_name
 from hardness.prediction import predict
 from hardness.results import write_csv
-from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, non_negative_int,
-                   positive_int, resolve_device, run_script, run_settings, save_figure, write_atomically)
+from utils import (TORCHVISION_ROOT, UserInputError, add_device_argument, add_output_arguments, add_shared_arguments,
+                   gasten_path, positive_int, resolve_device, run_script, run_settings, save_figure, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,9 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the run folders of one config, one per GAN seed (<name>, <name>_seed<s>)")
     parser.add_argument("--samples", type=positive_int, default=1024,
                         help="noise vectors and real images each checkpoint is shown (default 1024)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the noise and of the choice of real images (default 0)")
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_shared_arguments(parser, "seed", "data_root", data_root=TORCHVISION_ROOT,
+                         seed={"help": "seed of the noise and of the choice of real images (default 0)"})
     add_device_argument(parser)
     add_output_arguments(parser)
     return parser.parse_args(argv)

@@ -28,14 +28,14 @@ from hardness.gasten_seeds import (AMBIGUOUS_HALF_WIDTH, AMBIGUOUS_NOISE_SEED, A
                                    over_seeds, shared_config_name)
 from hardness.prediction import predict
 from hardness.results import write_csv
-from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, positive_int,
-                   resolve_device, run_script, save_figure, write_atomically)
+from utils import (TORCHVISION_ROOT, UserInputError, add_device_argument, add_output_arguments, add_shared_arguments,
+                   gasten_path, positive_int, resolve_device, run_script, save_figure, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_seed_arguments(parser, required=True)
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_shared_arguments(parser, "data_root", data_root=TORCHVISION_ROOT)
     add_device_argument(parser)
     add_output_arguments(parser)
     return parser.parse_args(argv)

@@ -41,8 +41,8 @@ from hardness.gasten import (GAN, PAIR_DATASETS, TEST_NOISE_SAMPLES, PairData, c
                              step1_checkpoint, step2_metrics, write_metrics_csv)
 from hardness.gasten_metrics import Embedding, Scorer, feature_cnn, frechet_metric, inception_features
 from hardness.gasten_names import NO_CONFUSION, ConfusionWeight, Step2Cell, run_folder_name
-from utils import (UserInputError, add_device_argument, add_output_arguments, gasten_path, non_negative_int,
-                   resolve_device, run_script, run_settings, save_figure)
+from utils import (TORCHVISION_ROOT, UserInputError, add_device_argument, add_output_arguments, add_shared_arguments,
+                   gasten_path, resolve_device, run_script, run_settings, save_figure)
 
 SCHEMA = (
     Field("name", None),                                        # None: the config file's stem
@@ -76,9 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="YAML file of the run (see configs/gasten/); needed unless --summarize")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config field, e.g. --set step2.epochs=5 (repeatable)")
-    parser.add_argument("--seed", type=non_negative_int, default=None,
-                        help="training.seed (default: the config's); every seed has its own run folder, <name> for "
-                             "seed 0, <name>_seed<s> otherwise")
+    add_shared_arguments(parser, "seed", seed={
+        "default": None, "help": "training.seed (default: the config's); every seed has its own run folder, <name> "
+                                 "for seed 0, <name>_seed<s> otherwise"})
     parser.add_argument("--step", choices=["all", "1", "2"], default="all",
                         help="all: step 1 then every step-2 cell; 1: step 1 alone; 2: one step-2 cell (default all)")
     parser.add_argument("--step1_run", type=Path, default=None, help="--step 2: the step-1 folder to start from")
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception_weights", type=Path, default=None, metavar="PATH",
                         help="a local file of the standard FID Inception-v3 weights (as torch-fidelity's "
                              "FeatureExtractorInceptionV3 loads them): also score the Inception FID (fid_inception)")
-    parser.add_argument("--data_root", type=Path, default=Path("./data"), help="torchvision's layout (default ./data)")
+    add_shared_arguments(parser, "data_root", data_root=TORCHVISION_ROOT)
     add_device_argument(parser)
     add_output_arguments(parser)
     args = parser.parse_args(argv)

@@ -73,17 +73,23 @@ def _own_names(given: dict, prefix: str, defaults: dict, aliases: dict[str, str]
     return fields
 
 
+def read_yaml(path: Path, kind: str, error: type[UserInputError] = UserInputError) -> Any:
+    """The YAML file at `path` ({} when empty); a missing file or bad YAML is one line, an `error` that names the
+    `kind` of file ('config', 'grid') and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{kind} file {path} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as problem:
+        raise error(f"{kind} file {path} is not valid YAML: {str(problem).splitlines()[0]}") from problem
+
+
 def read_config(path: Path, defaults: dict, overrides: Sequence[str] = (),
                 shorthands: dict[str, str] | None = None, aliases: dict[str, str] | None = None) -> dict:
     """The YAML file at `path` over `defaults`, then each `section.key=value` override (value read as YAML);
     `shorthands` and `aliases` as in merge_config."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"config file {path} not found")
-    try:
-        given = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UserInputError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+    given = read_yaml(path, "config")
     config = merge_config(defaults, given, shorthands=shorthands, aliases=aliases)
     for override in overrides:
         field, equals, text = override.partition("=")

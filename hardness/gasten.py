@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from hardness.cli import UserInputError
-from hardness.data import as_nchw_uint8, canonical_dataset_name, torchvision_splits
+from hardness.data import load_source
 from hardness.gasten_names import NO_CONFUSION, ConfusionWeight, Step2Cell, settings_json
 from hardness.prediction import evaluating, predict
 from hardness.results import gasten_path, write_atomically, write_csv
@@ -49,9 +49,10 @@ def dataset_splits(dataset: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Te
     """All of a greyscale dataset in [-1, 1]: train images, train labels, test images, test labels."""
     if dataset.lower() not in PAIR_DATASETS:
         raise UserInputError(f"unknown dataset '{dataset}': GASTeN takes {', '.join(PAIR_DATASETS)} (any case)")
-    train, test = torchvision_splits(canonical_dataset_name(dataset), Path(root))
-    return (as_nchw_uint8(train.data).float() / 127.5 - 1, torch.as_tensor(train.targets),
-            as_nchw_uint8(test.data).float() / 127.5 - 1, torch.as_tensor(test.targets))
+    source = load_source(dataset, Path(root))                    # the one loading path: train and test, in order
+    images = torch.from_numpy(source.values).float() / 127.5 - 1          # [N, 1, 28, 28] in [-1, 1]
+    labels, train = torch.from_numpy(source.labels), torch.from_numpy(source.in_train)
+    return images[train], labels[train], images[~train], labels[~train]
 
 
 def load_pair(dataset: str, pos: int, neg: int, root: Path, device: torch.device) -> PairData:

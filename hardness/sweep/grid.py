@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hardness.cli import UserInputError
+from hardness.config import read_yaml
 from hardness.results import sweep_path
 from hardness.sweep.squeue import DEFAULT_POLL_S, SlurmQueue
 
@@ -117,12 +116,7 @@ def load_grid(path: Path, results_root: Path = Path("Results"), poll_s: float = 
         raise UserInputError(f"sweeps run the repository's scripts, and this copy of hardness ({REPO}) is an "
                              "installed one without them: run sweep.py from a clone of the repository")
     path = Path(path)
-    if not path.is_file():
-        raise GridError(f"grid file {path} not found")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise GridError(f"grid file {path} is not valid YAML: {error}") from error
+    spec = read_yaml(path, "grid", GridError)
     if not isinstance(spec, dict):
         raise GridError(f"{path}: a grid is a mapping with name, stages and slurm, got {type(spec).__name__}")
     if unknown := set(spec) - {"name", "stages", "slurm"}:

@@ -1,4 +1,5 @@
-"""The README and docs/: every relative link and image resolves to a file of the repository."""
+"""The README and docs/: every relative link and image resolves to a file of the repository; docs/tests.md names
+every test file."""
 import re
 from pathlib import Path
 
@@ -32,3 +33,9 @@ def test_the_readme_is_a_front_page_that_links_every_system_page():
     assert len(readme.splitlines()) <= 300
     for page in ROOT.glob("docs/*.md"):
         assert f"docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"
+
+
+def test_the_tests_page_names_every_test_file():
+    page = (ROOT / "docs/tests.md").read_text()
+    unnamed = [path.name for path in sorted((ROOT / "tests").glob("*.py")) if f"`{path.name}`" not in page]
+    assert not unnamed, f"docs/tests.md does not name {unnamed}"

@@ -15,7 +15,8 @@ as <cell>.npz with a settings JSON.
 With --manifest it scores one folder:PATH as it is against the manifest scripts/export_noisy_folder.py wrote
 (a `type` column per changed file), Datalab in the same run: every verdict's precision and recall per type.
 With --sweep it trains nothing and merges the cells of a sweep.py folder (configs/sweeps/hardness_types.yaml) into
-hardness_types_sweep.csv and .md (AUROC per score and type, the verdicts' precision and recall) and draws
+hardness_types_sweep.csv and .md (AUROC, AP and precision at k per score and type with each score's seconds, the
+verdicts' precision and recall, the verdicts recomputed under the current rules) and draws
 <figures_dir>/hardness_types/auroc_by_type_<dataset>: AUROC per score per type.
 """
 import argparse
@@ -34,8 +35,8 @@ from hardness.results import hardness_types_path, write_csv
 from hardness.score_figures import plot_auroc_by_type
 from hardness.seeds import Stage, stage_seed
 from hardness.setting import ScoredSetting, load_setting_arrays, load_settings, save_setting
-from hardness.types_benchmark import (CLEAN, auroc_table, datalab_rows, datalab_runs, injected_subset, manifest_rows,
-                                      refresh_verdict_rows, score_rows, verdict_table)
+from hardness.types_benchmark import (CLEAN, MEASURES, datalab_rows, datalab_runs, injected_subset, manifest_rows,
+                                      refresh_verdict_rows, score_rows, score_table, verdict_table)
 from hardness.user_data import parse_source
 from hardness.verdicts import VerdictRules, assign_verdicts
 from utils import (RunDescription, UserInputError, add_common_arguments, add_shared_arguments, canonical_dataset_name,
@@ -180,7 +181,13 @@ def merge_sweep(args: argparse.Namespace) -> None:
     ratios = sorted({float(row["noise_ratio"]) for row in combined} - {0.0}, reverse=True)
     for dataset in datasets:
         for ratio in ratios:
-            text += [f"## {dataset}, {ratio:g} injected: AUROC\n", auroc_table(combined, dataset, ratio),
+            for measure, title in MEASURES.items():
+                text += [f"## {dataset}, {ratio:g} injected: {title}\n", score_table(combined, dataset, ratio, measure)]
+            training = [float(row["training_seconds"]) for row in combined if row["dataset"] == dataset
+                        and float(row["noise_ratio"]) == ratio and row.get("training_seconds") not in (None, "")
+                        and row["score"].startswith("verdict")]
+            text += [f"s: a score's seconds beyond the fast recipe's training, {np.mean(training):.1f} s a cell here "
+                     f"(the mean over the cells; Datalab's rows: its cross-validation and find_issues)\n",
                      f"## {dataset}, {ratio:g} injected: verdicts\n", verdict_table(combined, dataset, ratio)]
         figure = save_figure(plot_auroc_by_type(combined, dataset, max(ratios)),
                              hardness_types_path(args.figures_dir, "figure", dataset))

@@ -98,7 +98,7 @@ def benchmark_rows(setting: ScoredSetting, dataset_name: str, noise_ratio: float
 
 def combine_rows(rows: list[dict]) -> list[dict]:
     """Rows of several benchmark runs (e.g. the seeds of a sweep) merged per dataset, noise, network and score:
-    every number averaged, with the number of runs and the std of the AUROC (or F1) over them."""
+    every number averaged, with the number of runs and the std of the AUROC, AP and precision at k (or F1) over them."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key = (row["dataset"], float(row["noise_ratio"]), row.get("noise_type") or "uniform",
@@ -111,9 +111,9 @@ def combine_rows(rows: list[dict]) -> list[dict]:
         merged = {"dataset": dataset, "noise_ratio": noise_ratio, "noise_type": noise_type, "network": network,
                   "recipe": recipe, "score": score, "benchmark_runs": len(members)}
         merged.update({key: float(np.mean([float(row[key]) for row in members])) for key in sorted(numbers)})
-        headline = "auroc" if "auroc" in numbers else "f1"
-        if headline in numbers:                     # a cell with nothing to find (nothing injected) has neither
-            merged[f"{headline}_std_over_runs"] = float(np.std([float(row[headline]) for row in members]))
+        spread = ("auroc", "ap", "precision_at_k") if "auroc" in numbers else ("f1",)
+        for measure in numbers & set(spread):      # a cell with nothing to find (nothing injected) has none
+            merged[f"{measure}_std_over_runs"] = float(np.std([float(row[measure]) for row in members]))
         combined.append(merged)
     return combined
 

@@ -152,16 +152,20 @@ def manifest_rows(kinds: np.ndarray, verdict: np.ndarray,
     return rows
 
 
-def auroc_table(rows: Sequence[dict], dataset: str, ratio: float) -> str:
-    """Merged rows as markdown: one line per continuous score, one column per injected type, AUROC (± its std over
-    the seeds where there are several), the best of each column in bold."""
+MEASURES = {"auroc": "AUROC", "ap": "AP", "precision_at_k": "precision at k"}
+
+
+def score_table(rows: Sequence[dict], dataset: str, ratio: float, measure: str = "auroc") -> str:
+    """Merged rows as markdown: one line per continuous score, one column per injected type, the measure (auroc, ap
+    or precision_at_k; ± its std over the seeds where there are several), the best of each column in bold, and the
+    score's own seconds (beyond the shared training) averaged over the cells."""
     here = [row for row in rows if row["dataset"] == dataset and float(row["noise_ratio"]) == ratio
-            and row.get("auroc") not in (None, "") and row["noise_type"] != CLEAN]
+            and row.get(measure) not in (None, "") and row["noise_type"] != CLEAN]
     kinds = [kind for kind in FAMILIES if any(row["noise_type"] == kind for row in here)]
     scores = list(dict.fromkeys(row["score"] for row in here))
     value = {(row["score"], row["noise_type"]): row for row in here}
-    best = {kind: max(float(value[s, kind]["auroc"]) for s in scores if (s, kind) in value) for kind in kinds}
-    lines = ["| score | " + " | ".join(kinds) + " |", "|" + " --- |" * (len(kinds) + 1)]
+    best = {kind: max(float(value[s, kind][measure]) for s in scores if (s, kind) in value) for kind in kinds}
+    lines = ["| score | " + " | ".join(kinds) + " | s |", "|" + " --- |" * (len(kinds) + 2)]
     for score in scores:
         cells = []
         for kind in kinds:
@@ -169,11 +173,12 @@ def auroc_table(rows: Sequence[dict], dataset: str, ratio: float) -> str:
             if row is None:
                 cells.append("–")
                 continue
-            auroc = float(row["auroc"])
-            spread = float(row.get("auroc_std_over_runs") or 0)
-            text = f"{auroc:.3f}" + (f" ± {spread:.3f}" if int(float(row.get("benchmark_runs", 1))) > 1 else "")
-            cells.append(f"**{text}**" if auroc == best[kind] else text)
-        lines.append(f"| {score} | " + " | ".join(cells) + " |")
+            number = float(row[measure])
+            spread = float(row.get(f"{measure}_std_over_runs") or 0)
+            text = f"{number:.3f}" + (f" ± {spread:.3f}" if int(float(row.get("benchmark_runs", 1))) > 1 else "")
+            cells.append(f"**{text}**" if number == best[kind] else text)
+        seconds = np.mean([float(value[score, kind]["extra_seconds"]) for kind in kinds if (score, kind) in value])
+        lines.append(f"| {score} | " + " | ".join(cells) + f" | {seconds:.1f} |")
     return "\n".join(lines) + "\n"
 
 

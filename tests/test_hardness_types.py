@@ -1,6 +1,7 @@
 """Injected hardness (hardness/injection.py) on tiny hand-made images, the characterisation scores
 (hardness/characterisation.py) against values worked out by hand, the verdict rules (hardness/verdicts.py) on
 hand-made score vectors, and hardness_types_benchmark.py's bad input."""
+import dataclasses
 import math
 
 import numpy as np
@@ -237,6 +238,28 @@ def test_the_verdict_rules_in_their_order_on_hand_made_scores():
     assert strict.verdict[3] == "ok"
 
 
+def test_out_of_distribution_needs_a_far_prototype_when_asked():
+    """Sample 2's near-uniform prediction with prototypicality at the median is not out of distribution under a
+    prototypicality condition (it falls to ambiguous, runner-up 0.33); at 0.5 it is: the median of the eight is
+    0.105, their median absolute deviation 0.01, so z = 0.395 / 0.014826 = 26.6."""
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    predicted = np.array([0, 0, 2, 2, 2, 2, 0, 1])
+    rules = VerdictRules(copy_rms=0.03, ood_entropy=0.6, ood_prototypicality_z=3.0, mislabel_agreement=0.8,
+                         atypical_z=200.0, ambiguous_runner_up=0.3)
+    assert assign_verdicts(hand_scores(), labels, predicted, 3, rules).verdict[2] == "ambiguous"
+    scores = hand_scores()
+    scores["prototypicality"][0, 2] = 0.5
+    verdicts = assign_verdicts(scores, labels, predicted, 3, rules)
+    assert verdicts.verdict[2] == "out_of_distribution"
+    assert verdicts.deciding[2]["prototypicality_z"] == pytest.approx(0.395 / 0.014826, rel=1e-4)
+    assert assign_verdicts(scores, labels, predicted, 3, dataclasses.replace(rules, ood_prototypicality_z=27.0)
+                           ).verdict[2] == "ambiguous"
+    del scores["prototypicality"]
+    alone = assign_verdicts(scores, labels, predicted, 3, rules)
+    assert alone.verdict[2] == "out_of_distribution"
+    assert any("by the entropy alone" in note for note in alone.notes)
+
+
 def test_missing_scores_and_one_class_are_notes_not_errors():
     scores = {name: value for name, value in hand_scores().items() if name != "prediction_entropy"}
     verdicts = assign_verdicts(scores, np.zeros(8, dtype=int), np.zeros(8, dtype=int), 1)
@@ -244,6 +267,22 @@ def test_missing_scores_and_one_class_are_notes_not_errors():
     assert any("no out_of_distribution verdicts" in note for note in verdicts.notes)
     assert any("one class only" in note for note in verdicts.notes)
     assert verdicts.verdict[:2].tolist() == ["duplicate", "duplicate"]      # what can be decided still is
+
+
+def test_the_merged_score_tables_by_hand():
+    """Two seeds of two scores on far_ood: AP 0.6 and 0.8 merge to 0.700 ± 0.100 (the std over seeds), precision at
+    k 0.5 and 0.7 to 0.600 ± 0.100, the seconds 1 and 3 to 2.0; the better score of a column is bold."""
+    from hardness.mislabel import combine_rows
+    from hardness.types_benchmark import score_table
+    base = {"dataset": "MNIST", "noise_ratio": 0.1, "noise_type": "far_ood", "network": "MLP", "recipe": "fast"}
+    rows = [{**base, "score": "loss", "auroc": 0.9, "ap": 0.6, "precision_at_k": 0.5, "extra_seconds": 1.0},
+            {**base, "score": "loss", "auroc": 0.9, "ap": 0.8, "precision_at_k": 0.7, "extra_seconds": 3.0},
+            {**base, "score": "energy", "auroc": 0.5, "ap": 0.1, "precision_at_k": 0.1, "extra_seconds": 0.5}]
+    merged = combine_rows(rows)
+    ap = score_table(merged, "MNIST", 0.1, "ap").splitlines()
+    assert ap[0] == "| score | far_ood | s |"
+    assert ap[2] == "| loss | **0.700 ± 0.100** | 2.0 |" and ap[3] == "| energy | 0.100 | 0.5 |"
+    assert "| loss | **0.600 ± 0.100** | 2.0 |" in score_table(merged, "MNIST", 0.1, "precision_at_k")
 
 
 def test_the_benchmark_cells_and_their_merge_end_to_end(tmp_path):
@@ -265,6 +304,7 @@ def test_the_benchmark_cells_and_their_merge_end_to_end(tmp_path):
         "--sweep", str(tmp_path / "sweep"), "--results_dir", str(tmp_path / "R"), "--figures_dir", str(tmp_path / "F")]))
     table = (tmp_path / "R/hardness_types/hardness_types_sweep.md").read_text()
     assert "## MNIST, 0.25 injected: AUROC" in table and "| far_ood |" in table.split("verdicts")[1]
+    assert "## MNIST, 0.25 injected: AP" in table and "## MNIST, 0.25 injected: precision at k" in table
     assert "| none (clean) |" in table and "datalab outlier (pixels)" in table
     assert (tmp_path / "F/hardness_types/auroc_by_type_MNIST.png").is_file()
 

@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     by_type = cells(args.sweep)
     clean = by_type.pop("none")
-    rules = VerdictRules(**{field: off for _, field, _, off in STEPS}, ood_prototypicality_z=float("-inf"))  # all off
+    rules = VerdictRules(**{field: off for _, field, _, off in STEPS}, ood_prototypicality_z=None)  # all off
     for verdict, field, grid, _ in STEPS:
         budget = BUDGET.get(verdict, DEFAULT_BUDGET)
         for value in grid:

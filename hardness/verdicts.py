@@ -27,7 +27,7 @@ import numpy as np
 
 VERDICTS = ("mislabelled", "out_of_distribution", "atypical", "ambiguous", "duplicate", "ok")
 COPY_RMS = 0.04
-OOD_PROTOTYPICALITY_Z = float("-inf")     # set by benchmarks/choose_verdict_rules.py
+OOD_PROTOTYPICALITY_Z = None             # set by benchmarks/choose_verdict_rules.py; None: the entropy alone
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class VerdictRules:
     """The thresholds of the rules (module docstring); the entropy as a share of ln C."""
     copy_rms: float = COPY_RMS
     ood_entropy: float = 0.6
-    ood_prototypicality_z: float = OOD_PROTOTYPICALITY_Z
+    ood_prototypicality_z: float | None = OOD_PROTOTYPICALITY_Z
     mislabel_agreement: float = 0.8
     atypical_z: float = 5.0
     ambiguous_runner_up: float = 0.4
@@ -95,10 +95,10 @@ def assign_verdicts(scores: dict[str, np.ndarray], labels: np.ndarray, predicted
         outlier_rank[np.argsort(-entropy, kind="stable")] = np.arange(1, n + 1)
         evidence = {"entropy_share": entropy}
         far = entropy >= rules.ood_entropy
-        if prototypicality_z is not None and rules.ood_prototypicality_z > float("-inf"):
+        if prototypicality_z is not None and rules.ood_prototypicality_z is not None:
             far &= prototypicality_z > rules.ood_prototypicality_z
             evidence["prototypicality_z"] = prototypicality_z
-        elif rules.ood_prototypicality_z > float("-inf"):
+        elif rules.ood_prototypicality_z is not None:
             notes.append("out_of_distribution verdicts by the entropy alone: the run recorded no prototypicality")
         decide("out_of_distribution", far, evidence)
     else:

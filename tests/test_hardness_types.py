@@ -221,8 +221,8 @@ def test_robust_z_by_hand():
 def test_the_verdict_rules_in_their_order_on_hand_made_scores():
     labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
     predicted = np.array([0, 0, 2, 2, 2, 2, 0, 1])                # samples 2 and 3 predicted as class 2
-    rules = VerdictRules(copy_rms=0.03, ood_entropy=0.6, mislabel_agreement=0.8, atypical_z=6.0,
-                         ambiguous_runner_up=0.3)
+    rules = VerdictRules(copy_rms=0.03, ood_entropy=0.6, ood_prototypicality_z=None, mislabel_agreement=0.8,
+                         atypical_z=6.0, ambiguous_runner_up=0.3)
     verdicts = assign_verdicts(hand_scores(), labels, predicted, 3, rules)
     assert verdicts.verdict.tolist() == ["duplicate", "duplicate", "out_of_distribution", "mislabelled", "ambiguous",
                                          "atypical", "ok", "ok"]

@@ -186,8 +186,8 @@ def merge_sweep(args: argparse.Namespace) -> None:
             training = [float(row["training_seconds"]) for row in combined if row["dataset"] == dataset
                         and float(row["noise_ratio"]) == ratio and row.get("training_seconds") not in (None, "")
                         and row["score"].startswith("verdict")]
-            text += [f"s: a score's seconds beyond the fast recipe's training, {np.mean(training):.1f} s a cell here "
-                     f"(the mean over the cells; Datalab's rows: its cross-validation and find_issues)\n",
+            text += [f"s: a score's own seconds a cell, beyond the fast recipe's training, which took {np.mean(training):.1f} s "
+                     f"a cell here (means over the cells; Datalab's rows: its cross-validation and find_issues)\n",
                      f"## {dataset}, {ratio:g} injected: verdicts\n", verdict_table(combined, dataset, ratio)]
         figure = save_figure(plot_auroc_by_type(combined, dataset, max(ratios)),
                              hardness_types_path(args.figures_dir, "figure", dataset))

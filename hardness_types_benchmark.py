@@ -40,8 +40,8 @@ from hardness.types_benchmark import (CLEAN, MEASURES, datalab_rows, datalab_run
 from hardness.user_data import parse_source
 from hardness.verdicts import VerdictRules, assign_verdicts
 from utils import (RunDescription, UserInputError, add_common_arguments, add_shared_arguments, canonical_dataset_name,
-                   combine_rows, load_dataset_from_args, positive_int, resolve_device, run_script, run_settings, save_figure, unit_interval,
-                   write_atomically)
+                   combine_rows, load_dataset_from_args, positive_int, resolve_device, run_script, run_settings,
+                   save_figure, unit_interval, write_atomically)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,8 +186,9 @@ def merge_sweep(args: argparse.Namespace) -> None:
             training = [float(row["training_seconds"]) for row in combined if row["dataset"] == dataset
                         and float(row["noise_ratio"]) == ratio and row.get("training_seconds") not in (None, "")
                         and row["score"].startswith("verdict")]
-            text += [f"s: a score's own seconds a cell, beyond the fast recipe's training, which took {np.mean(training):.1f} s "
-                     f"a cell here (means over the cells; Datalab's rows: its cross-validation and find_issues)\n",
+            text += [f"s: a score's own seconds a cell, beyond the fast recipe's training, which took "
+                     f"{np.mean(training):.1f} s a cell here (means over the cells; Datalab's rows: its "
+                     "cross-validation and find_issues)\n",
                      f"## {dataset}, {ratio:g} injected: verdicts\n", verdict_table(combined, dataset, ratio)]
         figure = save_figure(plot_auroc_by_type(combined, dataset, max(ratios)),
                              hardness_types_path(args.figures_dir, "figure", dataset))

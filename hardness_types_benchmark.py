@@ -13,7 +13,9 @@ vectors as features) is a row of the same table. Writes <results_dir>/hardness_t
 as <cell>.npz with a settings JSON.
 
 With --manifest it scores one folder:PATH as it is against the manifest scripts/export_noisy_folder.py wrote
-(a `type` column per changed file), Datalab in the same run: every verdict's precision and recall per type.
+(a `type` column per changed file), Datalab in the same run: the share of each type given each verdict and
+flagged by each Datalab issue, in <folder>_manifest.csv, the scores and verdicts in <folder>_manifest.npz (.json
+beside).
 With --sweep it trains nothing and merges the cells of a sweep.py folder (configs/sweeps/hardness_types.yaml) into
 hardness_types_sweep.csv and .md (AUROC, AP and precision at k per score and type with each score's seconds, the
 verdicts' precision and recall, the verdicts recomputed under the current rules) and draws
@@ -152,10 +154,15 @@ def run_manifest(args: argparse.Namespace) -> None:
     rows[-1]["our_seconds"] = ours
     path = hardness_types_path(args.results_dir, "cell", f"{dataset.name}_manifest.csv")
     write_csv(rows, path)
+    run.scores.update({"injected_type": np.asarray(kinds, dtype=str), "verdict": verdicts.verdict,
+                       "verdict_duplicate_of": verdicts.duplicate_of})
+    save_setting(ScoredSetting(dataset, dataset.labels, np.asarray(kinds) != "", run), path.with_suffix(".npz"),
+                 {**run_settings(args, device), "manifest": str(args.manifest), "our_seconds": ours,
+                  "verdict_rules": VerdictRules().settings()})
     for row in rows:
         print(", ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
                         for key, value in row.items()))
-    print(f"saved {path}")
+    print(f"saved {path} and {path.with_suffix('.npz')}")
 
 
 def merge_sweep(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 (hardness/characterisation.py) against values worked out by hand, the verdict rules (hardness/verdicts.py) on
 hand-made score vectors, and hardness_types_benchmark.py's bad input."""
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -328,6 +329,12 @@ def test_a_folder_against_its_manifest_with_datalab(tmp_path):
     with open(tmp_path / "R/hardness_types/export_manifest.csv", newline="") as handle:
         rows = {row["type"]: row for row in csv_module.DictReader(handle)}
     assert set(rows) == {"far_ood", "exact_duplicate", "(the rest)"}
+    saved = np.load(tmp_path / "R/hardness_types/export_manifest.npz")         # the scores and verdicts kept
+    kinds = saved["injected_type"]
+    assert (kinds == "far_ood").sum() == 8 and (kinds == "exact_duplicate").sum() == 16
+    assert (saved["verdict"][kinds == "exact_duplicate"] == "duplicate").all()
+    settings = json.loads((tmp_path / "R/hardness_types/export_manifest.json").read_text())
+    assert settings["manifest"].endswith("injected.csv") and settings["verdict_rules"] == VerdictRules().settings()
     assert [rows[kind]["samples"] for kind in ("far_ood", "exact_duplicate", "(the rest)")] == ["8", "16", "56"]
     assert float(rows["exact_duplicate"]["share_duplicate"]) == 1.0
     assert float(rows["exact_duplicate"]["datalab_near_duplicate_share"]) == 1.0

@@ -38,7 +38,8 @@ from hardness.score_figures import plot_auroc_by_type
 from hardness.seeds import Stage, stage_seed
 from hardness.setting import ScoredSetting, load_setting_arrays, load_settings, save_setting
 from hardness.types_benchmark import (CLEAN, MEASURES, datalab_rows, datalab_runs, injected_subset, manifest_rows,
-                                      refresh_verdict_rows, score_rows, score_table, verdict_table)
+                                      refresh_verdict_rows, score_rows, score_table, training_seconds_line,
+                                      verdict_table)
 from hardness.user_data import parse_source
 from hardness.verdicts import VerdictRules, assign_verdicts
 from utils import (RunDescription, UserInputError, add_common_arguments, add_shared_arguments, canonical_dataset_name,
@@ -190,12 +191,7 @@ def merge_sweep(args: argparse.Namespace) -> None:
         for ratio in ratios:
             for measure, title in MEASURES.items():
                 text += [f"## {dataset}, {ratio:g} injected: {title}\n", score_table(combined, dataset, ratio, measure)]
-            training = [float(row["training_seconds"]) for row in combined if row["dataset"] == dataset
-                        and float(row["noise_ratio"]) == ratio and row.get("training_seconds") not in (None, "")
-                        and row["score"].startswith("verdict")]
-            text += [f"s: a score's own seconds a cell, beyond the fast recipe's training, which took "
-                     f"{np.mean(training):.1f} s a cell here (means over the cells; Datalab's rows: its "
-                     "cross-validation and find_issues)\n",
+            text += [training_seconds_line(combined, dataset, ratio),
                      f"## {dataset}, {ratio:g} injected: verdicts\n", verdict_table(combined, dataset, ratio)]
         figure = save_figure(plot_auroc_by_type(combined, dataset, max(ratios)),
                              hardness_types_path(args.figures_dir, "figure", dataset))

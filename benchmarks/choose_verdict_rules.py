@@ -95,7 +95,7 @@ def main() -> None:
         budget = BUDGET.get(verdict, DEFAULT_BUDGET)
         for value in grid:
             trial = dataclasses.replace(rules, **{field: value})
-            share = float((verdicts_of(clean, trial)[clean["evaluated"]] == verdict).mean())
+            share = share_given(clean, trial, verdict, None)
             print(f"{verdict}: {field} {value:g} gives {share:.4f} of clean MNIST (budget {budget:g})")
             if share <= budget:
                 rules = trial

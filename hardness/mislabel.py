@@ -112,7 +112,7 @@ def combine_rows(rows: list[dict]) -> list[dict]:
                   "recipe": recipe, "score": score, "benchmark_runs": len(members)}
         merged.update({key: float(np.mean([float(row[key]) for row in members])) for key in sorted(numbers)})
         spread = ("auroc", "ap", "precision_at_k") if "auroc" in numbers else ("f1",)
-        for measure in numbers & set(spread):      # a cell with nothing to find (nothing injected) has none
+        for measure in (m for m in spread if m in numbers):   # a cell with nothing to find (nothing injected): none
             merged[f"{measure}_std_over_runs"] = float(np.std([float(row[measure]) for row in members]))
         combined.append(merged)
     return combined

@@ -182,6 +182,15 @@ def score_table(rows: Sequence[dict], dataset: str, ratio: float, measure: str =
     return "\n".join(lines) + "\n"
 
 
+def training_seconds_line(rows: Sequence[dict], dataset: str, ratio: float) -> str:
+    """The line under a score table: what its `s` column means and the fast recipe's training seconds a cell."""
+    training = [float(row["training_seconds"]) for row in rows if row["dataset"] == dataset
+                and float(row["noise_ratio"]) == ratio and row["score"].startswith("verdict")
+                and row.get("training_seconds") not in (None, "")]
+    return (f"s: a score's own seconds a cell, beyond the fast recipe's training, which took {np.mean(training):.1f} s "
+            "a cell here (means over the cells; Datalab's rows: its cross-validation and find_issues)\n")
+
+
 def verdict_table(rows: Sequence[dict], dataset: str, ratio: float) -> str:
     """Merged rows as markdown: for every injected type (and the clean cells), the precision and recall of the
     verdict of its family, the share of the clean samples given any verdict but ok, and Datalab's recall of the
